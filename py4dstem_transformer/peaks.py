@@ -1,0 +1,189 @@
+"""Flat Bragg-peak arrays for a whole scan, read from py4DSTEM ``BraggVectors`` or an HDF5 file.
+
+py4DSTEM stores peaks as a nested Python list of PointLists, one per scan position. Everything
+downstream here works on one flat array per field plus per-position counts (a CSR layout), so a
+scan is processed with array operations instead of a Python loop per position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .calibration import DetectorCalibration
+
+__all__ = ["Peaks", "peaks_from_braggvectors", "peaks_to_braggvectors", "read_peaks"]
+
+_VECTORS = "_v_uncal"
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The Bragg peaks of a scan, flat.
+
+    Attributes
+    ----------
+    qx, qy, intensity : (P,) float64 arrays
+        All peaks of all positions, position after position (C order over ``scan_shape``).
+        Raw detector pixels unless ``calibration`` is None (then already in 1/A, lab frame).
+    counts : (B,) int64 array
+        Number of peaks at each scan position, ``B = prod(scan_shape)``.
+    scan_shape : (Rx, Ry)
+    calibration : DetectorCalibration or None
+        How to turn raw positions into 1/A; None means the positions are calibrated already.
+    """
+
+    qx: np.ndarray
+    qy: np.ndarray
+    intensity: np.ndarray
+    counts: np.ndarray
+    scan_shape: Tuple[int, ...]
+    calibration: Optional[DetectorCalibration] = None
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(B + 1,) start of each position's peaks in the flat arrays."""
+        out = np.zeros(len(self.counts) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=out[1:])
+        return out
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.counts)
+
+    def __len__(self) -> int:
+        return len(self.qx)
+
+    @classmethod
+    def from_lists(cls, peaks, scan_shape=None, calibration=None) -> "Peaks":
+        """Build from a sequence of (n_i, 3) arrays ``(qx, qy, intensity)``, one per position."""
+        arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in peaks]
+        counts = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays) if arrays else np.zeros((0, 3))
+        shape = (len(arrays),) if scan_shape is None else tuple(scan_shape)
+        if int(np.prod(shape)) != len(arrays):
+            raise ValueError(f"scan_shape {shape} does not hold {len(arrays)} positions")
+        return cls(flat[:, 0].copy(), flat[:, 1].copy(), flat[:, 2].copy(), counts, shape, calibration)
+
+
+def peaks_from_braggvectors(bragg_peaks) -> Peaks:
+    """Flatten a py4DSTEM ``BraggVectors`` (raw vectors plus its calibration); nothing is copied back.
+
+    Raises ``ValueError`` if the origin or the Q pixel size is not calibrated.
+    """
+    pla = getattr(bragg_peaks, _VECTORS, None)
+    if pla is None or not hasattr(bragg_peaks, "calibration"):
+        raise TypeError(
+            f"expected py4DSTEM BraggVectors (from datacube.find_Bragg_disks), got {type(bragg_peaks).__name__}"
+        )
+    calibration = DetectorCalibration.from_py4dstem(bragg_peaks.calibration, getattr(bragg_peaks, "calstate", None))
+    data = [pl.data for row in pla._pointlists for pl in row]
+    return _from_structured(data, tuple(pla.shape), calibration)
+
+
+def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_size=None):
+    """Build a py4DSTEM ``BraggVectors`` holding ``peaks`` as its raw vectors.
+
+    Parameters
+    ----------
+    peaks : Peaks
+        Raw detector positions (pixels) with a 2-D ``scan_shape``.
+    Qshape : (Qx, Qy)
+        Detector shape in pixels.
+    origin : (qx0, qy0), optional
+        Direct-beam position (pixels; floats or (Rx, Ry) arrays). Defaults to
+        ``peaks.calibration.origin``.
+    q_pixel_size : float, optional
+        1/A per pixel; defaults to ``peaks.calibration.q_pixel_size``.
+
+    Returns
+    -------
+    BraggVectors with origin and Q pixel size (units 'A^-1') calibrated.
+    """
+    from py4DSTEM import BraggVectors
+
+    if len(peaks.scan_shape) != 2:
+        raise ValueError(f"BraggVectors need a 2-D scan, got scan_shape {peaks.scan_shape}")
+    cal = peaks.calibration
+    origin = origin if origin is not None else (cal.origin if cal is not None else None)
+    q_pixel_size = q_pixel_size if q_pixel_size is not None else (cal.q_pixel_size if cal is not None else None)
+    if origin is None or q_pixel_size is None:
+        raise ValueError("peaks_to_braggvectors needs an origin and a Q pixel size (pass them or a calibration)")
+    bv = BraggVectors(tuple(peaks.scan_shape), tuple(Qshape))
+    pla = bv._v_uncal
+    flat = np.zeros(len(peaks), dtype=pla.dtype)
+    flat["qx"], flat["qy"], flat["intensity"] = peaks.qx, peaks.qy, peaks.intensity
+    offsets = peaks.offsets
+    for b, pl in enumerate(pl for row in pla._pointlists for pl in row):  # C order: b = rx * Ry + ry
+        pl.data = flat[offsets[b] : offsets[b + 1]].copy()
+    bv.calibration.set_origin(origin)
+    bv.calibration.set_Q_pixel_units("A^-1")
+    bv.calibration.set_Q_pixel_size(q_pixel_size)
+    bv.setcal(center=True, ellipse=False, pixel=True, rotate=False)
+    return bv
+
+
+def read_peaks(path, name: Optional[str] = None) -> Peaks:
+    """Read Bragg peaks and their calibration straight from a file written by ``py4DSTEM.save``.
+
+    About 10x faster than ``py4DSTEM.read`` (which rebuilds one PointList per position).
+
+    Parameters
+    ----------
+    path : str or Path
+        HDF5 file holding a BraggVectors.
+    name : str, optional
+        Name of the BraggVectors group when the file holds several.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = _find_braggvectors(f, name)
+        data = group[_VECTORS]["data"][()]  # (Rx, Ry) object array of structured arrays
+        calibration = _read_calibration(f, group)
+        cal = DetectorCalibration.from_py4dstem(calibration, None)
+    return _from_structured(list(data.ravel()), tuple(data.shape), cal)
+
+
+def _from_structured(data, scan_shape, calibration) -> Peaks:
+    counts = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+    flat = np.concatenate(data) if data else np.zeros(0, [("qx", "f8"), ("qy", "f8"), ("intensity", "f8")])
+    fields = (np.ascontiguousarray(flat[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
+    return Peaks(*fields, counts=counts, scan_shape=scan_shape, calibration=calibration)
+
+
+def _find_braggvectors(f, name):
+    found = []
+
+    def visit(path, obj):
+        if path.endswith(f"/{_VECTORS}/data"):
+            found.append(path[: -len(f"/{_VECTORS}/data")])
+
+    f.visititems(visit)
+    if name is not None:
+        found = [p for p in found if p.split("/")[-1] == name]
+    if not found:
+        what = f"named {name!r} " if name else ""
+        raise ValueError(f"no BraggVectors {what}found in {f.filename}")
+    if len(found) > 1:
+        names = ", ".join(p.split("/")[-1] for p in found)
+        raise ValueError(f"{f.filename} holds several BraggVectors ({names}); pass name=")
+    return f[found[0]]
+
+
+def _read_calibration(f, group):
+    """The py4DSTEM Calibration of the tree holding ``group`` (None if absent)."""
+    from emdfile import Metadata
+    from py4DSTEM.data import Calibration
+
+    root = f[group.name.split("/")[1]]
+    for holder in (group, root):
+        bundle = holder.get("metadatabundle")
+        if bundle is not None and "calibration" in bundle:
+            md = Metadata.from_h5(bundle["calibration"])
+            cal = Calibration()
+            cal._params.update(md._params)
+            return cal
+    return None

@@ -1,0 +1,202 @@
+"""Rotation vocabulary, batched over any leading dimensions.
+
+Convention (py4DSTEM's, stated once here and used everywhere in the package):
+
+* An orientation matrix ``M`` (3, 3) maps **lab to crystal** coordinates. Its columns are the lab
+  x, y and z axes written in the crystal's Cartesian frame; ``M[:, 2]`` is the beam direction
+  (the zone axis). A reciprocal-lattice vector seen in the lab is ``g_lab = M.T @ g_crystal``.
+* Crystal symmetry multiplies on the **left**: ``S @ M`` gives the same diffraction pattern for
+  every proper point-group rotation ``S`` (crystal Cartesian frame).
+* A 180 deg rotation about the beam multiplies on the **right**: ``M @ diag(-1, -1, 1)``
+  (the "beam flip", a near-ambiguity of projected patterns off a zone axis).
+* Mirroring a pattern ``qx -> -qx`` corresponds to ``M @ diag(1, -1, -1)`` for centrosymmetric
+  crystals (a 180 deg rotation about lab x).
+
+Every function accepts tensors of shape ``(..., 3, 3)`` (or ``(..., 9)`` where stated), preserves
+``dtype`` and ``device``, and never loops in Python over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BEAM_FLIP",
+    "MIRROR",
+    "symmetric_orthogonalization",
+    "geodesic_angle",
+    "symmetry_min_angle",
+    "random_rotations",
+    "rotation_about_z",
+    "beam_flip",
+    "as_tensor",
+]
+
+#: Right factor of a 180 deg rotation about the beam (lab z): ``M @ BEAM_FLIP``.
+BEAM_FLIP = (-1.0, -1.0, 1.0)
+#: Right factor of a 180 deg rotation about lab x, the label of a pattern mirrored ``qx -> -qx``.
+MIRROR = (1.0, -1.0, -1.0)
+
+_SVD_DTYPES = (torch.float32, torch.float64)
+
+
+def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
+    """Return ``x`` as a torch tensor without copying numpy data when possible."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype=dtype or x.dtype, device=device or x.device)
+    x = torch.as_tensor(np.asarray(x), device=device)
+    return x.to(dtype) if dtype is not None else x
+
+
+def symmetric_orthogonalization(x: torch.Tensor) -> torch.Tensor:
+    """Project arbitrary 3x3 matrices onto SO(3) (the closest proper rotation, Frobenius norm).
+
+    Uses the SVD ``X = U S V^T`` and returns ``U diag(1, 1, det(U V^T)) V^T``, the special
+    orthogonal Procrustes solution (Levinson et al. 2020). Differentiable.
+
+    Parameters
+    ----------
+    x : (..., 9) or (..., 3, 3) tensor
+        Row-major 9-vectors (a network's output) or matrices.
+
+    Returns
+    -------
+    (..., 3, 3) tensor, same dtype and device: orthonormal with determinant +1.
+    """
+    if x.shape[-1] == 9:
+        x = x.reshape(*x.shape[:-1], 3, 3)
+    if x.shape[-2:] != (3, 3):
+        raise ValueError(f"expected (..., 9) or (..., 3, 3), got shape {tuple(x.shape)}")
+    dtype = x.dtype
+    work = x if dtype in _SVD_DTYPES else x.float()  # SVD has no half-precision kernels
+    u, _, vh = torch.linalg.svd(work)
+    det = torch.linalg.det(u @ vh)
+    d = torch.ones_like(work[..., 0, :])  # (..., 3)
+    d = torch.cat([d[..., :2], det[..., None]], dim=-1)
+    r = (u * d[..., None, :]) @ vh
+    return r.to(dtype)
+
+
+def geodesic_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle (radians, in [0, pi]) of the rotation taking ``a`` to ``b``: the angle of ``a^T b``.
+
+    Uses ``atan2(|vee(D - D^T)| / 2, (tr D - 1) / 2)`` with ``D = a^T b``, accurate near 0 and pi
+    (``arccos`` of the trace loses all precision there). Broadcasts over leading dimensions.
+    """
+    d = a.transpose(-1, -2) @ b
+    sin = 0.5 * torch.stack(
+        [d[..., 2, 1] - d[..., 1, 2], d[..., 0, 2] - d[..., 2, 0], d[..., 1, 0] - d[..., 0, 1]],
+        dim=-1,
+    ).norm(dim=-1)
+    cos = 0.5 * (d[..., 0, 0] + d[..., 1, 1] + d[..., 2, 2] - 1.0)
+    return torch.atan2(sin, cos)
+
+
+def beam_flip(m: torch.Tensor) -> torch.Tensor:
+    """``M @ diag(-1, -1, 1)``: the same orientation rotated 180 deg about the beam."""
+    return m * m.new_tensor(BEAM_FLIP)
+
+
+def symmetry_min_angle(
+    pred: torch.Tensor,
+    true: torch.Tensor,
+    symmetry: Optional[torch.Tensor] = None,
+    allow_beam_flip: bool = False,
+    return_index: bool = False,
+):
+    """Misorientation angle (radians) after crystal symmetry, py4DSTEM convention.
+
+    ``min_S geodesic_angle(pred, S @ true)`` over the proper point-group rotations ``S`` (left
+    multiplication); with ``allow_beam_flip`` also over ``pred @ diag(-1, -1, 1)``.
+
+    Parameters
+    ----------
+    pred, true : (..., 3, 3) tensors
+        Orientation matrices (lab -> crystal), broadcastable against each other.
+    symmetry : (K, 3, 3) tensor, optional
+        Proper rotations in the crystal Cartesian frame (see :func:`point_group_rotations`).
+        ``None`` means no symmetry (identity only).
+    allow_beam_flip : bool
+        Also accept the 180 deg rotation about the beam.
+    return_index : bool
+        Also return the index of the minimising ``S`` (and, with the flip, whether the flipped
+        prediction won, as a bool tensor).
+
+    Returns
+    -------
+    angle : (...) tensor, radians.
+    """
+    if symmetry is None:
+        symmetry = torch.eye(3, dtype=true.dtype, device=true.device)[None]
+    symmetry = symmetry.to(dtype=true.dtype, device=true.device)
+    candidates = symmetry @ true[..., None, :, :]  # (..., K, 3, 3)
+    angles = geodesic_angle(pred[..., None, :, :], candidates)  # (..., K)
+    flipped = None
+    if allow_beam_flip:
+        flip_angles = geodesic_angle(beam_flip(pred)[..., None, :, :], candidates)
+        flipped = flip_angles < angles
+        angles = torch.minimum(angles, flip_angles)
+    best, index = angles.min(dim=-1)
+    if not return_index:
+        return best
+    if flipped is not None:
+        return best, index, flipped.gather(-1, index[..., None])[..., 0]
+    return best, index
+
+
+def rotation_about_z(phi: torch.Tensor) -> torch.Tensor:
+    """Active rotation matrices about z by ``phi`` (radians), shape ``phi.shape + (3, 3)``.
+
+    ``M @ rotation_about_z(phi)`` rotates a pattern counter-clockwise by ``phi`` in (qx, qy).
+    """
+    c, s = torch.cos(phi), torch.sin(phi)
+    zero, one = torch.zeros_like(phi), torch.ones_like(phi)
+    rows = [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1), torch.stack([zero, zero, one], -1)]
+    return torch.stack(rows, dim=-2)
+
+
+def random_rotations(
+    n: Union[int, tuple],
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float64,
+    device: Union[str, torch.device, None] = None,
+) -> torch.Tensor:
+    """Rotations drawn uniformly (Haar measure) on SO(3).
+
+    Normalised 4-D Gaussian vectors are uniform unit quaternions, hence uniform rotations.
+
+    Parameters
+    ----------
+    n : int or tuple
+        Batch shape.
+    seed : int, optional
+        Seed for a private generator (ignored if ``generator`` is given). Same seed, same output.
+    generator : torch.Generator, optional
+        CPU generator to draw from.
+
+    Returns
+    -------
+    (*n, 3, 3) tensor of proper rotations.
+    """
+    shape = (n,) if isinstance(n, int) else tuple(n)
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else torch.seed())
+    q = torch.randn(*shape, 4, generator=generator, dtype=torch.float64)
+    q = q / q.norm(dim=-1, keepdim=True)
+    return _quaternion_to_matrix(q).to(dtype=dtype, device=device)
+
+
+def _quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (..., 4) as (w, x, y, z) -> active rotation matrices (..., 3, 3)."""
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ]
+    return torch.stack(rows, dim=-2)

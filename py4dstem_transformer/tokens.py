@@ -1,0 +1,204 @@
+"""Bragg peaks -> disk tokens ``(r, theta, I)``, vectorized over a whole scan.
+
+Per scan position, and without a Python loop over positions:
+
+1. calibrate raw detector positions to lab (qx, qy) in 1/A (:mod:`.calibration`);
+2. remove the direct beam: every peak within ``direct_beam_radius`` of the origin;
+3. keep disks inside the encoder's radial range ``r <= k_max``;
+4. normalise intensities by the brightest kept disk of the pattern;
+5. drop disks below ``min_relative_intensity``;
+6. keep at most ``max_tokens`` disks, brightest first;
+7. pad to ``(B, N, 3)`` with a ``(B, N)`` mask.
+
+Normalising after the radial cut (step 4 before step 3 in words of the paper) matches training
+patterns, which only ever contain reflections inside ``k_max``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .peaks import Peaks, peaks_from_braggvectors
+
+__all__ = ["TokenConfig", "Tokens", "tokenize", "iter_scan_tokens", "scan_tokens", "braggvectors_to_tokens"]
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """What the encoder reads; saved inside every model and training set.
+
+    Attributes
+    ----------
+    k_max : float
+        Outer radius of the disks the encoder reads (1/A).
+    direct_beam_radius : float
+        Peaks closer than this to the calibrated origin are the direct beam (1/A).
+    min_relative_intensity : float
+        Disks fainter than this fraction of the pattern's brightest disk are dropped.
+    max_tokens : int
+        At most this many disks per pattern (the brightest).
+    """
+
+    k_max: float = 2.1
+    direct_beam_radius: float = 0.1
+    min_relative_intensity: float = 1e-3
+    max_tokens: int = 64
+
+    def __post_init__(self):
+        if not 0 <= self.direct_beam_radius < self.k_max:
+            raise ValueError("need 0 <= direct_beam_radius < k_max")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Tokens:
+    """A padded batch of disk tokens.
+
+    Attributes
+    ----------
+    tokens : (B, N, 3) float32 tensor
+        ``(r [1/A], theta [rad, atan2(qy, qx) in (-pi, pi]], I [relative, (0, 1]])`` per disk, lab
+        frame; padded rows are zero.
+    mask : (B, N) bool tensor
+        True where a disk is present.
+    counts : (B,) int64 tensor
+        Number of disks per pattern (``mask.sum(1)``).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    counts: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def tokenize(
+    qx: torch.Tensor,
+    qy: torch.Tensor,
+    intensity: torch.Tensor,
+    counts: torch.Tensor,
+    config: TokenConfig = TokenConfig(),
+) -> Tokens:
+    """Tokens from calibrated peaks of ``B`` patterns.
+
+    Parameters
+    ----------
+    qx, qy : (P,) tensors
+        Lab-frame peak positions in 1/A, pattern after pattern.
+    intensity : (P,) tensor
+    counts : (B,) int64 tensor
+        Number of peaks of each pattern; ``counts.sum() == P``.
+    """
+    B, P = len(counts), len(qx)
+    position = torch.repeat_interleave(torch.arange(B, device=counts.device), counts, output_size=P)
+    r = torch.hypot(qx, qy)
+    keep = (r >= config.direct_beam_radius) & (r <= config.k_max)
+    brightest = torch.zeros(B, dtype=intensity.dtype, device=intensity.device)
+    brightest.scatter_reduce_(0, position, torch.where(keep, intensity, 0), reduce="amax")
+    brightest_per_peak = brightest[position]  # (P,)
+    keep &= (intensity >= config.min_relative_intensity * brightest_per_peak) & (brightest_per_peak > 0)
+    index = keep.nonzero()[:, 0]  # (K,) kept peaks, still grouped by pattern
+    kept = torch.bincount(position[index], minlength=B)  # (B,)
+    if len(index) and int(kept.max()) > config.max_tokens:
+        index, kept = _brightest_first(index, position, intensity / brightest_per_peak, kept, config.max_tokens)
+    N = int(kept.max()) if B else 0
+    # slot of each kept disk in the padded (B, N) layout: pattern * N + rank within the pattern
+    first = torch.cumsum(kept, 0) - kept  # (B,) index of each pattern's first kept disk
+    slot = torch.arange(len(index), device=index.device) + torch.repeat_interleave(
+        torch.arange(B, device=index.device) * N - first, kept, output_size=len(index)
+    )
+    x, y = qx[index], qy[index]
+    values = torch.stack([r[index], torch.atan2(y, x), intensity[index] / brightest_per_peak[index]], -1)
+    out = torch.zeros(B * N, 3, dtype=torch.float32, device=qx.device)
+    out[slot] = values.float()
+    mask = torch.zeros(B * N, dtype=torch.bool, device=qx.device)
+    mask[slot] = True
+    return Tokens(out.view(B, N, 3), mask.view(B, N), kept)
+
+
+def _brightest_first(index, position, relative, kept, max_tokens):
+    """Truncate the kept peaks of each pattern to its ``max_tokens`` brightest (rare path)."""
+    # sort by (pattern, -relative intensity): relative is in (0, 1], so the key keeps patterns apart
+    pos = position[index]
+    key = pos.double() + 0.5 * (1.0 - relative[index].double())
+    order = torch.argsort(key, stable=True)
+    index, pos = index[order], pos[order]
+    rank = torch.arange(len(index), device=pos.device) - (torch.cumsum(kept, 0) - kept)[pos]
+    return index[rank < max_tokens], kept.clamp(max=max_tokens)
+
+
+def iter_scan_tokens(
+    peaks: Peaks,
+    config: TokenConfig = TokenConfig(),
+    chunk_size: int = 8192,
+    device=None,
+) -> Iterator[tuple]:
+    """Yield ``(start, Tokens)`` for consecutive chunks of ``chunk_size`` scan positions.
+
+    Memory stays bounded by the chunk. Raises ``ValueError`` naming the scan positions whose
+    peaks (or calibration) are NaN or infinite.
+    """
+    offsets = peaks.offsets
+    for start in range(0, peaks.num_positions, chunk_size):
+        stop = min(start + chunk_size, peaks.num_positions)
+        a, b = offsets[start], offsets[stop]
+        counts = torch.from_numpy(peaks.counts[start:stop]).to(device)
+        qx, qy, intensity = (
+            torch.from_numpy(v[a:b]).to(device=device, dtype=torch.float32)
+            for v in (peaks.qx, peaks.qy, peaks.intensity)
+        )
+        _check_finite(peaks, start, counts, "peaks", qx, qy, intensity)
+        if peaks.calibration is not None:
+            qx, qy = peaks.calibration.apply(qx, qy, counts, start)
+            _check_finite(peaks, start, counts, "calibrated peaks (check the calibration)", qx, qy)
+        yield start, tokenize(qx, qy, intensity, counts, config)
+
+
+def scan_tokens(peaks: Peaks, config: TokenConfig = TokenConfig(), chunk_size: int = 8192, device=None) -> Tokens:
+    """All tokens of a scan in one padded batch (B = number of scan positions)."""
+    chunks = [t for _, t in iter_scan_tokens(peaks, config, chunk_size, device)]
+    if not chunks:
+        empty = torch.zeros(0, 0, 3)
+        return Tokens(empty, torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64))
+    N = max(c.tokens.shape[1] for c in chunks)
+    tokens = torch.cat([torch.nn.functional.pad(c.tokens, (0, 0, 0, N - c.tokens.shape[1])) for c in chunks])
+    mask = torch.cat([torch.nn.functional.pad(c.mask, (0, N - c.mask.shape[1])) for c in chunks])
+    return Tokens(tokens, mask, torch.cat([c.counts for c in chunks]))
+
+
+def braggvectors_to_tokens(bragg_peaks, config: TokenConfig = TokenConfig(), device=None) -> Tokens:
+    """Tokens for every position of a py4DSTEM ``BraggVectors``, C order over ``bragg_peaks.Rshape``.
+
+    Examples
+    --------
+    >>> tokens = braggvectors_to_tokens(bragg_peaks)            # doctest: +SKIP
+    >>> tokens.tokens.shape, tokens.mask.shape                  # doctest: +SKIP
+    (torch.Size([Rx * Ry, N, 3]), torch.Size([Rx * Ry, N]))
+    """
+    return scan_tokens(peaks_from_braggvectors(bragg_peaks), config, device=device)
+
+
+def _check_finite(peaks: Peaks, start: int, counts: torch.Tensor, what: str, *arrays) -> None:
+    # one cheap reduction in the common case: a sum is finite iff every term is (barring overflow)
+    if bool(torch.isfinite(sum(a.sum(dtype=torch.float64) for a in arrays))):
+        return
+    bad = ~torch.isfinite(torch.stack(arrays)).all(0)
+    if not bool(bad.any()):
+        return
+    position = torch.repeat_interleave(torch.arange(len(counts)), counts.cpu())
+    flat = np.unique(position[bad.cpu()].numpy()) + start
+    where = [tuple(int(i) for i in np.unravel_index(f, peaks.scan_shape)) for f in flat[:10]]
+    more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
+    raise ValueError(
+        f"NaN or infinite values in the {what} at scan positions (rx, ry) {where}{more}; "
+        "remove or fix those peaks before mapping"
+    )
