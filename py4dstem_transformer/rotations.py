@@ -148,9 +148,10 @@ def symmetry_min_angle(
 
 
 def rotation_about_z(phi: torch.Tensor) -> torch.Tensor:
-    """Active rotation matrices about z by ``phi`` (radians), shape ``phi.shape + (3, 3)``.
+    """Active (counter-clockwise) rotations about z by ``phi`` (radians), shape ``phi.shape + (3, 3)``.
 
-    ``M @ rotation_about_z(phi)`` rotates a pattern counter-clockwise by ``phi`` in (qx, qy).
+    Rotating a diffraction pattern counter-clockwise by ``phi`` in (qx, qy) (``theta -> theta + phi``)
+    turns its label ``M`` into ``M @ rotation_about_z(-phi)``, because ``g_lab = M.T @ g_crystal``.
     """
     c, s = torch.cos(phi), torch.sin(phi)
     zero, one = torch.zeros_like(phi), torch.ones_like(phi)

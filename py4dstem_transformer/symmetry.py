@@ -8,10 +8,13 @@ the left (``S @ M``, see :mod:`py4dstem_transformer.rotations`).
 The space group is found with spglib (installed with pymatgen, which py4DSTEM needs for its own
 symmetry features). Every rotation is then checked to map the crystal's kinematic structure-factor
 set onto itself (same |F|^2 at ``S @ g``), so a wrong frame or a mis-specified cell fails loudly
-instead of silently producing a wrong loss.
+instead of silently producing a wrong loss. Kinematic |F|^2 obeys Friedel's law, so this check sees
+the Laue group; telling e.g. -43m from m-3m is spglib's job (tested on zinc blende).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -66,7 +69,9 @@ def _space_group_rotations(crystal, symprec: float) -> np.ndarray:
             "Crystal symmetry needs spglib (installed with pymatgen): pip install 'pymatgen<2024.8.9'"
         ) from err
     cell = (np.asarray(crystal.lat_real), np.asarray(crystal.positions), np.asarray(crystal.numbers))
-    sym = spglib.get_symmetry(cell, symprec=symprec)
+    with warnings.catch_warnings():  # spglib 2.5+ deprecates its old error handling on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sym = spglib.get_symmetry(cell, symprec=symprec)
     if sym is None:
         raise ValueError("spglib could not determine the space group of this crystal")
     return np.asarray(sym["rotations"], dtype=np.float64)
