@@ -72,11 +72,12 @@ def symmetric_orthogonalization(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected (..., 9) or (..., 3, 3), got shape {tuple(x.shape)}")
     dtype = x.dtype
     work = x if dtype in _SVD_DTYPES else x.float()  # SVD has no half-precision kernels
-    u, _, vh = torch.linalg.svd(work)
-    det = torch.linalg.det(u @ vh)
-    d = torch.ones_like(work[..., 0, :])  # (..., 3)
-    d = torch.cat([d[..., :2], det[..., None]], dim=-1)
-    r = (u * d[..., None, :]) @ vh
+    with torch.autocast(work.device.type, enabled=False):  # keep the products in full precision
+        u, _, vh = torch.linalg.svd(work)
+        det = torch.linalg.det(u @ vh)
+        d = torch.ones_like(work[..., 0, :])  # (..., 3)
+        d = torch.cat([d[..., :2], det[..., None]], dim=-1)
+        r = (u * d[..., None, :]) @ vh
     return r.to(dtype)
 
 

@@ -45,3 +45,40 @@ def cu():
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+class KinematicSet:
+    """A minimal stand-in with the TrainingSet interface: kinematic Cu patterns at random beam
+    directions (in-plane angle 0), one pattern per zone axis. Used to test training on its own."""
+
+    def __init__(self, n, seed=0, k_max=2.0, sigma=0.02):
+        from types import SimpleNamespace
+
+        from py4dstem_transformer.rotations import random_rotations
+
+        crystal = make_cu()
+        crystal.setup_diffraction(300e3)
+        crystal.calculate_structure_factors(k_max)
+        mats = random_rotations(n, seed=seed).numpy()
+        qx, qy, inten, counts = [], [], [], []
+        for m in mats:
+            p = crystal.generate_diffraction_pattern(orientation_matrix=m, sigma_excitation_error=sigma)
+            d = p.data
+            keep = (d["h"] != 0) | (d["k"] != 0) | (d["l"] != 0)
+            d = d[keep]
+            i = d["intensity"] / d["intensity"].max() if len(d) else d["intensity"]
+            keep = i >= 1e-3
+            qx.append(d["qx"][keep]); qy.append(d["qy"][keep]); inten.append(i[keep]); counts.append(int(keep.sum()))
+        self.qx, self.qy, self.intensity = (np.concatenate(a).astype(np.float32) for a in (qx, qy, inten))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.orientation_matrices = mats
+        self.thickness = np.zeros(n)
+        self.zone_axis_index = np.arange(n)
+        self.config = SimpleNamespace(k_max=k_max, accel_voltage=300e3, centrosymmetric=True, dynamical=False)
+        self._crystal = crystal
+
+    def __len__(self):
+        return len(self.orientation_matrices)
+
+    def crystal(self):
+        return make_cu()

@@ -1,0 +1,215 @@
+"""The Bragg-disk transformer: a set of disk tokens -> an orientation in SO(3) (and a phase).
+
+Each disk is a token ``(r [1/A], theta [rad], I [relative])``. Its embedding is a learned linear map
+of fixed features (equivalent to summing a radial, an angular and an intensity embedding), then
+LayerNorm:
+
+* radial: sinusoids of the continuous radius at geometrically spaced wavelengths (no bins, so no
+  out-of-range bin indices and no discretisation error);
+* angle: Fourier features ``cos(k theta), sin(k theta)``, k = 1..K, continuous across +-pi;
+* position: ``(qx, qy) / k_max``;
+* intensity: ``I``, ``sqrt(I)``, ``log(I)``.
+
+There is no positional encoding: the model is a set function, invariant to the order of disks.
+A pre-norm transformer encoder (fused scaled-dot-product attention with a key-padding mask),
+masked mean pooling, and an MLP head give 9 numbers, projected onto SO(3) by symmetric
+orthogonalization. An optional head gives phase logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rotations import symmetric_orthogonalization
+
+__all__ = ["ModelConfig", "OrientationModel"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of :class:`OrientationModel` (saved inside every checkpoint).
+
+    Attributes
+    ----------
+    d_model, n_layers, n_heads, d_ff : int
+        Width, depth, attention heads and feed-forward width of the encoder.
+    n_radial : int
+        Number of radial sinusoid wavelengths, spaced geometrically from ``radial_min_wavelength``
+        to ``4 * k_max``.
+    radial_min_wavelength : float
+        Shortest radial wavelength (1/A): sets the radial resolution of the embedding.
+    n_angular : int
+        Angular harmonics K.
+    k_max : float
+        Radial scale (1/A), the token range the model was built for.
+    n_phases : int
+        Number of phases; 1 means no phase head.
+    dropout : float
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    n_radial: int = 16
+    radial_min_wavelength: float = 0.02
+    n_angular: int = 16
+    k_max: float = 2.1
+    n_phases: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError("d_model must be divisible by n_heads")
+
+    @property
+    def n_features(self) -> int:
+        return 2 * self.n_radial + 2 * self.n_angular + 2 + 3
+
+
+class DiskEmbedding(nn.Module):
+    """(B, N, 3) tokens ``(r, theta, I)`` -> (B, N, d_model) embeddings."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        longest = 4.0 * config.k_max
+        wavelengths = torch.logspace(
+            math.log10(config.radial_min_wavelength), math.log10(longest), config.n_radial
+        )
+        self.register_buffer("radial_omega", 2 * math.pi / wavelengths, persistent=False)  # (n_radial,)
+        self.register_buffer("harmonics", torch.arange(1, config.n_angular + 1).float(), persistent=False)
+        self.k_max = config.k_max
+        self.proj = nn.Linear(config.n_features, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        r, theta, intensity = tokens.float().unbind(-1)  # (B, N) each
+        rw = r[..., None] * self.radial_omega  # (B, N, n_radial)
+        kt = theta[..., None] * self.harmonics  # (B, N, K)
+        qxy = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], -1) / self.k_max
+        i = intensity.clamp_min(1e-6)
+        inten = torch.stack([i, i.sqrt(), i.log() / 7.0], -1)  # log(1e-3) / 7 ~ -1
+        return torch.cat([rw.sin(), rw.cos(), kt.cos(), kt.sin(), qxy, inten], -1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(self.features(tokens)))
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: x + MHA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.d_model
+        self.n_heads = config.n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv, self.out = nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.ff = nn.Sequential(nn.Linear(D, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, D))
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(self.ln1(x)).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, N, D/H) each
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, N, D)
+        x = x + F.dropout(self.out(y), p, self.training)
+        return x + F.dropout(self.ff(self.ln2(x)), p, self.training)
+
+
+class OrientationModel(nn.Module):
+    """Disk tokens -> orientation matrices (py4DSTEM convention) and, optionally, phase logits.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    metadata : dict, optional
+        What the model was trained for (crystal identity, voltage, token settings, symmetry...);
+        saved with the weights and checked when the model is used. Plain Python values only.
+
+    Examples
+    --------
+    >>> model = OrientationModel(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64))
+    >>> tokens, mask = torch.rand(5, 7, 3), torch.ones(5, 7, dtype=torch.bool)
+    >>> model(tokens, mask)["matrix"].shape
+    torch.Size([5, 3, 3])
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig(), metadata: Optional[dict] = None):
+        super().__init__()
+        self.config = config
+        self.metadata = dict(metadata or {})
+        D = config.d_model
+        self.embed = DiskEmbedding(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, 9))
+        self.phase_head = (
+            nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, config.n_phases)) if config.n_phases > 1 else None
+        )
+        self.history: dict = {}
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Predict.
+
+        Parameters
+        ----------
+        tokens : (B, N, 3) tensor
+            ``(r [1/A], theta [rad], I [relative])`` per disk (see :mod:`.tokens`).
+        mask : (B, N) bool tensor
+            True where a disk is present. Patterns without disks give a finite but meaningless
+            output (callers mark them as unmatched).
+
+        Returns
+        -------
+        dict with ``"raw"`` (B, 9), ``"matrix"`` (B, 3, 3) proper rotations (float32) and, with a
+        phase head, ``"phase_logits"`` (B, n_phases).
+        """
+        B, N, _ = tokens.shape
+        mask = mask.clone()
+        mask[:, 0] |= ~mask.any(1)  # an empty pattern attends to its (zero) first slot, not to nothing
+        x = self.embed(tokens)  # (B, N, D)
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, N): True = attend
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        x = self.ln_f(x)
+        weights = mask.to(x.dtype)[..., None]  # (B, N, 1)
+        pooled = (x * weights).sum(1) / weights.sum(1)  # (B, D) masked mean
+        raw = self.head(pooled).float()
+        out = {"raw": raw, "matrix": symmetric_orthogonalization(raw)}
+        if self.phase_head is not None:
+            out["phase_logits"] = self.phase_head(pooled).float()
+        return out
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path) -> None:
+        """Write weights, config and metadata; loadable with ``torch.load(weights_only=True)``."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(path, kind="model", model_config=asdict(self.config), state_dict=self.state_dict(),
+                        metadata=self.metadata, history=self.history)
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "OrientationModel":
+        """Rebuild a model written by :meth:`save` (never unpickles code)."""
+        from .checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, kind="model", map_location=map_location)
+        return cls.from_checkpoint(ckpt)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "OrientationModel":
+        model = cls(ModelConfig(**ckpt["model_config"]), ckpt.get("metadata"))
+        model.load_state_dict(ckpt["state_dict"])
+        model.history = ckpt.get("history") or {}
+        return model.eval()

@@ -1,0 +1,345 @@
+"""``train``: fit an :class:`OrientationModel` to a training set, on a CPU or a GPU.
+
+AdamW (no weight decay on biases and norms), linear warm-up then cosine decay, gradient clipping,
+on-the-fly augmentation, validation on held-out zone axes, best-on-validation weights kept,
+checkpoints every few hundred steps that resume bit-for-bit (every random draw is seeded from the
+run seed and the step or epoch, never from hidden global state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment, rotate_in_plane
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
+from .device import autocast, autocast_dtype, resolve_device
+from .loss import total_loss
+from .model import ModelConfig, OrientationModel
+from .rotations import symmetry_min_angle
+from .tokens import TokenConfig, tokenize
+
+__all__ = ["TrainConfig", "train", "model_metadata"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (saved in checkpoints). See :func:`train` for their meaning."""
+
+    epochs: Optional[int] = None
+    max_minutes: Optional[float] = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 300  # steps
+    min_lr_fraction: float = 0.02
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_fraction: float = 0.05
+    val_max_patterns: int = 4096
+    val_every: int = 250  # steps
+    checkpoint_every: int = 250  # steps
+    seed: int = 0
+    beam_flip_loss: bool = True
+    precision: Optional[str] = None  # None: bf16 where fast (CUDA, AMX / AVX-512-BF16 CPUs), else fp32
+
+
+def train(
+    training_set,
+    *,
+    epochs: Optional[int] = None,
+    max_minutes: Optional[float] = None,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    warmup: int = 300,
+    device=None,
+    val_fraction: float = 0.05,
+    checkpoint_dir=None,
+    resume: bool = False,
+    seed: int = 0,
+    progress_bar: bool = True,
+    model_config: Optional[ModelConfig] = None,
+    augment_config: Optional[AugmentConfig] = None,
+    token_config: Optional[TokenConfig] = None,
+    precision: Optional[str] = None,
+    **options,
+) -> OrientationModel:
+    """Train an orientation model on ``training_set`` and return it (best validation weights).
+
+    Parameters
+    ----------
+    training_set : TrainingSet
+        From ``crystal.generate_training_set(...)`` or ``TrainingSet.load(path)``.
+    epochs, max_minutes : optional
+        Stop after this many passes over the training patterns, or this much wall time (the
+        learning-rate schedule then follows the elapsed time). Neither given: 30 minutes.
+    batch_size, lr, warmup
+        Patterns per step, peak AdamW learning rate, warm-up steps.
+    device : str or torch.device, optional
+        Default: CUDA if available, else CPU.
+    val_fraction : float
+        Fraction of zone axes held out for validation (split by zone axis, never by pattern).
+    checkpoint_dir : path, optional
+        Where ``last.pt`` (resumable state) and ``best.pt`` (best model) are written.
+    resume : bool
+        Continue from ``checkpoint_dir/last.pt``; the run then ends exactly where an uninterrupted
+        run with the same seed ends.
+    seed : int
+        Same seed, same data, same device -> same weights.
+    progress_bar : bool
+        Show a tqdm bar with the loss and the validation error.
+    model_config, augment_config, token_config : optional
+        Architecture, augmentation and token settings; defaults suit a CPU.
+    precision : {"bf16", "fp32"}, optional
+        Autocast dtype; default bf16 where it is fast, else fp32.
+    **options
+        Any other :class:`TrainConfig` field (``val_every``, ``checkpoint_every``, ...).
+
+    Returns
+    -------
+    OrientationModel in eval mode, with ``model.history`` (loss and validation curves) and
+    ``model.metadata`` (crystal, voltage, token settings, symmetry...).
+    """
+    if epochs is None and max_minutes is None:
+        max_minutes = 30.0
+    config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup=warmup,
+                         val_fraction=val_fraction, seed=seed, precision=precision, **options)
+    token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * 1.05)
+    model_config = model_config or ModelConfig(k_max=token_config.k_max)
+    run = _Run(training_set, config, model_config, augment_config or AugmentConfig(k_max=token_config.k_max),
+               token_config, resolve_device(device), checkpoint_dir)
+    if resume:
+        run.restore()
+    return run.fit(progress_bar)
+
+
+def model_metadata(training_set, token_config: TokenConfig, symmetry: torch.Tensor) -> dict:
+    """What a model needs to know about the data it was trained on (plain Python values)."""
+    cfg = training_set.config
+    crystal = training_set.crystal()
+    thickness = np.asarray(training_set.thickness, dtype=float)
+    return {
+        "crystal": {
+            "lat_real": np.asarray(crystal.lat_real).tolist(),
+            "positions": np.asarray(crystal.positions).tolist(),
+            "numbers": np.asarray(crystal.numbers).tolist(),
+            "occupancy": np.asarray(getattr(crystal, "occupancy", np.ones(len(crystal.numbers)))).tolist(),
+        },
+        "accel_voltage": float(cfg.accel_voltage),
+        "k_max": float(cfg.k_max),
+        "thickness_range": [float(thickness.min()), float(thickness.max())],
+        "dynamical": bool(getattr(cfg, "dynamical", True)),
+        "centrosymmetric": bool(cfg.centrosymmetric),
+        "symmetry": symmetry.tolist(),
+        "token_config": token_config.to_dict(),
+        "training_set_size": len(training_set),
+    }
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0
+    best_val: float = math.inf
+    history: dict = field(default_factory=lambda: {"step": [], "loss": [], "val_step": [], "val_median_deg": [],
+                                                   "val_within_5deg": [], "lr": []})
+
+
+class _Run:
+    """One training run: data, model, optimiser and the loop state that checkpoints capture."""
+
+    def __init__(self, training_set, config, model_config, augment_config, token_config, device, checkpoint_dir):
+        from .symmetry import point_group_rotations
+
+        self.config, self.augment_config, self.token_config, self.device = config, augment_config, token_config, device
+        self.store = PatternStore(training_set)
+        self.centrosymmetric = bool(training_set.config.centrosymmetric)
+        self.symmetry = point_group_rotations(training_set.crystal()).float()
+        self.train_idx, val_idx = split_by_zone_axis(training_set.zone_axis_index, config.val_fraction, config.seed)
+        torch.manual_seed(config.seed)
+        meta = model_metadata(training_set, token_config, self.symmetry.double())
+        self.model = OrientationModel(model_config, meta).to(device)
+        self.optimizer = _adamw(self.model, config)
+        self.amp = autocast_dtype(device, config.precision)
+        self.val = self._validation_tokens(val_idx)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.state, self.best_weights = _State(), None
+        self.batches_per_epoch = math.ceil(len(self.train_idx) / config.batch_size)
+
+    # -- schedule ---------------------------------------------------------------------------
+    def progress(self) -> float:
+        c = self.config
+        fractions = []
+        if c.epochs is not None:
+            fractions.append(self.state.step / max(1, c.epochs * self.batches_per_epoch))
+        if c.max_minutes is not None:
+            fractions.append(self.state.elapsed / (60 * c.max_minutes))
+        return min(1.0, max(fractions))
+
+    def learning_rate(self) -> float:
+        c = self.config
+        warm = min(1.0, (self.state.step + 1) / max(1, c.warmup))
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
+        return c.lr * warm * (c.min_lr_fraction + (1 - c.min_lr_fraction) * cosine)
+
+    # -- loop -------------------------------------------------------------------------------
+    def fit(self, progress_bar: bool) -> OrientationModel:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self._total_for_bar(), initial=self._bar_position(), disable=not progress_bar,
+                   desc="training", unit="step" if self.config.epochs else "s")
+        while not self._done():
+            gen = seeded_generator(self.config.seed, 0, self.state.epoch)
+            batches = list(bucketed_batches(self.train_idx, self.store.counts, self.config.batch_size, gen))
+            for index in batches[self.state.batch_in_epoch:]:
+                t0 = time.perf_counter()
+                loss = self._step(index)
+                self.state.elapsed += time.perf_counter() - t0
+                self.state.batch_in_epoch += 1
+                self._after_step(loss, bar)
+                if self._done():
+                    break
+            else:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        bar.close()
+        return self._finish()
+
+    def _step(self, index: torch.Tensor) -> float:
+        self.model.train()
+        gen = seeded_generator(self.config.seed, 1, self.state.step)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=seeded_generator(self.config.seed, 2, self.state.step))))
+        batch = augment(self.store.gather(index), self.augment_config, gen, self.centrosymmetric)
+        tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        with autocast(self.device, self.amp):
+            out = self.model(tokens.tokens.to(self.device), tokens.mask.to(self.device))
+        loss, _ = total_loss(out, batch.matrix.to(self.device), self.symmetry.to(self.device),
+                             self.config.beam_flip_loss, batch.phase.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return loss.detach().item()
+
+    def _after_step(self, loss: float, bar) -> None:
+        s, c = self.state, self.config
+        t0 = time.perf_counter()
+        s.step += 1
+        s.history["step"].append(s.step)
+        s.history["loss"].append(loss)
+        s.history["lr"].append(self.optimizer.param_groups[0]["lr"])
+        last = self._done()
+        if self.val is not None and (s.step % c.val_every == 0 or last):
+            self._validate()
+        s.elapsed += time.perf_counter() - t0  # the time budget includes validation
+        if self.checkpoint_dir is not None and (s.step % c.checkpoint_every == 0 or last):
+            self.save()
+        bar.n = self._bar_position()
+        val = s.history["val_median_deg"][-1] if s.history["val_median_deg"] else float("nan")
+        bar.set_postfix(loss=f"{math.degrees(loss):.2f}°", val_median=f"{val:.2f}°", refresh=False)
+        bar.refresh()
+
+    def _done(self) -> bool:
+        c, s = self.config, self.state
+        if c.epochs is not None and s.step >= c.epochs * self.batches_per_epoch:
+            return True
+        return c.max_minutes is not None and s.elapsed >= 60 * c.max_minutes
+
+    def _total_for_bar(self):
+        c = self.config
+        return c.epochs * self.batches_per_epoch if c.epochs is not None else int(60 * c.max_minutes)
+
+    def _bar_position(self) -> int:
+        return self.state.step if self.config.epochs is not None else int(self.state.elapsed)
+
+    # -- validation -------------------------------------------------------------------------
+    def _validation_tokens(self, val_idx: np.ndarray):
+        if len(val_idx) == 0:
+            return None
+        gen = seeded_generator(self.config.seed, 3)
+        pick = torch.as_tensor(val_idx)[torch.randperm(len(val_idx), generator=gen)[: self.config.val_max_patterns]]
+        batch = self.store.gather(pick)
+        B = len(pick)
+        phi = (2 * torch.rand(B, generator=gen) - 1) * math.pi  # fixed, seeded in-plane angles, no damage
+        mirror = (torch.rand(B, generator=gen) < 0.5) & self.centrosymmetric
+        batch = rotate_in_plane(batch, phi, mirror)
+        return tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config), batch.matrix
+
+    @torch.inference_mode()
+    def _validate(self) -> None:
+        tokens, matrix = self.val
+        self.model.eval()
+        preds = []
+        for start in range(0, len(tokens), 1024):
+            with autocast(self.device, self.amp):
+                out = self.model(tokens.tokens[start:start + 1024].to(self.device), tokens.mask[start:start + 1024].to(self.device))
+            preds.append(out["matrix"].cpu())
+        angle = torch.rad2deg(symmetry_min_angle(torch.cat(preds), matrix, self.symmetry, allow_beam_flip=True))
+        median = float(angle.median())
+        h = self.state.history
+        h["val_step"].append(self.state.step)
+        h["val_median_deg"].append(median)
+        h["val_within_5deg"].append(float((angle < 5).float().mean()))
+        if median < self.state.best_val:
+            self.state.best_val = median
+            self.best_weights = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+            if self.checkpoint_dir is not None:
+                self._model_with(self.best_weights).save(self.checkpoint_dir / "best.pt")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self) -> None:
+        s = self.state
+        save_checkpoint(
+            self.checkpoint_dir / "last.pt", kind="training-state",
+            model_config=asdict(self.model.config), state_dict=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(), train_config=asdict(self.config),
+            loop={"step": s.step, "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "elapsed": s.elapsed,
+                  "best_val": s.best_val},
+            history=s.history, best_weights=self.best_weights, metadata=self.model.metadata,
+        )
+
+    def restore(self) -> None:
+        if self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        path = self.checkpoint_dir / "last.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+        ckpt = load_checkpoint(path, kind="training-state")
+        saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "max_minutes")}
+        now = {k: v for k, v in asdict(self.config).items() if k not in ("epochs", "max_minutes")}
+        if saved != now:
+            raise ValueError(f"cannot resume: the checkpoint was made with other settings {saved} != {now}")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        loop = ckpt["loop"]
+        self.state = _State(loop["step"], loop["epoch"], loop["batch_in_epoch"], loop["elapsed"], loop["best_val"],
+                            ckpt["history"])
+        self.best_weights = ckpt["best_weights"]
+
+    def _model_with(self, weights) -> OrientationModel:
+        model = OrientationModel(self.model.config, self.model.metadata)
+        model.load_state_dict(weights)
+        model.history = self.state.history
+        model.metadata = dict(self.model.metadata, train_config=asdict(self.config),
+                              augment_config=self.augment_config.to_dict())
+        return model.eval()
+
+    def _finish(self) -> OrientationModel:
+        weights = self.best_weights or {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return self._model_with(weights)
+
+
+def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))

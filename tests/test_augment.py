@@ -1,0 +1,112 @@
+"""Augmentation: geometric changes relabel exactly (py4DSTEM as the oracle), damage keeps labels."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.augment import AugmentConfig, augment, rotate_in_plane
+from py4dstem_transformer.data import Batch, PatternStore, bucketed_batches, split_by_zone_axis
+from py4dstem_transformer.rotations import random_rotations
+
+from conftest import KinematicSet, make_cu
+
+
+@pytest.fixture(scope="module")
+def kset():
+    return KinematicSet(40, seed=3)
+
+
+def simulate(crystal, m):
+    d = crystal.generate_diffraction_pattern(orientation_matrix=m, sigma_excitation_error=0.02).data
+    d = d[(d["h"] != 0) | (d["k"] != 0) | (d["l"] != 0)]
+    i = d["intensity"] / d["intensity"].max()
+    keep = i >= 1e-3
+    return np.stack([d["qx"][keep], d["qy"][keep], i[keep]], 1)
+
+
+def same_disks(a, b, tol=1e-5):
+    assert len(a) == len(b)
+    a, b = a[np.lexsort(a[:, :2].T.round(4))], b[np.lexsort(b[:, :2].T.round(4))]
+    np.testing.assert_allclose(a, b, atol=tol)
+
+
+def test_rotation_and_mirror_relabel_exactly(kset):
+    crystal = kset._crystal
+    store = PatternStore(kset)
+    index = torch.arange(6)
+    batch = store.gather(index)
+    phi = torch.tensor([0.0, 0.4, -2.0, 3.0, 1.1, -0.7])
+    mirror = torch.tensor([False, False, True, True, False, True])
+    out = rotate_in_plane(batch, phi, mirror)
+    offsets = np.concatenate([[0], np.cumsum(out.counts.numpy())])
+    for b in range(6):
+        got = torch.stack([out.qx, out.qy, out.intensity], 1)[offsets[b]:offsets[b + 1]].numpy()
+        same_disks(got, simulate(crystal, out.matrix[b].double().numpy()))
+
+
+def test_gather_returns_the_stored_patterns(kset):
+    store = PatternStore(kset)
+    batch = store.gather(torch.tensor([5, 0, 5]))
+    assert batch.counts.tolist() == [len(kset.qx[kset.offsets[i]:kset.offsets[i + 1]]) for i in (5, 0, 5)]
+    n5 = int(batch.counts[0])
+    assert np.array_equal(batch.qx[:n5].numpy(), kset.qx[kset.offsets[5]:kset.offsets[6]])
+    assert torch.equal(batch.matrix[0], batch.matrix[2])
+
+
+def test_damage_keeps_labels_and_disks_and_input(kset):
+    store = PatternStore(kset)
+    batch = store.gather(torch.arange(40))
+    before = batch.qx.clone()
+    strong = AugmentConfig(p_drop_weak=1, drop_weak_max=0.9, p_drop_random=1, drop_random_max=0.9, p_jitter=1,
+                           p_intensity_noise=1, p_flatten=1, p_spurious=1, mirror=False, in_plane_rotation=False)
+    out = augment(batch, strong, torch.Generator().manual_seed(0), centrosymmetric=True)
+    assert torch.equal(batch.qx, before)  # input untouched
+    assert torch.equal(out.matrix, batch.matrix)  # damage never changes the label
+    assert (out.counts >= 2).all()  # >= 1 real disk + >= 1 spurious disk
+    assert int(out.counts.sum()) == len(out.qx)
+    # deterministic given the generator
+    again = augment(batch, strong, torch.Generator().manual_seed(0), centrosymmetric=True)
+    assert torch.equal(again.qx, out.qx) and torch.equal(again.counts, out.counts)
+
+
+def test_drop_weak_removes_the_weakest():
+    qx = torch.tensor([1.0, 2.0, 3.0, 4.0, 1.0, 2.0])
+    batch = Batch(qx, torch.zeros(6), torch.tensor([0.1, 0.9, 0.5, 1.0, 1.0, 0.2]), torch.tensor([4, 2]),
+                  torch.eye(3).expand(2, 3, 3), torch.zeros(2, dtype=torch.int64))
+    cfg = AugmentConfig.none()
+    cfg = AugmentConfig(**{**cfg.to_dict(), "p_drop_weak": 1.0, "drop_weak_max": 0.999999, "in_plane_rotation": False})
+    # fraction ~U(0, 1): force it high by trying seeds until it drops 3 of 4, then check which survive
+    for seed in range(50):
+        out = augment(batch, cfg, torch.Generator().manual_seed(seed), centrosymmetric=False)
+        if int(out.counts[0]) == 1:
+            assert out.qx[0] == 4.0  # only the brightest of pattern 0 is left
+            return
+    pytest.fail("no seed dropped 3 of 4 disks")
+
+
+def test_no_mirror_for_non_centrosymmetric(kset):
+    store = PatternStore(kset)
+    batch = store.gather(torch.arange(40))
+    cfg = AugmentConfig.none()
+    out = augment(batch, AugmentConfig(**{**cfg.to_dict(), "in_plane_rotation": False}), torch.Generator().manual_seed(1), False)
+    assert torch.equal(out.matrix, batch.matrix)
+
+
+def test_split_by_zone_axis_never_shares_a_zone_axis():
+    zone = np.repeat(np.arange(50), 7)
+    train, val = split_by_zone_axis(zone, 0.2, seed=0)
+    assert len(train) + len(val) == len(zone) and len(set(zone[train]) & set(zone[val])) == 0
+    assert len(set(zone[val])) == 10
+    assert len(split_by_zone_axis(zone, 0.0)[1]) == 0
+
+
+def test_bucketed_batches_cover_every_pattern_once_and_cut_padding():
+    counts = torch.randint(1, 60, (1000,), generator=torch.Generator().manual_seed(0))
+    batches = list(bucketed_batches(np.arange(1000), counts, 32, torch.Generator().manual_seed(1), bucket=8))
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == list(range(1000))
+    padded = sum(len(b) * int(counts[b].max()) for b in batches)
+    random = sum(32 * int(counts[torch.randperm(1000)[:32]].max()) for _ in range(len(batches)))
+    assert padded < 0.8 * random
