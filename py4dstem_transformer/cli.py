@@ -76,6 +76,49 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .model import ModelConfig
+    from .train import train
+    from .training_set import TrainingSet
+
+    training_set = TrainingSet.load(args.training_set)
+    model_config = None
+    if args.d_model or args.layers:
+        base = ModelConfig()
+        model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
+                                   d_ff=4 * (args.d_model or base.d_model))
+    model = train(
+        training_set, epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+        device=args.device, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        progress_bar=not args.no_progress, model_config=model_config, precision=args.precision,
+    )
+    model.save(args.out)
+    h = model.history
+    best = min(h["val_median_deg"]) if h.get("val_median_deg") else float("nan")
+    print(f"saved {args.out}: {model.num_parameters:,} parameters, {h['step'][-1] if h.get('step') else 0} steps, "
+          f"best validation median {best:.2f} deg (held-out zone axes, beam flip allowed)")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a training-set file")
+    p.add_argument("training_set", help="HDF5 file from `py4dstem-transformer simulate` or TrainingSet.save")
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget (default 30 if no --epochs)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
+    p.add_argument("--checkpoint-dir", default=None, help="write resumable checkpoints here")
+    p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-model", type=int, default=None, help="model width (default 128)")
+    p.add_argument("--layers", type=int, default=None, help="encoder layers (default 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="py4dstem-transformer",
@@ -85,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, device and whether bf16 is fast here")
     info.set_defaults(func=_cmd_info)
+    _add_train(sub)
     return parser
 
 

@@ -82,3 +82,43 @@ class KinematicSet:
 
     def crystal(self):
         return make_cu()
+
+
+@pytest.fixture(scope="session")
+def kset():
+    """2500 kinematic Cu patterns (one per random orientation)."""
+    return KinematicSet(2500, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(kset):
+    """A tiny Cu model trained for ~10 s on ``kset``; good to ~7 deg median (beam flip allowed)."""
+    from py4dstem_transformer.augment import AugmentConfig
+    from py4dstem_transformer.model import ModelConfig
+    from py4dstem_transformer.train import train
+
+    light = AugmentConfig(p_drop_weak=0.2, p_drop_random=0.1, p_jitter=0.3, jitter_max=0.005, p_spurious=0.1)
+    return train(kset, epochs=20, batch_size=128, lr=3e-3, warmup=50, val_fraction=0.1, seed=0, progress_bar=False,
+                 model_config=ModelConfig(d_model=48, n_layers=2, n_heads=4, d_ff=96, k_max=2.1),
+                 augment_config=light, val_every=100, precision="fp32")
+
+
+def scan_from_patterns(lists, scan_shape, origin=(127.3, 129.1), q_pixel_size=0.0125, direct_beam=10.0):
+    """BraggVectors in raw detector pixels from calibrated (qx, qy, I) patterns, direct beam added."""
+    from py4dstem_transformer.peaks import Peaks, peaks_to_braggvectors
+
+    raw = []
+    for p in lists:
+        p = np.asarray(p, dtype=float).reshape(-1, 3)
+        pix = np.stack([p[:, 0] / q_pixel_size + origin[0], p[:, 1] / q_pixel_size + origin[1], p[:, 2]], 1)
+        raw.append(np.vstack([[origin[0], origin[1], direct_beam], pix]) if direct_beam else pix)
+    return peaks_to_braggvectors(Peaks.from_lists(raw, scan_shape), origin=origin, q_pixel_size=q_pixel_size)
+
+
+def kinematic_scan(kset_like, scan_shape):
+    """A scan whose positions hold the patterns of ``kset_like`` in order (raw pixels + calibration)."""
+    n = int(np.prod(scan_shape))
+    o = kset_like.offsets
+    lists = [np.stack([kset_like.qx[o[i]:o[i + 1]], kset_like.qy[o[i]:o[i + 1]], kset_like.intensity[o[i]:o[i + 1]]], 1)
+             for i in range(n)]
+    return scan_from_patterns(lists, scan_shape)

@@ -14,7 +14,7 @@ from conftest import KinematicSet, make_cu
 
 
 @pytest.fixture(scope="module")
-def kset():
+def kset40():
     return KinematicSet(40, seed=3)
 
 
@@ -32,9 +32,9 @@ def same_disks(a, b, tol=1e-5):
     np.testing.assert_allclose(a, b, atol=tol)
 
 
-def test_rotation_and_mirror_relabel_exactly(kset):
-    crystal = kset._crystal
-    store = PatternStore(kset)
+def test_rotation_and_mirror_relabel_exactly(kset40):
+    crystal = kset40._crystal
+    store = PatternStore(kset40)
     index = torch.arange(6)
     batch = store.gather(index)
     phi = torch.tensor([0.0, 0.4, -2.0, 3.0, 1.1, -0.7])
@@ -46,17 +46,17 @@ def test_rotation_and_mirror_relabel_exactly(kset):
         same_disks(got, simulate(crystal, out.matrix[b].double().numpy()))
 
 
-def test_gather_returns_the_stored_patterns(kset):
-    store = PatternStore(kset)
+def test_gather_returns_the_stored_patterns(kset40):
+    store = PatternStore(kset40)
     batch = store.gather(torch.tensor([5, 0, 5]))
-    assert batch.counts.tolist() == [len(kset.qx[kset.offsets[i]:kset.offsets[i + 1]]) for i in (5, 0, 5)]
+    assert batch.counts.tolist() == [len(kset40.qx[kset40.offsets[i]:kset40.offsets[i + 1]]) for i in (5, 0, 5)]
     n5 = int(batch.counts[0])
-    assert np.array_equal(batch.qx[:n5].numpy(), kset.qx[kset.offsets[5]:kset.offsets[6]])
+    assert np.array_equal(batch.qx[:n5].numpy(), kset40.qx[kset40.offsets[5]:kset40.offsets[6]])
     assert torch.equal(batch.matrix[0], batch.matrix[2])
 
 
-def test_damage_keeps_labels_and_disks_and_input(kset):
-    store = PatternStore(kset)
+def test_damage_keeps_labels_and_disks_and_input(kset40):
+    store = PatternStore(kset40)
     batch = store.gather(torch.arange(40))
     before = batch.qx.clone()
     strong = AugmentConfig(p_drop_weak=1, drop_weak_max=0.9, p_drop_random=1, drop_random_max=0.9, p_jitter=1,
@@ -86,8 +86,8 @@ def test_drop_weak_removes_the_weakest():
     pytest.fail("no seed dropped 3 of 4 disks")
 
 
-def test_no_mirror_for_non_centrosymmetric(kset):
-    store = PatternStore(kset)
+def test_no_mirror_for_non_centrosymmetric(kset40):
+    store = PatternStore(kset40)
     batch = store.gather(torch.arange(40))
     cfg = AugmentConfig.none()
     out = augment(batch, AugmentConfig(**{**cfg.to_dict(), "in_plane_rotation": False}), torch.Generator().manual_seed(1), False)

@@ -17,19 +17,6 @@ from py4dstem_transformer.train import train
 
 from conftest import KinematicSet, make_cu
 
-TINY = ModelConfig(d_model=48, n_layers=2, n_heads=4, d_ff=96, k_max=2.1)
-LIGHT = AugmentConfig(p_drop_weak=0.2, p_drop_random=0.1, p_jitter=0.3, jitter_max=0.005, p_spurious=0.1)
-
-
-@pytest.fixture(scope="module")
-def kset():
-    return KinematicSet(2500, seed=0)
-
-
-@pytest.fixture(scope="module")
-def trained(kset):
-    return train(kset, epochs=20, batch_size=128, lr=3e-3, warmup=50, val_fraction=0.1, seed=0, progress_bar=False,
-                 model_config=TINY, augment_config=LIGHT, val_every=100, precision="fp32")
 
 
 def predict(model, batch):

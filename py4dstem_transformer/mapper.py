@@ -1,0 +1,254 @@
+"""``TransformerOrientationMap``: a drop-in for ``crystal.match_orientations``.
+
+The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
+
+1. tokens from the calibrated Bragg vectors (:mod:`.tokens`);
+2. the network predicts one orientation per pattern (batches bucketed by disk count,
+   ``torch.inference_mode``, bf16 autocast where it is fast);
+3. candidates: the prediction, its beam-flip partner ``M @ diag(-1, -1, 1)`` (which a network cannot
+   tell apart off a zone axis) and, with ``inversion_symmetry``, the mirror partners;
+4. each candidate's kinematic disks are correlated with the observed disks (:mod:`.score`); the
+   best-scoring candidate is the first match and its correlation is ``corr``;
+5. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .device import autocast, autocast_dtype, resolve_device
+from .kinematics import Reflections, simulate_disks
+from .model import OrientationModel
+from .orientation_map import build_orientation_map, ensure_plan
+from .peaks import Peaks, peaks_from_braggvectors
+from .rotations import BEAM_FLIP, MIRROR, symmetric_orthogonalization
+from .score import correlation, tokens_to_xy
+from .tokens import TokenConfig, Tokens, iter_scan_tokens
+from .compatibility import check_crystal_matches_model
+
+__all__ = ["TransformerOrientationMap"]
+
+#: Right factors of the candidates scored for every prediction: identity, beam flip, mirror, both.
+_PARTNERS = np.array([(1.0, 1.0, 1.0), BEAM_FLIP, MIRROR, tuple(np.multiply(BEAM_FLIP, MIRROR))])
+
+
+class TransformerOrientationMap:
+    """Orientation mapping with a trained transformer, returning py4DSTEM ``OrientationMap`` objects.
+
+    Parameters
+    ----------
+    crystal : py4DSTEM Crystal
+        The material. It must match the crystal the model was trained for (lattice and point
+        group); its ``orientation_map`` attribute and plan attributes are set by the mapping.
+    model : OrientationModel or path
+        A trained model, or a model file.
+    device : str or torch.device, optional
+        Default: CUDA if available, else CPU.
+    precision : {"bf16", "fp32"}, optional
+        Autocast dtype for the network; default bf16 where it is fast.
+    sigma_excitation_error : float
+        Excitation-error width (1/A) of the kinematic patterns used to score candidates.
+    corr_kernel_size : float
+        Positional tolerance (1/A) of the score.
+
+    Examples
+    --------
+    >>> mapper = TransformerOrientationMap.pretrained("Cu")                  # doctest: +SKIP
+    >>> orientation_map = mapper.match_orientations(bragg_peaks)             # doctest: +SKIP
+    >>> mapper.crystal.plot_orientation_maps(orientation_map)                # doctest: +SKIP
+    """
+
+    def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
+                 sigma_excitation_error: float = 0.02, corr_kernel_size: float = 0.04):
+        if not isinstance(model, OrientationModel):
+            model = OrientationModel.load(model)
+        check_crystal_matches_model(crystal, model.metadata)
+        self.crystal, self.model = crystal, model.eval()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.sigma_excitation_error, self.corr_kernel_size = sigma_excitation_error, corr_kernel_size
+        meta = model.metadata
+        self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
+        self.accel_voltage = float(meta.get("accel_voltage", 300e3))
+        self.symmetry = np.asarray(meta["symmetry"]) if "symmetry" in meta else None
+        self._reflections = None
+
+    @classmethod
+    def pretrained(cls, name: str, crystal=None, **kwargs) -> "TransformerOrientationMap":
+        """A shipped model by name (see :func:`list_pretrained`); ``crystal=None`` builds the model's crystal."""
+        from .pretrained import load_pretrained
+
+        model = load_pretrained(name)
+        return cls(crystal if crystal is not None else crystal_from_metadata(model.metadata), model, **kwargs)
+
+    # -- public API, mirroring py4DSTEM ---------------------------------------------------
+    def match_orientations(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
+                           inversion_symmetry: bool = True, progress_bar: bool = True,
+                           batch_size: Optional[int] = None, device=None, chunk_size: int = 16384):
+        """Orientation map of a whole scan, like ``crystal.match_orientations(bragg_peaks)``.
+
+        Parameters
+        ----------
+        bragg_peaks : py4DSTEM BraggVectors
+            Calibrated (origin and Q pixel size; ellipse and rotation used when set). Not modified.
+        num_matches_return : int
+            Matches per position: the best candidate first, then its near-ambiguous partners (beam
+            flip; mirror partners if ``inversion_symmetry``), ranked by ``corr``.
+        min_number_peaks : int
+            Positions with fewer detected peaks (the direct beam counts, as in py4DSTEM) get
+            ``corr = 0`` ("no match").
+        inversion_symmetry : bool
+            Offer the mirror partners (``M @ diag(1, -1, -1)``) as candidates too.
+        progress_bar : bool
+        batch_size : int, optional
+            Patterns per network call; default 512 on CPU, 4096 on CUDA.
+        device : optional
+            Overrides the mapper's device for this call.
+        chunk_size : int
+            Scan positions processed at once (bounds memory).
+
+        Returns
+        -------
+        py4DSTEM ``OrientationMap`` of shape (Rx, Ry, num_matches_return); also stored as
+        ``self.crystal.orientation_map``.
+        """
+        peaks = peaks_from_braggvectors(bragg_peaks)
+        return self.match_peaks(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
+                                batch_size, device, chunk_size)
+
+    def match_peaks(self, peaks: Peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
+                    inversion_symmetry: bool = True, progress_bar: bool = True, batch_size: Optional[int] = None,
+                    device=None, chunk_size: int = 16384):
+        """:meth:`match_orientations` on flat :class:`~py4dstem_transformer.peaks.Peaks` (e.g. from
+        :func:`~py4dstem_transformer.peaks.read_peaks`, the fast file reader)."""
+        from tqdm.auto import tqdm
+
+        if len(peaks.scan_shape) != 2:
+            raise ValueError(f"expected a 2-D scan, got scan shape {peaks.scan_shape}")
+        device = resolve_device(device) if device is not None else self.device
+        K = self._check_num_matches(num_matches_return, inversion_symmetry)
+        B = peaks.num_positions
+        matrix, corr = np.zeros((B, K, 3, 3)), np.zeros((B, K))
+        bar = tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar)
+        for start, tokens in iter_scan_tokens(peaks, self.token_config, chunk_size):
+            n = len(tokens)
+            m, c = self.predict_tokens(tokens, K, inversion_symmetry, batch_size, device)
+            too_few = (peaks.counts[start:start + n] < min_number_peaks) | (tokens.counts.numpy() == 0)
+            c[too_few] = 0.0
+            matrix[start:start + n], corr[start:start + n] = m, c
+            bar.update(n)
+        bar.close()
+        Rx, Ry = peaks.scan_shape
+        return self._to_orientation_map(matrix.reshape(Rx, Ry, K, 3, 3), corr.reshape(Rx, Ry, K))
+
+    def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
+                             inversion_symmetry: bool = True, **kwargs):
+        """Orientation of one pattern, like ``crystal.match_single_pattern``.
+
+        Parameters
+        ----------
+        bragg_peaks : PointList
+            Calibrated peaks ``(qx, qy, intensity)`` in 1/A, origin at the direct beam (what
+            ``bragg_peaks.cal[rx, ry]`` or ``generate_diffraction_pattern`` give).
+
+        Returns
+        -------
+        py4DSTEM ``Orientation`` with ``num_matches_return`` matches.
+        """
+        from py4DSTEM.process.diffraction.utils import Orientation
+
+        data = bragg_peaks.data if hasattr(bragg_peaks, "data") else np.asarray(bragg_peaks)
+        peaks = Peaks.from_lists([np.stack([data["qx"], data["qy"], data["intensity"]], 1)], (1, 1))
+        om = self.match_peaks(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar=False, **kwargs)
+        orientation = Orientation(num_matches=num_matches_return)
+        for field in ("matrix", "family", "corr", "inds", "mirror", "angles"):
+            setattr(orientation, field, getattr(om, field)[0, 0].copy())
+        return orientation
+
+    # -- the engine -------------------------------------------------------------------------
+    def predict_tokens(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
+                       batch_size: Optional[int] = None, device=None):
+        """Ranked candidate orientations for a batch of tokens.
+
+        Returns ``(matrix (B, K, 3, 3) float64, corr (B, K) float64)`` as numpy arrays.
+        """
+        device = resolve_device(device) if device is not None else self.device
+        network = self.predict_network(tokens, batch_size, device)  # (B, 3, 3)
+        partners = _PARTNERS if inversion_symmetry else _PARTNERS[:2]
+        candidates = network[:, None] * torch.as_tensor(partners, dtype=network.dtype, device=network.device)[None, :, None, :]
+        score = self.score(tokens, candidates, device)  # (B, C)
+        order = torch.argsort(score, dim=1, descending=True)[:, :num_matches]
+        best = torch.gather(candidates, 1, order[..., None, None].expand(-1, -1, 3, 3))
+        best = symmetric_orthogonalization(best.double().cpu())  # float32 network output -> exact in float64
+        return best.numpy(), torch.gather(score, 1, order).double().numpy()
+
+    @torch.inference_mode()
+    def predict_network(self, tokens: Tokens, batch_size: Optional[int] = None, device=None) -> torch.Tensor:
+        """The network's orientation for each pattern, (B, 3, 3) float32 (batches bucketed by disk count)."""
+        device = resolve_device(device) if device is not None else self.device
+        model = self.model.to(device)
+        batch_size = batch_size or (4096 if device.type == "cuda" else 512)
+        amp = autocast_dtype(device, self.precision)
+        out = torch.zeros(len(tokens), 3, 3)
+        order = torch.argsort(tokens.counts, stable=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            n = max(int(tokens.counts[idx].max()), 1)  # trim padding to this batch's longest pattern
+            x, mask = tokens.tokens[idx, :n].to(device), tokens.mask[idx, :n].to(device)
+            with autocast(device, amp):
+                out[idx] = model(x, mask)["matrix"].float().cpu()
+        return out
+
+    @torch.inference_mode()
+    def score(self, tokens: Tokens, candidates: torch.Tensor, device=None) -> torch.Tensor:
+        """Correlation (B, C) of the observed disks with the kinematic disks of (B, C, 3, 3) candidates."""
+        device = resolve_device(device) if device is not None else self.device
+        B, C = candidates.shape[:2]
+        refl = self._get_reflections().to(device)
+        sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
+                                       max_disks=max(2 * tokens.tokens.shape[1], 16), k_max=self.token_config.k_max,
+                                       r_min=self.token_config.direct_beam_radius)
+        obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
+        obs_mask = tokens.mask.to(device).repeat_interleave(C, 0)
+        corr = correlation(obs, obs_mask, sim, sim_mask, self.corr_kernel_size)
+        return corr.view(B, C).cpu()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _get_reflections(self) -> Reflections:
+        if self._reflections is None:
+            self._reflections = Reflections.from_crystal(self.crystal, self.token_config.k_max, self.accel_voltage)
+        return self._reflections
+
+    def _check_num_matches(self, num_matches_return: int, inversion_symmetry: bool) -> int:
+        available = 4 if inversion_symmetry else 2
+        if not 1 <= num_matches_return <= available:
+            raise ValueError(
+                f"num_matches_return must be between 1 and {available} (the prediction and its near-ambiguous "
+                f"partners{'' if inversion_symmetry else '; pass inversion_symmetry=True for the mirror partners'})"
+            )
+        return int(num_matches_return)
+
+    def _to_orientation_map(self, matrix: np.ndarray, corr: np.ndarray):
+        ensure_plan(self.crystal, self.accel_voltage, float(self.model.metadata.get("k_max", self.token_config.k_max)))
+        rotations = self.symmetry if self.symmetry is not None else _point_group(self.crystal)
+        om = build_orientation_map(self.crystal, matrix, corr, rotations)
+        self.crystal.orientation_map = om
+        return om
+
+
+def _point_group(crystal) -> np.ndarray:
+    from .symmetry import point_group_rotations
+
+    return point_group_rotations(crystal).numpy()
+
+
+def crystal_from_metadata(metadata: dict):
+    """The py4DSTEM Crystal a model was trained for, rebuilt from its metadata."""
+    from py4DSTEM.process.diffraction import Crystal
+
+    c = metadata["crystal"]
+    return Crystal(np.asarray(c["positions"]), np.asarray(c["numbers"]), np.asarray(c["lat_real"]),
+                   occupancy=np.asarray(c["occupancy"]) if c.get("occupancy") is not None else None)

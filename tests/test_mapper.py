@@ -1,0 +1,157 @@
+"""TransformerOrientationMap: native output that py4DSTEM's downstream tools accept, honest corr."""
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.mapper import TransformerOrientationMap
+from py4dstem_transformer.model import ModelConfig, OrientationModel
+from py4dstem_transformer.rotations import beam_flip, symmetry_min_angle
+from py4dstem_transformer.symmetry import point_group_rotations
+
+from conftest import KinematicSet, kinematic_scan, make_cu, scan_from_patterns
+
+
+@pytest.fixture(scope="module")
+def test_scan():
+    truth = KinematicSet(60, seed=42)
+    return truth, kinematic_scan(truth, (6, 10))
+
+
+@pytest.fixture(scope="module")
+def mapped(trained, test_scan):
+    truth, scan = test_scan
+    cu = make_cu()
+    mapper = TransformerOrientationMap(cu, trained)
+    om = mapper.match_orientations(scan, num_matches_return=2, progress_bar=False)
+    return mapper, om, truth
+
+
+def errors(om, truth, flip):
+    s = point_group_rotations(make_cu())
+    pred = torch.as_tensor(om.matrix[:, :, 0].reshape(-1, 3, 3))
+    return torch.rad2deg(symmetry_min_angle(pred, torch.as_tensor(truth.orientation_matrices), s, flip)).numpy()
+
+
+def test_native_orientation_map(mapped):
+    from py4DSTEM.process.diffraction.utils import OrientationMap
+
+    mapper, om, truth = mapped
+    assert isinstance(om, OrientationMap) and om.matrix.shape == (6, 10, 2, 3, 3)
+    assert mapper.crystal.orientation_map is om
+    m = om.matrix.reshape(-1, 3, 3)
+    np.testing.assert_allclose(np.linalg.det(m), 1.0, atol=1e-6)
+    np.testing.assert_allclose(m.transpose(0, 2, 1) @ m, np.broadcast_to(np.eye(3), m.shape), atol=1e-6)
+    assert np.abs(om.family).sum() > 0  # symmetry-reduced with pymatgen, as ACOM fills it
+    assert (om.corr[..., 0] >= om.corr[..., 1]).all()  # matches ranked by corr
+
+
+def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
+    from py4dstem_transformer.tokens import braggvectors_to_tokens
+
+    mapper, om, truth = mapped
+    assert np.median(errors(om, truth, flip=True)) < 12
+    # the network alone picks the beam flip at chance; the physics arbiter does better
+    s = point_group_rotations(make_cu())
+    network = mapper.predict_network(braggvectors_to_tokens(test_scan[1])).double()
+    net_err = torch.rad2deg(symmetry_min_angle(network, torch.as_tensor(truth.orientation_matrices), s)).numpy()
+    assert (errors(om, truth, flip=False) < 5).mean() > (net_err < 5).mean()
+    first, second = om.matrix[:, :, 0].reshape(-1, 3, 3), om.matrix[:, :, 1].reshape(-1, 3, 3)
+    assert (np.linalg.norm(first - second, axis=(1, 2)) > 0.1).all()  # distinct candidates
+
+
+def test_corr_flags_wrong_answers(mapped):
+    mapper, om, truth = mapped
+    err = errors(om, truth, flip=False)
+    corr = om.corr[:, :, 0].ravel()
+    right, wrong = corr[err < 5], corr[err > 5]
+    assert len(right) > 3 and len(wrong) > 3
+    assert np.median(right) > np.median(wrong) + 0.1
+
+
+def test_true_orientation_beats_its_beam_flip(trained, monkeypatch):
+    """With the network's answer replaced by the flipped truth, the arbiter must put the truth first."""
+    truth = KinematicSet(30, seed=8)
+    scan = kinematic_scan(truth, (5, 6))
+    mapper = TransformerOrientationMap(make_cu(), trained)
+    flipped = beam_flip(torch.as_tensor(truth.orientation_matrices, dtype=torch.float32))
+    monkeypatch.setattr(mapper, "predict_network", lambda tokens, *args, **kw: flipped[: len(tokens)])
+    om = mapper.match_orientations(scan, progress_bar=False)
+    err = errors(om, truth, flip=False)
+    assert (err < 1e-3).mean() > 0.9  # exact kinematic disks: the truth scores 1, its flip less
+    assert (om.corr[:, :, 0] > 0.95).mean() > 0.9  # (the simulated set reaches slightly further out)
+
+
+def test_min_number_peaks_and_empty_positions_give_corr_zero(trained):
+    truth = KinematicSet(4, seed=1)
+    o = truth.offsets
+    lists = [np.stack([truth.qx[o[i]:o[i + 1]], truth.qy[o[i]:o[i + 1]], truth.intensity[o[i]:o[i + 1]]], 1) for i in range(4)]
+    lists[1] = lists[1][:1]  # direct beam + 1 disk = 2 peaks < 3
+    lists[2] = np.zeros((0, 3))  # direct beam only
+    scan = scan_from_patterns(lists, (2, 2))
+    om = TransformerOrientationMap(make_cu(), trained).match_orientations(scan, progress_bar=False)
+    corr = om.corr[:, :, 0].ravel()
+    assert corr[1] == 0 and corr[2] == 0 and corr[0] > 0 and corr[3] > 0
+    cu = make_cu()
+    mapper = TransformerOrientationMap(cu, trained)
+    om1 = mapper.match_orientations(scan, min_number_peaks=1, progress_bar=False)
+    assert om1.corr[0, 1, 0] > 0 and om1.corr[1, 0, 0] == 0  # no disk left after the direct beam
+
+
+def test_downstream_py4dstem_tools_accept_it(mapped, test_scan, tmp_path):
+    from py4DSTEM.process.diffraction import CrystalPhase
+
+    mapper, om, truth = mapped
+    cu = mapper.crystal
+    images = cu.plot_orientation_maps(om, returnfig=False)
+    assert images.shape[:2] == (6, 10) and np.isfinite(images).all()
+    xmap = cu.orientation_map_to_orix_CrystalMap(om)
+    assert xmap.shape == (10, 6)
+    cu.save_ang_file(str(tmp_path / "map.ang"), om)
+    assert (tmp_path / "map.ang").stat().st_size > 1000
+    phase = CrystalPhase([cu], crystal_names=["Cu"])
+    phase.quantify_phase(test_scan[1], progress_bar=False)  # re-simulates from our matrices
+    assert phase.phase_weights.shape == (6, 10, 2) and (phase.phase_weights.sum(-1) > 0).mean() > 0.5
+    phase.plot_dominant_phase(use_correlation_scores=True, returnfig=False)
+    assert phase.phase_rgb.shape == (6, 10, 3)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_users_inputs_are_not_modified(trained, test_scan):
+    truth, scan = test_scan
+    raw = [pl.data.copy() for row in scan._v_uncal._pointlists for pl in row]
+    cu = make_cu()
+    cu.setup_diffraction(300e3)
+    TransformerOrientationMap(cu, trained).match_orientations(scan, progress_bar=False)
+    assert all(np.array_equal(a, pl.data) for a, pl in zip(raw, (pl for row in scan._v_uncal._pointlists for pl in row)))
+    assert float(cu.accel_voltage) == 300e3 and not hasattr(cu, "orientation_ref")
+
+
+def test_single_pattern(trained):
+    truth = KinematicSet(1, seed=3)
+    cu = make_cu()
+    cu.setup_diffraction(300e3)
+    cu.calculate_structure_factors(2.0)
+    pattern = cu.generate_diffraction_pattern(orientation_matrix=truth.orientation_matrices[0], sigma_excitation_error=0.02)
+    orientation = TransformerOrientationMap(make_cu(), trained).match_single_pattern(pattern, num_matches_return=2)
+    assert orientation.matrix.shape == (2, 3, 3) and orientation.corr[0] >= orientation.corr[1] > 0
+
+
+def test_wrong_crystal_or_voltage_is_refused(trained):
+    from py4DSTEM.process.diffraction import Crystal
+
+    al = Crystal(make_cu().positions, 13, 4.05)
+    with pytest.raises(ValueError, match="does not match the cell"):
+        TransformerOrientationMap(al, trained)
+    wrong_z = Crystal(make_cu().positions, 28, 3.615)
+    with pytest.raises(ValueError, match="atoms"):
+        TransformerOrientationMap(wrong_z, trained)
+    cu = make_cu()
+    cu.setup_diffraction(200e3)
+    with pytest.raises(ValueError, match="200 kV"):
+        TransformerOrientationMap(cu, trained)
+    with pytest.raises(ValueError, match="num_matches_return"):
+        TransformerOrientationMap(make_cu(), trained).match_orientations(kinematic_scan(KinematicSet(4, seed=0), (2, 2)),
+                                                                         num_matches_return=3, inversion_symmetry=False)
