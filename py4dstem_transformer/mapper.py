@@ -173,34 +173,40 @@ class TransformerOrientationMap:
                        batch_size: Optional[int] = None, device=None):
         """Ranked candidate orientations for a batch of tokens.
 
+        Patterns are processed in batches of similar disk count (padding trimmed per batch), each
+        through the network and the candidate scoring, so the working set stays in cache.
+
         Returns ``(matrix (B, K, 3, 3) float64, corr (B, K) float64)`` as numpy arrays.
         """
         device = resolve_device(device) if device is not None else self.device
-        network = self.predict_network(tokens, batch_size, device)  # (B, 3, 3)
-        partners = _PARTNERS if inversion_symmetry else _PARTNERS[:2]
-        candidates = network[:, None] * torch.as_tensor(partners, dtype=network.dtype, device=network.device)[None, :, None, :]
-        score = self.score(tokens, candidates, device)  # (B, C)
-        order = torch.argsort(score, dim=1, descending=True)[:, :num_matches]
-        best = torch.gather(candidates, 1, order[..., None, None].expand(-1, -1, 3, 3))
-        best = symmetric_orthogonalization(best.double().cpu())  # float32 network output -> exact in float64
-        return best.numpy(), torch.gather(score, 1, order).double().numpy()
+        batch_size = batch_size or (4096 if device.type == "cuda" else 512)
+        # the mirror partners only compete for the 3rd and 4th matches: the network does not confuse them
+        partners = _PARTNERS if (inversion_symmetry and num_matches > 2) else _PARTNERS[:2]
+        partners = torch.as_tensor(partners, dtype=torch.float32)
+        matrix, corr = torch.zeros(len(tokens), num_matches, 3, 3), torch.zeros(len(tokens), num_matches)
+        for idx, batch in _count_sorted_batches(tokens, batch_size):
+            network = self._network(batch, device)  # (b, 3, 3)
+            candidates = network[:, None] * partners.to(network.device)[None, :, None, :]  # (b, C, 3, 3)
+            score = self.score(batch, candidates, device)  # (b, C)
+            order = torch.argsort(score, dim=1, descending=True)[:, :num_matches]
+            matrix[idx] = torch.gather(candidates.cpu(), 1, order[..., None, None].expand(-1, -1, 3, 3))
+            corr[idx] = torch.gather(score, 1, order)
+        matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
+        return matrix.numpy(), corr.double().numpy()
 
-    @torch.inference_mode()
     def predict_network(self, tokens: Tokens, batch_size: Optional[int] = None, device=None) -> torch.Tensor:
         """The network's orientation for each pattern, (B, 3, 3) float32 (batches bucketed by disk count)."""
         device = resolve_device(device) if device is not None else self.device
-        model = self.model.to(device)
-        batch_size = batch_size or (4096 if device.type == "cuda" else 512)
-        amp = autocast_dtype(device, self.precision)
         out = torch.zeros(len(tokens), 3, 3)
-        order = torch.argsort(tokens.counts, stable=True)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            n = max(int(tokens.counts[idx].max()), 1)  # trim padding to this batch's longest pattern
-            x, mask = tokens.tokens[idx, :n].to(device), tokens.mask[idx, :n].to(device)
-            with autocast(device, amp):
-                out[idx] = model(x, mask)["matrix"].float().cpu()
+        for idx, batch in _count_sorted_batches(tokens, batch_size or (4096 if device.type == "cuda" else 512)):
+            out[idx] = self._network(batch, device).cpu()
         return out
+
+    @torch.inference_mode()
+    def _network(self, tokens: Tokens, device) -> torch.Tensor:
+        model = self.model.to(device)
+        with autocast(device, autocast_dtype(device, self.precision)):
+            return model(tokens.tokens.to(device), tokens.mask.to(device))["matrix"].float()
 
     @torch.inference_mode()
     def score(self, tokens: Tokens, candidates: torch.Tensor, device=None) -> torch.Tensor:
@@ -208,8 +214,9 @@ class TransformerOrientationMap:
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
         refl = self._get_reflections().to(device)
+        N = tokens.tokens.shape[1]
         sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
-                                       max_disks=max(2 * tokens.tokens.shape[1], 16), k_max=self.token_config.k_max,
+                                       max_disks=min(max(N + 8, 16), 48), k_max=self.token_config.k_max,
                                        r_min=self.token_config.direct_beam_radius)
         obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
         obs_mask = tokens.mask.to(device).repeat_interleave(C, 0)
@@ -237,6 +244,15 @@ class TransformerOrientationMap:
         om = build_orientation_map(self.crystal, matrix, corr, rotations)
         self.crystal.orientation_map = om
         return om
+
+
+def _count_sorted_batches(tokens: Tokens, batch_size: int):
+    """Yield ``(index, Tokens)`` batches of similar disk count, padding trimmed to each batch."""
+    order = torch.argsort(tokens.counts, stable=True)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        n = max(int(tokens.counts[idx].max()), 1)
+        yield idx, Tokens(tokens.tokens[idx, :n], tokens.mask[idx, :n], tokens.counts[idx])
 
 
 def _point_group(crystal) -> np.ndarray:
