@@ -1,5 +1,31 @@
-"""py4DSTEM-transformer: crystal orientation maps from 4D-STEM Bragg disks with a transformer."""
+"""py4DSTEM-transformer: crystal orientation maps from 4D-STEM Bragg disks with a transformer.
+
+Importing the package registers ``Crystal.generate_training_set`` on py4DSTEM's ``Crystal``.
+
+Public names: :class:`TransformerOrientationMap` (the drop-in for ``crystal.match_orientations``),
+:class:`TrainingSet`, :func:`generate_training_set`, :func:`train`, :class:`OrientationModel`,
+:func:`list_pretrained`, :func:`simulate_scan`.
+"""
 
 from ._version import __version__
+from .mapper import TransformerOrientationMap
+from .model import ModelConfig, OrientationModel
+from .pretrained import list_pretrained
+from .scan import simulate_scan
+from .simulate import generate_training_set, register as _register
+from .trainer import train
+from .training_set import TrainingSet
 
-__all__ = ["__version__"]
+_register()
+
+__all__ = [
+    "__version__",
+    "TransformerOrientationMap",
+    "TrainingSet",
+    "generate_training_set",
+    "train",
+    "OrientationModel",
+    "ModelConfig",
+    "list_pretrained",
+    "simulate_scan",
+]

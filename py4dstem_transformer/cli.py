@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from ._version import __version__
+from .simulate import add_simulate_command
 
 __all__ = ["main", "build_parser", "environment_info"]
 
@@ -78,7 +79,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_train(args) -> int:
     from .model import ModelConfig
-    from .train import train
+    from .trainer import train
     from .training_set import TrainingSet
 
     training_set = TrainingSet.load(args.training_set)
@@ -119,6 +120,25 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(size=args.size, num_grains=args.grains, out=args.out, acom=not args.no_acom, seed=args.seed,
+             progress_bar=not args.no_progress)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="map a simulated Cu polycrystal with the shipped model and with ACOM, side by side")
+    p.add_argument("--size", type=int, default=32, help="scan is SIZE x SIZE positions (default 32)")
+    p.add_argument("--grains", type=int, default=12, help="number of grains (default 12)")
+    p.add_argument("--out", default="demo_out", help="folder for the PNGs (default demo_out)")
+    p.add_argument("--no-acom", action="store_true", help="skip py4DSTEM's ACOM (~30 ms per pattern)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="py4dstem-transformer",
@@ -128,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, device and whether bf16 is fast here")
     info.set_defaults(func=_cmd_info)
+    _add_demo(sub)
+    add_simulate_command(sub)
     _add_train(sub)
     return parser
 

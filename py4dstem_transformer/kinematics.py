@@ -57,7 +57,7 @@ class Reflections:
 
 
 def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitation_error: float = 0.02,
-                   max_disks: int = 48, k_max: float = None, r_min: float = 0.0):
+                   max_disks: int = 48, k_max: float = None, r_min: float = 0.0, return_index: bool = False):
     """Kinematic disks of ``B`` orientations, strongest first.
 
     Parameters
@@ -77,6 +77,7 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     disks : (B, K, 3) float32 tensor of ``(qx, qy, intensity)``, lab frame, 1/A; intensity relative to
         the strongest reflection of the crystal.
     mask : (B, K) bool tensor, True where a disk is excited.
+    index : (B, K) int64 tensor into ``reflections.g``, only with ``return_index``.
     """
     g = reflections.g.to(matrix.device)
     lam = reflections.wavelength
@@ -93,4 +94,5 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     K = min(max_disks, g.shape[0])
     top, index = torch.topk(log_i, K, dim=-1)  # (B, K)
     xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
-    return torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
+    disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
+    return (disks, mask, index) if return_index else (disks, mask)

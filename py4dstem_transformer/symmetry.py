@@ -19,7 +19,27 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["point_group_rotations", "check_structure_factor_invariance"]
+__all__ = ["point_group_operations", "point_group_rotations", "check_structure_factor_invariance"]
+
+
+def point_group_operations(crystal, symprec: float = 1e-3) -> np.ndarray:
+    """All point-group operations of ``crystal``, proper and improper, Cartesian crystal frame.
+
+    Found with spglib; a fractional operation ``W`` acts on Cartesian vectors as
+    ``L.T @ W @ inv(L.T)`` with ``L = crystal.lat_real`` (rows a, b, c in A).
+
+    Returns
+    -------
+    (K, 3, 3) float64 array of orthogonal matrices, identity first (48 for m-3m).
+    """
+    lattice = np.asarray(crystal.lat_real, dtype=np.float64)  # rows = a, b, c (A)
+    fractional = _space_group_rotations(crystal, symprec)  # (K, 3, 3) integer, acting on fractions
+    cart = lattice.T @ fractional @ np.linalg.inv(lattice.T)
+    cart = _unique(cart)
+    order = np.argsort(np.abs(cart - np.eye(3)).sum(axis=(1, 2)), kind="stable")
+    cart = cart[order]  # identity first
+    cart[np.abs(cart) < 1e-12] = 0.0
+    return cart
 
 
 def point_group_rotations(crystal, symprec: float = 1e-3, check: bool = True) -> torch.Tensor:
@@ -46,16 +66,8 @@ def point_group_rotations(crystal, symprec: float = 1e-3, check: bool = True) ->
     >>> point_group_rotations(cu).shape
     torch.Size([24, 3, 3])
     """
-    lattice = np.asarray(crystal.lat_real, dtype=np.float64)  # rows = a, b, c (A)
-    fractional = _space_group_rotations(crystal, symprec)  # (K, 3, 3) integer, acting on fractions
-    # A fractional position x (column) sits at r = L.T @ x, so a fractional operation W is the
-    # Cartesian operation L.T @ W @ inv(L.T).
-    cart = lattice.T @ fractional @ np.linalg.inv(lattice.T)
-    proper = cart[np.linalg.det(cart) > 0]
-    proper = _unique(proper)
-    order = np.argsort(np.abs(proper - np.eye(3)).sum(axis=(1, 2)), kind="stable")
-    proper = proper[order]  # identity first
-    proper[np.abs(proper) < 1e-12] = 0.0
+    ops = point_group_operations(crystal, symprec)
+    proper = ops[np.linalg.det(ops) > 0]
     if check:
         check_structure_factor_invariance(crystal, proper)
     return torch.from_numpy(proper)

@@ -95,7 +95,7 @@ def trained(kset):
     """A tiny Cu model trained for ~10 s on ``kset``; good to ~7 deg median (beam flip allowed)."""
     from py4dstem_transformer.augment import AugmentConfig
     from py4dstem_transformer.model import ModelConfig
-    from py4dstem_transformer.train import train
+    from py4dstem_transformer.trainer import train
 
     light = AugmentConfig(p_drop_weak=0.2, p_drop_random=0.1, p_jitter=0.3, jitter_max=0.005, p_spurious=0.1)
     return train(kset, epochs=20, batch_size=128, lr=3e-3, warmup=50, val_fraction=0.1, seed=0, progress_bar=False,

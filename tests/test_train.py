@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer import train as train_module
+from py4dstem_transformer import trainer as train_module
 from py4dstem_transformer.augment import AugmentConfig, rotate_in_plane
 from py4dstem_transformer.data import PatternStore
 from py4dstem_transformer.model import ModelConfig, OrientationModel
 from py4dstem_transformer.rotations import random_rotations, rotation_about_z, symmetry_min_angle
 from py4dstem_transformer.symmetry import point_group_rotations
 from py4dstem_transformer.tokens import TokenConfig, tokenize
-from py4dstem_transformer.train import train
+from py4dstem_transformer.trainer import train
 
 from conftest import KinematicSet, make_cu
 

@@ -21,7 +21,7 @@ from ..data import bucketed_batches, seeded_generator
 from ..model import ModelConfig, OrientationModel
 from ..rotations import random_rotations
 from ..tokens import TokenConfig, tokenize
-from ..train import TrainConfig, _Run
+from ..trainer import TrainConfig, _Run
 from ..augment import AugmentConfig
 
 

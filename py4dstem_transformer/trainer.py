@@ -133,7 +133,7 @@ def model_metadata(training_set, token_config: TokenConfig, symmetry: torch.Tens
         },
         "accel_voltage": float(cfg.accel_voltage),
         "k_max": float(cfg.k_max),
-        "thickness_range": [float(thickness.min()), float(thickness.max())],
+        "thickness_range": [float(np.nanmin(thickness)), float(np.nanmax(thickness))] if np.isfinite(thickness).any() else None,
         "dynamical": bool(getattr(cfg, "dynamical", True)),
         "centrosymmetric": bool(cfg.centrosymmetric),
         "symmetry": symmetry.tolist(),
@@ -162,7 +162,11 @@ class _Run:
         self.config, self.augment_config, self.token_config, self.device = config, augment_config, token_config, device
         self.store = PatternStore(training_set)
         self.centrosymmetric = bool(training_set.config.centrosymmetric)
-        self.symmetry = point_group_rotations(training_set.crystal()).float()
+        # the symmetry the patterns actually have (Friedel's law adds some to kinematic sets of
+        # non-centrosymmetric crystals); fall back to the crystal's point group
+        stored = getattr(training_set.config, "symmetry", None)
+        symmetry = torch.as_tensor(np.asarray(stored)) if stored is not None and len(stored) else None
+        self.symmetry = (symmetry if symmetry is not None else point_group_rotations(training_set.crystal())).float()
         self.train_idx, val_idx = split_by_zone_axis(training_set.zone_axis_index, config.val_fraction, config.seed)
         torch.manual_seed(config.seed)
         meta = model_metadata(training_set, token_config, self.symmetry.double())

@@ -1,0 +1,36 @@
+"""Models shipped with the package, trained by the project's own commands (model cards: docs/models.md).
+
+Each entry is a checkpoint file in this folder, loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["list_pretrained", "load_pretrained", "pretrained_path"]
+
+_HERE = Path(__file__).resolve().parent
+
+#: name -> (file, one-line description)
+REGISTRY = {
+    "Cu": ("cu.pt", "fcc Cu (Fm-3m, a = 3.615 A), 300 kV, k_max 2.1 1/A, Bloch-wave patterns 10-1000 A thick"),
+}
+
+
+def list_pretrained(verbose: bool = False):
+    """Names of the shipped models (with ``verbose``, a dict name -> description)."""
+    available = {name: desc for name, (file, desc) in REGISTRY.items() if (_HERE / file).exists()}
+    return available if verbose else sorted(available)
+
+
+def pretrained_path(name: str) -> Path:
+    if name not in REGISTRY or not (_HERE / REGISTRY[name][0]).exists():
+        raise ValueError(f"no pretrained model named {name!r}; available: {list_pretrained()}")
+    return _HERE / REGISTRY[name][0]
+
+
+def load_pretrained(name: str):
+    """The shipped :class:`~py4dstem_transformer.model.OrientationModel` called ``name``."""
+    from ..model import OrientationModel
+
+    return OrientationModel.load(pretrained_path(name))
