@@ -24,7 +24,8 @@ from .kinematics import Reflections, simulate_disks
 from .model import OrientationModel
 from .orientation_map import build_orientation_map, ensure_plan
 from .peaks import Peaks, peaks_from_braggvectors
-from .rotations import BEAM_FLIP, MIRROR, symmetric_orthogonalization
+from .refine import RefineConfig, refine_orientations
+from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonalization, symmetry_min_angle
 from .score import correlation, tokens_to_xy
 from .tokens import TokenConfig, Tokens, iter_scan_tokens
 from .compatibility import check_crystal_matches_model
@@ -53,6 +54,10 @@ class TransformerOrientationMap:
         Excitation-error width (1/A) of the kinematic patterns used to score candidates.
     corr_kernel_size : float
         Positional tolerance (1/A) of the score.
+    refine_config : RefineConfig
+        Settings of the refinement against the disks (``match_orientations(refine=True)``).
+    sparse_disks : int
+        Patterns with at most this many disks also try test-time rotations of their input.
 
     Examples
     --------
@@ -62,7 +67,8 @@ class TransformerOrientationMap:
     """
 
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
-                 sigma_excitation_error: float = 0.02, corr_kernel_size: float = 0.04):
+                 sigma_excitation_error: float = 0.02, corr_kernel_size: float = 0.04,
+                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 6):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
         check_crystal_matches_model(crystal, model.metadata)
@@ -70,6 +76,7 @@ class TransformerOrientationMap:
         self.device = resolve_device(device)
         self.precision = precision
         self.sigma_excitation_error, self.corr_kernel_size = sigma_excitation_error, corr_kernel_size
+        self.refine_config, self.sparse_disks = refine_config, sparse_disks
         meta = model.metadata
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
@@ -87,7 +94,8 @@ class TransformerOrientationMap:
     # -- public API, mirroring py4DSTEM ---------------------------------------------------
     def match_orientations(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                            inversion_symmetry: bool = True, progress_bar: bool = True,
-                           batch_size: Optional[int] = None, device=None, chunk_size: int = 16384):
+                           batch_size: Optional[int] = None, device=None, chunk_size: int = 16384,
+                           refine: bool = True):
         """Orientation map of a whole scan, like ``crystal.match_orientations(bragg_peaks)``.
 
         Parameters
@@ -109,6 +117,10 @@ class TransformerOrientationMap:
             Overrides the mapper's device for this call.
         chunk_size : int
             Scan positions processed at once (bounds memory).
+        refine : bool
+            Refine every candidate against the disks before ranking (sub-degree orientations and a
+            reliable beam-flip choice); ``False`` gives the network's answer with the flip chosen
+            by the score alone.
 
         Returns
         -------
@@ -117,11 +129,11 @@ class TransformerOrientationMap:
         """
         peaks = peaks_from_braggvectors(bragg_peaks)
         return self.match_peaks(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
-                                batch_size, device, chunk_size)
+                                batch_size, device, chunk_size, refine)
 
     def match_peaks(self, peaks: Peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                     inversion_symmetry: bool = True, progress_bar: bool = True, batch_size: Optional[int] = None,
-                    device=None, chunk_size: int = 16384):
+                    device=None, chunk_size: int = 16384, refine: bool = True):
         """:meth:`match_orientations` on flat :class:`~py4dstem_transformer.peaks.Peaks` (e.g. from
         :func:`~py4dstem_transformer.peaks.read_peaks`, the fast file reader)."""
         from tqdm.auto import tqdm
@@ -135,7 +147,7 @@ class TransformerOrientationMap:
         bar = tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar)
         for start, tokens in iter_scan_tokens(peaks, self.token_config, chunk_size):
             n = len(tokens)
-            m, c = self.predict_tokens(tokens, K, inversion_symmetry, batch_size, device)
+            m, c = self.predict_tokens(tokens, K, inversion_symmetry, batch_size, device, refine)
             too_few = (peaks.counts[start:start + n] < min_number_peaks) | (tokens.counts.numpy() == 0)
             c[too_few] = 0.0
             matrix[start:start + n], corr[start:start + n] = m, c
@@ -170,11 +182,16 @@ class TransformerOrientationMap:
 
     # -- the engine -------------------------------------------------------------------------
     def predict_tokens(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
-                       batch_size: Optional[int] = None, device=None):
+                       batch_size: Optional[int] = None, device=None, refine: bool = True):
         """Ranked candidate orientations for a batch of tokens.
 
-        Patterns are processed in batches of similar disk count (padding trimmed per batch), each
-        through the network and the candidate scoring, so the working set stays in cache.
+        Candidates are the network's prediction and its near-ambiguous partners (beam flip; mirror
+        partners when ``num_matches > 2``); patterns with at most ``sparse_disks`` disks also get
+        the predictions for their input rotated by 90, 180 and 270 deg (test-time augmentation),
+        because the network is least sure there. With ``refine`` every candidate is refined
+        against the disks (:mod:`.refine`), then all are scored (:mod:`.score`) and ranked.
+        Patterns go in batches of similar disk count (padding trimmed), so the working set stays
+        in cache.
 
         Returns ``(matrix (B, K, 3, 3) float64, corr (B, K) float64)`` as numpy arrays.
         """
@@ -184,15 +201,71 @@ class TransformerOrientationMap:
         partners = _PARTNERS if (inversion_symmetry and num_matches > 2) else _PARTNERS[:2]
         partners = torch.as_tensor(partners, dtype=torch.float32)
         matrix, corr = torch.zeros(len(tokens), num_matches, 3, 3), torch.zeros(len(tokens), num_matches)
-        for idx, batch in _count_sorted_batches(tokens, batch_size):
-            network = self._network(batch, device)  # (b, 3, 3)
-            candidates = network[:, None] * partners.to(network.device)[None, :, None, :]  # (b, C, 3, 3)
-            score = self.score(batch, candidates, device)  # (b, C)
-            order = torch.argsort(score, dim=1, descending=True)[:, :num_matches]
-            matrix[idx] = torch.gather(candidates.cpu(), 1, order[..., None, None].expand(-1, -1, 3, 3))
-            corr[idx] = torch.gather(score, 1, order)
+        sparse = tokens.counts <= self.sparse_disks
+        for subset, turns in ((~sparse, 1), (sparse, 4)):
+            for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
+                hypotheses = self._hypotheses(batch, device, turns)  # (b, H, 3, 3)
+                b, H = hypotheses.shape[:2]
+                candidates = (hypotheses[:, :, None] * partners.to(hypotheses.device)[None, None, :, None, :])
+                candidates = candidates.reshape(b, H * len(partners), 3, 3)
+                if refine:
+                    candidates = self.refine(batch, candidates, device)
+                score = self.score(batch, candidates, device)  # (b, C)
+                matrix[idx], corr[idx] = self._rank_distinct(candidates.cpu(), score, num_matches)
         matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
         return matrix.numpy(), corr.double().numpy()
+
+    def _rank_distinct(self, candidates: torch.Tensor, score: torch.Tensor, num_matches: int, min_angle_deg: float = 5.0):
+        """The ``num_matches`` best-scoring candidates per pattern that are distinct orientations.
+
+        Candidates within ``min_angle_deg`` (after crystal symmetry) of a better one are skipped, so
+        hypotheses that converged to the same orientation are reported once. Returns
+        ``(matrix (b, K, 3, 3), corr (b, K))``; a slot with nothing distinct left gets corr 0.
+        """
+        b, C = score.shape
+        if num_matches == 1:
+            best = score.argmax(1)
+            return candidates[torch.arange(b), best][:, None], score[torch.arange(b), best][:, None]
+        sym = torch.as_tensor(self._symmetry(), dtype=torch.float32)
+        pair = symmetry_min_angle(candidates[:, :, None], candidates[:, None, :], sym, allow_beam_flip=False)  # (b, C, C)
+        near = pair < np.radians(min_angle_deg)
+        available = torch.ones(b, C, dtype=torch.bool)
+        matrix, corr = torch.zeros(b, num_matches, 3, 3), torch.zeros(b, num_matches)
+        rows = torch.arange(b)
+        for k in range(num_matches):
+            masked = score.masked_fill(~available, -1.0)
+            pick = masked.argmax(1)
+            matrix[:, k], corr[:, k] = candidates[rows, pick], masked[rows, pick].clamp_min(0.0)
+            available &= ~near[rows, pick]
+        return matrix, corr
+
+    def _symmetry(self) -> np.ndarray:
+        if self.symmetry is None:
+            self.symmetry = _point_group(self.crystal)
+        return self.symmetry
+
+    def _hypotheses(self, tokens: Tokens, device, turns: int) -> torch.Tensor:
+        """(b, turns, 3, 3) network predictions for the input rotated by k * 360 / turns deg, un-rotated."""
+        out = []
+        for k in range(turns):
+            phi = 2 * np.pi * k / turns
+            rotated = Tokens(_rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts)
+            prediction = self._network(rotated, device)
+            # a pattern rotated counter-clockwise by phi has label M @ Rz(-phi), so M = P @ Rz(phi)
+            out.append(prediction @ rotation_about_z(torch.tensor(phi)).float().to(prediction.device))
+        return torch.stack(out, 1)
+
+    @torch.inference_mode()
+    def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None) -> torch.Tensor:
+        """(b, C, 3, 3) candidates refined against each pattern's disks (:func:`.refine.refine_orientations`)."""
+        device = resolve_device(device) if device is not None else self.device
+        b, C = candidates.shape[:2]
+        obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
+        mask = tokens.mask.to(device).repeat_interleave(C, 0)
+        refined = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, self._get_reflections(),
+                                      self.refine_config, k_max=self.token_config.k_max,
+                                      r_min=self.token_config.direct_beam_radius)
+        return refined.view(b, C, 3, 3)
 
     def predict_network(self, tokens: Tokens, batch_size: Optional[int] = None, device=None) -> torch.Tensor:
         """The network's orientation for each pattern, (B, 3, 3) float32 (batches bucketed by disk count)."""
@@ -240,19 +313,28 @@ class TransformerOrientationMap:
 
     def _to_orientation_map(self, matrix: np.ndarray, corr: np.ndarray):
         ensure_plan(self.crystal, self.accel_voltage, float(self.model.metadata.get("k_max", self.token_config.k_max)))
-        rotations = self.symmetry if self.symmetry is not None else _point_group(self.crystal)
-        om = build_orientation_map(self.crystal, matrix, corr, rotations)
+        om = build_orientation_map(self.crystal, matrix, corr, self._symmetry())
         self.crystal.orientation_map = om
         return om
 
 
-def _count_sorted_batches(tokens: Tokens, batch_size: int):
+def _count_sorted_batches(tokens: Tokens, batch_size: int, subset: Optional[torch.Tensor] = None):
     """Yield ``(index, Tokens)`` batches of similar disk count, padding trimmed to each batch."""
     order = torch.argsort(tokens.counts, stable=True)
+    if subset is not None:
+        order = order[subset[order]]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         n = max(int(tokens.counts[idx].max()), 1)
         yield idx, Tokens(tokens.tokens[idx, :n], tokens.mask[idx, :n], tokens.counts[idx])
+
+
+def _rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:
+    """(B, N, 3) tokens with every disk rotated counter-clockwise by ``phi`` (theta wrapped to (-pi, pi])."""
+    if phi == 0:
+        return tokens
+    theta = torch.remainder(tokens[..., 1] + phi + np.pi, 2 * np.pi) - np.pi
+    return torch.stack([tokens[..., 0], theta, tokens[..., 2]], -1)
 
 
 def _point_group(crystal) -> np.ndarray:

@@ -38,6 +38,8 @@ class RefineConfig:
     radii: tuple = (0.12, 0.07, 0.04, 0.03)  # assignment radius per iteration (last one repeats)
     sigma_position: float = 0.01  # expected error of a disk position
     sigma_log_intensity: float = 1.0  # expected error of ln I against the kinematic law
+    intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
+    tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
     sigma_excitation: float = 0.02  # excitation-error width sigma of the kinematic law (1/A)
     candidate_sigma: float = 0.05  # wider window for the reflections disks may be assigned to
 
@@ -85,7 +87,8 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     q = observed[..., :2].float()  # (B, N, 2)
     log_i = torch.log(observed[..., 2].float().clamp_min(1e-6))  # (B, N)
     g_all, f2_all = reflections.g.to(matrix.device), reflections.intensity.to(matrix.device)
-    log_scale = torch.zeros(len(rot), device=matrix.device)  # ln c in I = c |F|^2 exp(-s^2 / 2 sigma^2)
+    law = torch.zeros(len(rot), 2, device=matrix.device)  # (ln c, tau): I = c |F|^2 exp(-tau s^2)
+    law[:, 1] = 1 / (2 * config.sigma_excitation**2)
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
     for it in range(config.iterations):
         radius = config.radii[min(it, len(config.radii) - 1)]
@@ -96,12 +99,14 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         best, j = d2.min(-1)  # nearest candidate reflection of every observed disk
         w = (observed_mask & (best < radius**2)).float()  # (B, N) assigned disks
         pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q,
-                      log_i - torch.log(torch.gather(f2_all[index], 1, j)), w)
-        step = _gauss_newton_step(pair, log_scale, reflections.wavelength, config)  # (B, 4)
+                      log_i - torch.log(torch.gather(f2_all[index], 1, j)), w,
+                      w * torch.exp(config.intensity_weight_power * log_i))
+        step = _gauss_newton_step(pair, law, reflections.wavelength, config)  # (B, 5)
         omega = step[:, :3] * (max_step / step[:, :3].norm(dim=-1, keepdim=True).clamp_min(max_step))
         enough = (w.sum(-1) >= 2)[:, None]
         rot = _exp_so3(omega * enough) @ rot
-        log_scale = log_scale + step[:, 3] * enough[:, 0]
+        law = law + step[:, 3:] * enough
+        law[:, 1].clamp_(min=0.0)
     return rot.transpose(-1, -2)
 
 
@@ -113,27 +118,34 @@ class _Pairs:
     q: torch.Tensor  # (B, N, 2) observed position
     log_ratio: torch.Tensor  # (B, N) ln(I_observed / |F|^2)
     weight: torch.Tensor  # (B, N) 1 where assigned
+    intensity_weight: torch.Tensor  # (B, N) weight of the intensity residual
 
 
-def _gauss_newton_step(p: _Pairs, log_scale: torch.Tensor, lam: float, config: RefineConfig) -> torch.Tensor:
-    """One damped Gauss-Newton step (B, 4) in (omega, ln c).
+def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineConfig) -> torch.Tensor:
+    """One damped Gauss-Newton step (B, 5) in (omega, ln c, tau).
 
     Residuals: in-plane position ``g_lab,xy - q`` (sigma_position) and the kinematic intensity law
-    ``ln(I / |F|^2) - ln c + s^2 / (2 sigma^2)`` (unit sigma in ln I), with
-    ``s ~ g_lab,z - lambda |g|^2 / 2`` the excitation error; exact at the truth for kinematic disks.
+    ``ln(I / |F|^2) - ln c + tau s^2`` (sigma_log_intensity in ln I), with ``tau = 1 / 2 sigma^2``
+    and ``s ~ g_lab,z - lambda |g|^2 / 2`` the excitation error. ``law`` (B, 2) holds the current
+    ``(ln c, tau)``; tau is pulled towards ``1 / 2 sigma_excitation^2`` by a weak prior, so the
+    effective excitation width can follow the foil thickness.
     """
     jac = -skew(p.g_lab)  # (B, N, 3, 3): d g_lab / d omega, rows x, y, z
     e_xy = p.g_lab[..., :2] - p.q  # (B, N, 2)
     s = p.g_lab[..., 2] - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)  # (B, N) excitation error
     ds = jac[..., 2, :] - lam * torch.einsum("bnk,bnkj->bnj", p.g_lab, jac)  # (B, N, 3)
-    sig2 = config.sigma_excitation**2
-    e_i = p.log_ratio - log_scale[:, None] + s**2 / (2 * sig2)  # (B, N)
-    j_i = torch.cat([(s / sig2)[..., None] * ds, -torch.ones_like(s)[..., None]], -1)  # (B, N, 4)
-    j_xy = torch.cat([jac[..., :2, :], torch.zeros_like(jac[..., :2, :1])], -1)  # (B, N, 2, 4)
+    log_c, tau = law[:, :1], law[:, 1:]
+    e_i = p.log_ratio - log_c + tau * s**2  # (B, N)
+    j_i = torch.cat([(2 * tau * s)[..., None] * ds, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
+    j_xy = torch.cat([jac[..., :2, :], torch.zeros_like(jac[..., :2, :2])], -1)  # (B, N, 2, 5)
     wx = p.weight / config.sigma_position**2
-    wi = p.weight / config.sigma_log_intensity**2
+    wi = p.intensity_weight / config.sigma_log_intensity**2
     a = torch.einsum("bn,bnki,bnkj->bij", wx, j_xy, j_xy) + torch.einsum("bn,bni,bnj->bij", wi, j_i, j_i)
     b = torch.einsum("bn,bnki,bnk->bi", wx, j_xy, e_xy) + torch.einsum("bn,bni,bn->bi", wi, j_i, e_i)
-    trace = a.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-12)
-    a = a + (config.damping * trace / 4)[:, None, None] * torch.eye(4, device=a.device)
+    tau0 = 1 / (2 * config.sigma_excitation**2)
+    prior = config.tau_prior_weight / tau0**2  # weak prior on tau, in units of one disk's residual
+    a[:, 4, 4] += prior
+    b[:, 4] += prior * (tau[:, 0] - tau0)
+    diag = a.diagonal(dim1=-2, dim2=-1)  # Marquardt: damp each parameter on its own scale
+    a = a + torch.diag_embed(config.damping * diag + 1e-12)
     return -torch.linalg.solve(a, b[..., None])[..., 0]

@@ -57,7 +57,9 @@ def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
     net_err = torch.rad2deg(symmetry_min_angle(network, torch.as_tensor(truth.orientation_matrices), s)).numpy()
     assert (errors(om, truth, flip=False) < 5).mean() > (net_err < 5).mean()
     first, second = om.matrix[:, :, 0].reshape(-1, 3, 3), om.matrix[:, :, 1].reshape(-1, 3, 3)
-    assert (np.linalg.norm(first - second, axis=(1, 2)) > 0.1).all()  # distinct candidates
+    s = point_group_rotations(make_cu())
+    apart = torch.rad2deg(symmetry_min_angle(torch.as_tensor(first), torch.as_tensor(second), s)).numpy()
+    assert (apart[om.corr[:, :, 1].ravel() > 0] > 5).all()  # later matches are distinct orientations
 
 
 def test_corr_flags_wrong_answers(mapped):
@@ -92,10 +94,12 @@ def test_true_orientation_beats_its_beam_flip():
     scan = kinematic_scan(truth, (5, 6))
     flipped = beam_flip(torch.as_tensor(truth.orientation_matrices, dtype=torch.float32))
     model = LookupModel(braggvectors_to_tokens(scan), flipped)
-    om = TransformerOrientationMap(make_cu(), model, precision="fp32").match_orientations(scan, progress_bar=False)
-    err = errors(om, truth, flip=False)
-    assert (err < 1e-3).mean() > 0.9  # exact kinematic disks: the truth scores ~1, its flip less
-    assert (om.corr[:, :, 0] > 0.95).mean() > 0.9  # (the simulated set reaches slightly further out)
+    mapper = TransformerOrientationMap(make_cu(), model, precision="fp32")
+    for refine, tol in ((False, 1e-3), (True, 0.05)):
+        om = mapper.match_orientations(scan, progress_bar=False, refine=refine)
+        err = errors(om, truth, flip=False)
+        assert (err < tol).mean() > 0.9  # exact kinematic disks: the truth scores ~1, its flip less
+        assert (om.corr[:, :, 0] > 0.95).mean() > 0.9  # (the simulated set reaches slightly further out)
 
 
 def test_min_number_peaks_and_empty_positions_give_corr_zero(trained):

@@ -1,0 +1,77 @@
+"""Refinement against the disks: converges on clean kinematic data, survives damage, stays proper."""
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.data import PatternStore
+from py4dstem_transformer.kinematics import Reflections
+from py4dstem_transformer.refine import RefineConfig, _exp_so3, refine_orientations, skew
+from py4dstem_transformer.rotations import symmetry_min_angle
+from py4dstem_transformer.score import tokens_to_xy
+from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.tokens import TokenConfig, tokenize
+
+from conftest import KinematicSet, make_cu
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ks = KinematicSet(150, seed=5)
+    batch = PatternStore(ks).gather(torch.arange(150))
+    tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
+    reflections = Reflections.from_crystal(make_cu(), 2.1, 300e3)
+    return ks, tokens, reflections
+
+
+def perturb(m, low_deg, high_deg, seed):
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
+    return m @ _exp_so3(axis * angle[:, None])
+
+
+def test_converges_back_from_one_to_two_degrees(setup):
+    ks, tokens, reflections = setup
+    s = point_group_rotations(make_cu())
+    true = torch.as_tensor(ks.orientation_matrices)
+    start = perturb(true, 1.0, 2.0, seed=0).float()
+    refined = refine_orientations(start, tokens_to_xy(tokens.tokens), tokens.mask, reflections, k_max=2.1, r_min=0.1)
+    err = torch.rad2deg(symmetry_min_angle(refined.double(), true, s))
+    well_posed = tokens.counts >= 6
+    assert float(err[well_posed].median()) < 0.01
+    assert (err[well_posed] < 0.05).float().mean() > 0.95
+    m = refined.double()
+    assert torch.allclose(m.transpose(1, 2) @ m, torch.eye(3, dtype=torch.float64).expand_as(m), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(m), torch.ones(len(m), dtype=torch.float64), atol=1e-5)
+
+
+def test_damaged_disks_still_improve_the_start(setup):
+    ks, tokens, reflections = setup
+    s = point_group_rotations(make_cu())
+    g = torch.Generator().manual_seed(3)
+    obs = tokens_to_xy(tokens.tokens).clone()
+    obs[..., :2] += 0.01 * torch.randn(obs[..., :2].shape, generator=g)  # 0.01 1/A jitter
+    obs[..., 2] *= (1 + 0.2 * torch.randn(obs[..., 2].shape, generator=g)).clamp_min(0.05)  # 20% intensity noise
+    true = torch.as_tensor(ks.orientation_matrices)
+    start = perturb(true, 1.0, 3.0, seed=1).float()
+    refined = refine_orientations(start, obs, tokens.mask, reflections, k_max=2.1, r_min=0.1)
+    before = torch.rad2deg(symmetry_min_angle(start.double(), true, s))
+    after = torch.rad2deg(symmetry_min_angle(refined.double(), true, s))
+    assert float(after.median()) < 0.5 * float(before.median())
+
+
+def test_patterns_without_disks_stay_put(setup):
+    ks, tokens, reflections = setup
+    start = torch.as_tensor(ks.orientation_matrices[:4], dtype=torch.float32)
+    mask = torch.zeros(4, tokens.tokens.shape[1], dtype=torch.bool)
+    out = refine_orientations(start, tokens_to_xy(tokens.tokens[:4]), mask, reflections)
+    assert torch.allclose(out, start, atol=1e-6)
+
+
+def test_skew_is_the_cross_product():
+    a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    assert torch.allclose((skew(a) @ b[..., None])[..., 0], torch.cross(a, b, dim=-1))
+    r = _exp_so3(a)
+    assert torch.allclose(r.transpose(1, 2) @ r, torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-12)
