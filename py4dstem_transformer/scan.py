@@ -20,7 +20,7 @@ from .calibration import DetectorCalibration
 from .peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
 
-__all__ = ["GroundTruth", "simulate_scan", "voronoi_grains"]
+__all__ = ["GroundTruth", "simulate_scan", "simulate_orientations", "voronoi_grains"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,25 +147,61 @@ def simulate_scan(
         size (1/A) calibrated.
     truth : GroundTruth
     """
-    from tqdm.auto import tqdm
-
     crystals = list(crystals) if isinstance(crystals, (list, tuple)) else [crystals]
     rng = np.random.default_rng(seed)
     grains = voronoi_grains(scan_shape, num_grains, rng, vacuum_boundaries)
     grain_phase, grain_m, grain_t = _grain_properties(num_grains, len(crystals), phase_fraction, thickness,
                                                       num_vacuum_grains, rng)
     sims = [PatternSimulator(c, accel_voltage, k_max, dynamical, sigma_excitation_error) for c in crystals]
+    return _render(grains, grain_phase, grain_m, grain_t, sims, rng, locals(), progress_bar)
+
+
+def simulate_orientations(crystals, orientation_matrices, thickness, phase=None, scan_shape=None, *,
+                          dynamical: bool = True, accel_voltage: float = 300e3, k_max: float = 2.1,
+                          sigma_excitation_error: Optional[float] = None, min_relative_intensity: float = 1e-3,
+                          q_pixel_size: float = 0.0175, Qshape: Tuple[int, int] = (256, 256),
+                          origin_offset: Tuple[float, float] = (3.3, -2.1), origin_drift: float = 1.5,
+                          jitter: float = 0.0, intensity_noise: float = 0.0, drop_weakest: float = 0.0,
+                          spurious: int = 0, seed: int = 0, progress_bar: bool = True):
+    """One scan position per given orientation: a test set with known answers, as BraggVectors.
+
+    Same detector, calibration and damage model as :func:`simulate_scan`, but every position has its
+    own orientation (``orientation_matrices`` (N, 3, 3)), thickness (A, scalar or (N,)) and phase
+    (index into ``crystals``, default 0). ``scan_shape`` defaults to ``(1, N)``.
+
+    Returns ``(bragg_peaks, truth)`` like :func:`simulate_scan`.
+    """
+    crystals = list(crystals) if isinstance(crystals, (list, tuple)) else [crystals]
+    m = np.asarray(orientation_matrices, dtype=np.float64).reshape(-1, 3, 3)
+    n = len(m)
+    scan_shape = (1, n) if scan_shape is None else tuple(scan_shape)
+    if int(np.prod(scan_shape)) != n:
+        raise ValueError(f"scan_shape {scan_shape} does not hold {n} orientations")
+    grain_t = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n,)).copy()
+    grain_phase = np.zeros(n, np.int64) if phase is None else np.asarray(phase, np.int64).reshape(n)
+    sims = [PatternSimulator(c, accel_voltage, k_max, dynamical, sigma_excitation_error) for c in crystals]
+    grains = np.arange(n).reshape(scan_shape)
+    return _render(grains, grain_phase, m, grain_t, sims, np.random.default_rng(seed), locals(), progress_bar)
+
+
+def _render(grains, grain_phase, grain_m, grain_t, sims, rng, options, progress_bar):
+    """Simulate one pattern per grain, spread it over the grain's positions, damage, go to pixels."""
+    from tqdm.auto import tqdm
+
+    o = options
     patterns = []
-    for g in tqdm(range(num_grains), desc="Simulating grains", disable=not progress_bar):
+    for g in tqdm(range(len(grain_m)), desc="Simulating patterns", disable=not progress_bar):
         patterns.append(None if grain_phase[g] < 0 else
-                        _detected(sims[grain_phase[g]].simulate(grain_m[g], [grain_t[g]])[0], k_max,
-                                  min_relative_intensity))
+                        _detected(sims[grain_phase[g]].simulate(grain_m[g], [grain_t[g]])[0], o["k_max"],
+                                  o["min_relative_intensity"]))
     grains = np.where((grains >= 0) & (grain_phase[np.maximum(grains, 0)] >= 0), grains, -1)
-    disks = _scan_disks(grains, patterns, rng, jitter, intensity_noise, drop_weakest, spurious, k_max)
-    origin = _origin(scan_shape, Qshape, origin_offset, origin_drift)
-    peaks = _to_pixels(disks, origin, q_pixel_size, Qshape, scan_shape)
-    bragg_peaks = peaks_to_braggvectors(peaks, Qshape)
-    return bragg_peaks, _truth(grains, grain_phase, grain_m, grain_t, origin, q_pixel_size)
+    disks = _scan_disks(grains, patterns, rng, o["jitter"], o["intensity_noise"], o["drop_weakest"], o["spurious"],
+                        o["k_max"])
+    scan_shape = grains.shape
+    origin = _origin(scan_shape, o["Qshape"], o["origin_offset"], o["origin_drift"])
+    peaks = _to_pixels(disks, origin, o["q_pixel_size"], o["Qshape"], scan_shape)
+    bragg_peaks = peaks_to_braggvectors(peaks, o["Qshape"])
+    return bragg_peaks, _truth(grains, grain_phase, grain_m, grain_t, origin, o["q_pixel_size"])
 
 
 def _grain_properties(num_grains, num_phases, phase_fraction, thickness, num_vacuum_grains, rng):

@@ -1,0 +1,123 @@
+"""Benchmark: accuracy and speed on random orientations, transformer (network only / refined) vs ACOM.
+
+``python -m py4dstem_transformer.benchmarks.accuracy [--model Cu] [--n 1000] [--acom-n 1000] [--json FILE]``
+
+Test patterns: orientations uniform on SO(3), Bloch-wave, thickness uniform in 20-500 A, 300 kV,
+given as raw detector pixels + calibration with the direct beam present
+(:func:`~py4dstem_transformer.scan.simulate_orientations`), clean and damaged (0.01 1/A jitter, 20%
+intensity noise, weakest 20% of disks dropped, one spurious disk). Errors are symmetry-reduced
+misorientations, strict and with the beam flip allowed; ``corr AUC`` is the ROC AUC of the
+confidence for right (< 5 deg strict) vs wrong. ACOM is py4DSTEM's ``match_orientations`` with its
+default plan (2 deg / 2 deg, k_max 2.0), timed in the same run on the first ``--acom-n`` patterns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from ..compare import evaluate_orientation_map, summarize_errors
+
+DAMAGE = {"jitter": 0.01, "intensity_noise": 0.2, "drop_weakest": 0.2, "spurious": 1}
+
+
+def test_set(crystal, n: int, seed: int, damaged: bool):
+    from ..rotations import random_rotations
+    from ..scan import simulate_orientations
+
+    rng = np.random.default_rng(seed)
+    m = random_rotations(n, seed=seed).numpy()
+    thickness = rng.uniform(20, 500, n)
+    return simulate_orientations([crystal], m, thickness, scan_shape=(1, n), seed=seed + 1, progress_bar=False,
+                                 **(DAMAGE if damaged else {}))
+
+
+def run_transformer(mapper, bragg, truth, refine: bool, precision=None) -> dict:
+    mapper.precision = precision
+    t0 = time.perf_counter()
+    om = mapper.match_orientations(bragg, refine=refine, progress_bar=False)
+    seconds = time.perf_counter() - t0
+    result = evaluate_orientation_map(om, truth.orientation_matrices, mapper.symmetry)
+    result.update(seconds=seconds, patterns_per_s=om.corr.size / seconds)
+    return result
+
+
+def run_acom(crystal, bragg, truth, symmetry) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        crystal.setup_diffraction(300e3)
+        crystal.calculate_structure_factors(2.0)
+        crystal.orientation_plan(zone_axis_range="auto", progress_bar=False)
+        om = crystal.match_orientations(bragg, progress_bar=False)
+        seconds = time.perf_counter() - t0
+    result = evaluate_orientation_map(om, truth.orientation_matrices, symmetry)
+    result.update(seconds=seconds, patterns_per_s=om.corr.size / seconds)
+    return result
+
+
+def by_disk_count(errors: np.ndarray, counts: np.ndarray, bins=((0, 6), (7, 12), (13, 24), (25, 10**6))) -> dict:
+    return {f"{lo}-{hi if hi < 10**6 else ''}": summarize_errors(errors[(counts >= lo) & (counts <= hi)]) for lo, hi in bins}
+
+
+def main(argv=None) -> dict:
+    from ..mapper import TransformerOrientationMap, crystal_from_metadata
+    from ..tokens import braggvectors_to_tokens
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Cu", help="a pretrained name or a model file")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--acom-n", type=int, default=1000, help="ACOM on this many of the patterns (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args(argv)
+    from ..model import OrientationModel
+    from ..pretrained import list_pretrained, load_pretrained
+
+    model = load_pretrained(args.model) if args.model in list_pretrained() else OrientationModel.load(args.model)
+    crystal = crystal_from_metadata(model.metadata)
+    mapper = TransformerOrientationMap(crystal, model)
+    report = {"threads": torch.get_num_threads(), "n": args.n}
+    for damaged in (False, True):
+        name = "damaged" if damaged else "clean"
+        bragg, truth = test_set(crystal_from_metadata(model.metadata), args.n, args.seed + 100 * damaged, damaged)
+        counts = braggvectors_to_tokens(bragg, mapper.token_config).counts.numpy()
+        rows = {"network fp32": run_transformer(mapper, bragg, truth, False, "fp32"),
+                "network": run_transformer(mapper, bragg, truth, False),
+                "refined": run_transformer(mapper, bragg, truth, True)}
+        if args.acom_n:
+            sub, sub_truth = (bragg, truth) if args.acom_n >= args.n else test_set(
+                crystal_from_metadata(model.metadata), args.acom_n, args.seed + 100 * damaged, damaged)
+            rows["ACOM default"] = run_acom(crystal_from_metadata(model.metadata), sub, sub_truth, mapper.symmetry)
+        rows["refined"]["by_disks"] = by_disk_count(rows["refined"]["errors_strict"], counts)
+        _print(name, rows, counts)
+        report[name] = {k: {kk: vv for kk, vv in v.items() if kk not in ("errors_strict", "corr")} for k, v in rows.items()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+    return report
+
+
+def _print(name: str, rows: dict, counts: np.ndarray) -> None:
+    print(f"\n### {name} ({len(counts)} patterns, disks per pattern median {np.median(counts):.0f})\n")
+    print("| method | patterns/s | median strict | median flip | p90 strict | ≤2° strict | ≤5° strict | ≤5° flip | corr AUC |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, r in rows.items():
+        s, f = r["strict"], r["flip"]
+        print(f"| {method} | {r['patterns_per_s']:,.0f} | {s['median']:.2f}° | {f['median']:.2f}° | {s['p90']:.2f}° | "
+              f"{s['within_2']:.1%} | {s['within_5']:.1%} | {f['within_5']:.1%} | {r['corr_auc']:.3f} |")
+    print("\nrefined, strict, by disks per pattern:")
+    for bin_, s in rows["refined"]["by_disks"].items():
+        if s["n"]:
+            print(f"  {bin_:>6} disks: n={s['n']:4d} median {s['median']:.2f}°  ≤5° {s['within_5']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
