@@ -291,10 +291,10 @@ class TransformerOrientationMap:
         sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
                                        max_disks=min(max(N + 8, 16), 48), k_max=self.token_config.k_max,
                                        r_min=self.token_config.direct_beam_radius)
-        obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
-        obs_mask = tokens.mask.to(device).repeat_interleave(C, 0)
-        corr = correlation(obs, obs_mask, sim, sim_mask, self.corr_kernel_size)
-        return corr.view(B, C).cpu()
+        obs = tokens_to_xy(tokens.tokens).to(device)
+        corr = correlation(obs, tokens.mask.to(device), sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1),
+                           self.corr_kernel_size)
+        return corr.cpu()
 
     # -- helpers ----------------------------------------------------------------------------
     def _get_reflections(self) -> Reflections:

@@ -39,8 +39,9 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
     ----------
     observed : (B, N, 3) tensor of ``(qx, qy, I)`` (1/A), e.g. :func:`tokens_to_xy` of the tokens.
     observed_mask : (B, N) bool tensor.
-    simulated : (B, M, 3) tensor of ``(qx, qy, I)`` from :func:`~py4dstem_transformer.kinematics.simulate_disks`.
-    simulated_mask : (B, M) bool tensor.
+    simulated : (B, C, M, 3) or (B, M, 3) tensor of ``(qx, qy, I)``: C candidate patterns per observed
+        one (from :func:`~py4dstem_transformer.kinematics.simulate_disks`).
+    simulated_mask : (B, C, M) or (B, M) bool tensor.
     kernel : float
         Gaussian width (1/A) of each disk: the positional tolerance of the comparison.
     power : float
@@ -48,13 +49,18 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
 
     Returns
     -------
-    (B,) float32 tensor in [0, 1]; 0 where either set is empty.
+    (B, C) or (B,) float32 tensor in [0, 1]; 0 where either set is empty.
     """
+    single = simulated.dim() == 3
+    if single:
+        simulated, simulated_mask = simulated[:, None], simulated_mask[:, None]
+    B, C, M, _ = simulated.shape
     observed, simulated = observed.float(), simulated.float()
-    wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask
-    wb = simulated[..., 2].clamp_min(0).pow(power) * simulated_mask
-    a, b = observed[..., :2], simulated[..., :2]
-    ab = _overlap(a, wa, b, wb, kernel)
-    aa = _overlap(a, wa, a, wa, kernel)
+    wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask  # (B, N)
+    wb = (simulated[..., 2].clamp_min(0).pow(power) * simulated_mask).reshape(B * C, M)
+    a, b = observed[..., :2], simulated[..., :2].reshape(B * C, M, 2)
+    aa = _overlap(a, wa, a, wa, kernel)  # (B,) once per observed pattern
+    ab = _overlap(a.repeat_interleave(C, 0), wa.repeat_interleave(C, 0), b, wb, kernel)  # (B * C,)
     bb = _overlap(b, wb, b, wb, kernel)
-    return (ab / torch.sqrt(aa * bb).clamp_min(1e-30)).clamp(0, 1)
+    corr = (ab / torch.sqrt(aa.repeat_interleave(C, 0) * bb).clamp_min(1e-30)).clamp(0, 1).view(B, C)
+    return corr[:, 0] if single else corr
