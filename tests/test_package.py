@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import py4dstem_transformer
@@ -49,3 +50,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_commands = [c for c in commands if "pytest" in c]
     assert len(test_commands) == 1
     assert test_commands[0].strip() in ci.splitlines()
+
+
+def test_import_registers_generate_training_set_on_crystal():
+    from py4DSTEM.process.diffraction import Crystal
+
+    from conftest import make_cu
+
+    assert Crystal.generate_training_set.__module__ == "py4dstem_transformer.simulate"
+    ts = make_cu().generate_training_set(angle_step_zone_axis=15, thickness=[50.0], progress_bar=False)
+    assert isinstance(ts, py4dstem_transformer.TrainingSet) and len(ts) > 0
+    assert np.isclose(ts.config.accel_voltage, 300e3)
+    for name in ("TransformerOrientationMap", "TrainingSet", "train", "list_pretrained", "generate_training_set"):
+        assert name in py4dstem_transformer.__all__ and callable(getattr(py4dstem_transformer, name))
