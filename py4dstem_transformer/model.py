@@ -11,7 +11,7 @@ LayerNorm:
 * intensity: ``I``, ``sqrt(I)``, ``log(I)``.
 
 There is no positional encoding: the model is a set function, invariant to the order of disks.
-A pre-norm transformer encoder (fused scaled-dot-product attention with a key-padding mask),
+A pre-norm transformer encoder (masked attention: torch's fused kernel on CUDA, see :func:`attention`),
 masked mean pooling, and an MLP head give 9 numbers, projected onto SO(3) by symmetric
 orthogonalization. An optional head gives phase logits.
 """
@@ -101,6 +101,23 @@ class DiskEmbedding(nn.Module):
         return self.norm(self.proj(self.features(tokens)))
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0,
+              training: bool = False) -> torch.Tensor:
+    """Masked multi-head attention, (B, H, N, Dh) -> (B, H, N, Dh); ``mask`` (B, 1, 1, N), True = attend.
+
+    On CUDA: torch's fused ``scaled_dot_product_attention``. On CPU the same maths written out
+    (two batched matmuls and a float32 softmax) is faster for sets of a few dozen disks: 8.6k vs
+    6.3k patterns/s for the default model in bf16 on 2 cores (SDPA's CPU kernel targets long
+    sequences).
+    """
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, N, N)
+    scores = scores.float().masked_fill(~mask, float("-inf"))
+    weights = F.dropout(torch.softmax(scores, dim=-1), dropout, training)
+    return weights.to(v.dtype) @ v
+
+
 class Block(nn.Module):
     """Pre-norm encoder block: x + MHA(LN(x)), then x + FFN(LN(x))."""
 
@@ -118,7 +135,7 @@ class Block(nn.Module):
         H = self.n_heads
         q, k, v = self.qkv(self.ln1(x)).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, N, D/H) each
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        y = attention(q, k, v, attn_mask, p, self.training)
         y = y.transpose(1, 2).reshape(B, N, D)
         x = x + F.dropout(self.out(y), p, self.training)
         return x + F.dropout(self.ff(self.ln2(x)), p, self.training)

@@ -66,7 +66,7 @@ def _exp_so3(omega: torch.Tensor) -> torch.Tensor:
 
 def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
                         reflections: Reflections, config: RefineConfig = RefineConfig(), k_max: float = None,
-                        r_min: float = 0.0) -> torch.Tensor:
+                        r_min: float = 0.0, return_cost: bool = False):
     """Refine (B, 3, 3) orientations against observed disks.
 
     Parameters
@@ -81,7 +81,9 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     Returns
     -------
     (B, 3, 3) float32 tensor of refined proper rotations. Patterns with fewer than two assigned
-    disks stay where they started.
+    disks stay where they started. With ``return_cost`` also the (B,) final misfit per observed
+    disk (weighted squared residuals at the last step; an unassigned disk costs as much as one
+    at the assignment radius).
     """
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3): crystal -> lab
     q = observed[..., :2].float()  # (B, N, 2)
@@ -107,7 +109,19 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         rot = _exp_so3(omega * enough) @ rot
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
+    if return_cost:
+        return rot.transpose(-1, -2), _cost(pair, law, reflections.wavelength, config, observed_mask, radius)
     return rot.transpose(-1, -2)
+
+
+def _cost(p: "_Pairs", law: torch.Tensor, lam: float, config: RefineConfig, observed_mask, radius: float):
+    """(B,) mean weighted misfit per observed disk at the last assignment (before its step)."""
+    s = p.g_lab[..., 2] - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)
+    e_xy = ((p.g_lab[..., :2] - p.q) ** 2).sum(-1) / config.sigma_position**2
+    e_i = (p.log_ratio - law[:, :1] + law[:, 1:] * s**2) ** 2 / config.sigma_log_intensity**2
+    miss = (radius / config.sigma_position) ** 2
+    per_disk = torch.where(p.weight > 0, e_xy + e_i, torch.full_like(e_xy, miss)) * observed_mask
+    return per_disk.sum(-1) / observed_mask.sum(-1).clamp_min(1)
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""Benchmark: end-to-end mapping speed on a scan, transformer vs ACOM in the same run.
+
+``python -m py4dstem_transformer.benchmarks.speed [--size 256] [--acom-n 500] [--model Cu]``
+
+A Cu polycrystal (:func:`~py4dstem_transformer.scan.simulate_scan`, 60 Voronoi grains, Bloch-wave,
+20-500 A) as in-memory ``BraggVectors``; each method is timed from the BraggVectors to the finished
+``OrientationMap``. ACOM (default plan) runs on ``--acom-n`` random positions of the same scan and is
+extrapolated per pattern; every ACOM figure derived that way is labelled "extrapolated".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+import warnings
+
+import numpy as np
+import torch
+
+
+def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
+    """ACOM's time per pattern (plan included, amortised) on ``n`` random positions of ``bragg``."""
+    from ..peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors
+
+    peaks = peaks_from_braggvectors(bragg)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(peaks.num_positions, size=min(n, peaks.num_positions), replace=False))
+    o = peaks.offsets
+    rows = [np.stack([peaks.qx[o[i]:o[i + 1]], peaks.qy[o[i]:o[i + 1]], peaks.intensity[o[i]:o[i + 1]]], 1) for i in pick]
+    origin = tuple(np.asarray(v).reshape(-1)[pick].reshape(1, -1) for v in peaks.calibration.origin)
+    sub = peaks_to_braggvectors(Peaks.from_lists(rows, (1, len(pick))), tuple(bragg.Qshape), origin,
+                                peaks.calibration.q_pixel_size)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        crystal.setup_diffraction(300e3)
+        crystal.calculate_structure_factors(2.0)
+        crystal.orientation_plan(zone_axis_range="auto", progress_bar=False)
+        crystal.match_orientations(sub, progress_bar=False)
+    return (time.perf_counter() - t0) / len(pick)
+
+
+def main(argv=None) -> dict:
+    from ..mapper import TransformerOrientationMap, crystal_from_metadata
+    from ..model import OrientationModel
+    from ..pretrained import list_pretrained, load_pretrained
+    from ..scan import simulate_scan
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--acom-n", type=int, default=500)
+    parser.add_argument("--model", default="Cu")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    model = load_pretrained(args.model) if args.model in list_pretrained() else OrientationModel.load(args.model)
+    bragg, truth = simulate_scan([crystal_from_metadata(model.metadata)], scan_shape=(args.size, args.size),
+                                 num_grains=60, seed=0, progress_bar=False)
+    n = args.size**2
+    mapper = TransformerOrientationMap(crystal_from_metadata(model.metadata), model)
+    mapper.match_orientations(bragg, progress_bar=False, refine=False)  # warm-up (plan, reflections)
+    result = {"positions": n, "threads": torch.get_num_threads()}
+    for refine in (False, True):
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            mapper.match_orientations(bragg, progress_bar=False, refine=refine)
+            times.append(time.perf_counter() - t0)
+        result["refined" if refine else "network"] = n / min(times)
+    acom = acom_seconds_per_pattern(crystal_from_metadata(model.metadata), bragg, args.acom_n)
+    result["ACOM (extrapolated)"] = 1 / acom
+    print(f"{args.size}x{args.size} scan ({n} patterns), torch threads {result['threads']}, BraggVectors in memory "
+          f"-> OrientationMap; ACOM timed on {args.acom_n} random positions and extrapolated")
+    print("| method | patterns/s | ratio to ACOM | time for this scan |")
+    print("|---|---|---|---|")
+    for name in ("network", "refined", "ACOM (extrapolated)"):
+        label = {"network": "transformer, refine=False", "refined": "transformer, refine=True (default)"}.get(name, name)
+        print(f"| {label} | {result[name]:,.0f} | {result[name] * acom:,.0f}x | {n / result[name]:,.1f} s |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
