@@ -46,7 +46,7 @@ def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = 
     _print_table(results, n, int(crystalline.sum()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = plot_comparison(crystal, mapper, truth, {k: v["map"] for k, v in results.items()}, out / "demo_maps.png")
+    path = plot_comparison(mapper, truth, {k: v["map"] for k, v in results.items()}, out / "demo_maps.png")
     print(f"\nwrote {path}")
     return results
 
@@ -78,14 +78,15 @@ def _print_table(results: dict, n: int, n_crystalline: int) -> None:
         print(f"\ntransformer is {ratio:,.0f}x faster than ACOM on this scan (same machine, same run)")
 
 
-def plot_comparison(crystal, mapper, truth, maps: dict, path, figsize=None):
+def plot_comparison(mapper, truth, maps: dict, path, figsize=None):
     """One PNG: out-of-plane orientation maps of the ground truth and each method, and the transformer's corr."""
     import matplotlib.pyplot as plt
 
     from .orientation_map import build_orientation_map
 
+    crystal = mapper.crystal  # carries the plan the plots need
     true_om = build_orientation_map(crystal, truth.orientation_matrices[:, :, None], (truth.phase >= 0)[..., None] * 1.0,
-                                    mapper.symmetry)
+                                    mapper._symmetry())
     panels = {"ground truth": true_om, **maps}
     images = {name: _out_of_plane_image(crystal, om) for name, om in panels.items()}
     fig, axes = plt.subplots(1, len(images) + 1, figsize=figsize or (4 * (len(images) + 1), 4.2))
@@ -105,9 +106,14 @@ def plot_comparison(crystal, mapper, truth, maps: dict, path, figsize=None):
 
 
 def _out_of_plane_image(crystal, om) -> np.ndarray:
+    """RGB of the symmetry-reduced beam direction; full brightness wherever there is a match."""
+    import copy
+
     import matplotlib.pyplot as plt
 
+    shown = copy.copy(om)
+    shown.corr = (om.corr > 0).astype(float)  # colours at full brightness; corr gets its own panel
     with contextlib.redirect_stdout(io.StringIO()):
-        images = crystal.plot_orientation_maps(om, corr_range=np.array([0, 1]), corr_normalize=False)
+        images = crystal.plot_orientation_maps(shown, corr_range=np.array([0, 1]), corr_normalize=False)
     plt.close("all")
     return np.clip(images[:, :, :, 1], 0, 1)
