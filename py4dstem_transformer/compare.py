@@ -13,7 +13,7 @@ import torch
 
 from .rotations import symmetry_min_angle
 
-__all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map"]
+__all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default"]
 
 
 def misorientation_deg(pred, true, symmetry, allow_beam_flip: bool = False) -> np.ndarray:
@@ -70,3 +70,21 @@ def evaluate_orientation_map(orientation_map, true_matrices: np.ndarray, symmetr
     corr = orientation_map.corr[:, :, match][mask]
     return {"strict": summarize_errors(strict), "flip": summarize_errors(flip),
             "corr_auc": roc_auc(corr, strict < threshold_deg), "errors_strict": strict, "corr": corr}
+
+
+def acom_default(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: float = 2.0, progress_bar: bool = False):
+    """py4DSTEM's ACOM as the baselines run it: default plan (2 deg / 2 deg, 'auto'), k_max 2.0 1/A.
+
+    Prepares ``crystal`` (structure factors, plan) and returns ``crystal.match_orientations(bragg_peaks)``;
+    py4DSTEM's prints and its calibration warnings are silenced.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crystal.setup_diffraction(accel_voltage)
+        crystal.calculate_structure_factors(k_max)
+        crystal.orientation_plan(zone_axis_range="auto", accel_voltage=accel_voltage, progress_bar=False)
+        return crystal.match_orientations(bragg_peaks, progress_bar=progress_bar)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ __all__ = ["run_demo", "plot_comparison"]
 def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = True, seed: int = 0,
              progress_bar: bool = True) -> dict:
     """Run the comparison; returns the figures it prints (and writes ``out``/demo_*.png)."""
-    from .compare import evaluate_orientation_map
+    from .compare import acom_default, evaluate_orientation_map
     from .mapper import TransformerOrientationMap, crystal_from_metadata
     from .scan import simulate_scan
 
@@ -37,7 +36,7 @@ def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = 
     if acom:
         acom_crystal = crystal_from_metadata(mapper.model.metadata)
         t0 = time.perf_counter()
-        results["ACOM"] = {"map": _acom(acom_crystal, bragg, progress_bar)}
+        results["ACOM"] = {"map": acom_default(acom_crystal, bragg, progress_bar=progress_bar)}
         results["ACOM"]["seconds"] = time.perf_counter() - t0  # plan + match, as a user runs it
     n = size * size
     for name, r in results.items():
@@ -49,15 +48,6 @@ def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = 
     path = plot_comparison(mapper, truth, {k: v["map"] for k, v in results.items()}, out / "demo_maps.png")
     print(f"\nwrote {path}")
     return results
-
-
-def _acom(crystal, bragg, progress_bar: bool):
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        crystal.setup_diffraction(300e3)
-        crystal.calculate_structure_factors(2.0)
-        crystal.orientation_plan(zone_axis_range="auto", progress_bar=False)
-        return crystal.match_orientations(bragg, progress_bar=progress_bar)
 
 
 def _print_table(results: dict, n: int, n_crystalline: int) -> None:

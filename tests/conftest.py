@@ -122,3 +122,19 @@ def kinematic_scan(kset_like, scan_shape):
     lists = [np.stack([kset_like.qx[o[i]:o[i + 1]], kset_like.qy[o[i]:o[i + 1]], kset_like.intensity[o[i]:o[i + 1]]], 1)
              for i in range(n)]
     return scan_from_patterns(lists, scan_shape)
+
+
+def oracle_crystal(make, dynamical, k_max=2.1):
+    """A fresh crystal prepared with py4DSTEM calls only (the recipe in docs/simulation.md)."""
+    import contextlib
+    import io
+
+    x = make()
+    with contextlib.redirect_stdout(io.StringIO()):
+        if dynamical:
+            x.calculate_dynamical_structure_factors(300e3, "WK-CP", k_max=2 * k_max, thermal_sigma=0.08,
+                                                    tol_structure_factor=1e-4)
+        else:
+            x.setup_diffraction(300e3)
+        x.calculate_structure_factors(k_max)
+    return x

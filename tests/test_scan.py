@@ -1,13 +1,10 @@
 """simulate_scan: synthetic BraggVectors whose peaks match py4DSTEM at the ground-truth orientations."""
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from conftest import make_cu, make_cu2o
+from conftest import make_cu, make_cu2o, oracle_crystal
 from py4dstem_transformer.peaks import peaks_from_braggvectors
 from py4dstem_transformer.scan import simulate_scan, voronoi_grains
 from py4dstem_transformer.simulator import single_blas_thread
@@ -17,14 +14,7 @@ K_MAX = 2.1
 
 def oracle(make, m, thickness, dynamical):
     """py4DSTEM's pattern at orientation m: (qx, qy, I / brightest diffracted), direct beam first."""
-    x = make()
-    with contextlib.redirect_stdout(io.StringIO()):
-        if dynamical:
-            x.calculate_dynamical_structure_factors(300e3, "WK-CP", k_max=2 * K_MAX, thermal_sigma=0.08,
-                                                    tol_structure_factor=1e-4)
-        else:
-            x.setup_diffraction(300e3)
-        x.calculate_structure_factors(K_MAX)
+    x = oracle_crystal(make, dynamical, K_MAX)
     sigma = 0.04 if dynamical else 0.02
     d = x.generate_diffraction_pattern(orientation_matrix=m, sigma_excitation_error=sigma, tol_intensity=0, k_max=K_MAX)
     if dynamical:

@@ -1,13 +1,11 @@
 """generate_training_set against py4DSTEM's own simulators, for random full orientations."""
 
-import contextlib
-import io
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from conftest import make_cu, make_cu2o, make_zns
+from conftest import make_cu, make_cu2o, make_zns, oracle_crystal
 from py4dstem_transformer import simulate
 from py4dstem_transformer.rotations import random_rotations
 from py4dstem_transformer.simulate import generate_training_set
@@ -17,17 +15,6 @@ from py4dstem_transformer.training_set import in_plane_rotation
 K_MAX = 2.1
 
 
-def oracle_crystal(make, dynamical):
-    """A fresh crystal prepared with py4DSTEM calls only (the recipe in docs/simulation.md)."""
-    x = make()
-    with contextlib.redirect_stdout(io.StringIO()):
-        if dynamical:
-            x.calculate_dynamical_structure_factors(300e3, "WK-CP", k_max=2 * K_MAX, thermal_sigma=0.08,
-                                                    tol_structure_factor=1e-4)
-        else:
-            x.setup_diffraction(300e3)
-        x.calculate_structure_factors(K_MAX)
-    return x
 
 
 def oracle_pattern(x, m, thickness, dynamical, sigma, precession=None, min_rel=1e-3):

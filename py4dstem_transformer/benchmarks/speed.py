@@ -11,13 +11,12 @@ extrapolated per pattern; every ACOM figure derived that way is labelled "extrap
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import time
-import warnings
 
 import numpy as np
 import torch
+
+from ..compare import acom_default
 
 
 def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
@@ -32,13 +31,8 @@ def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
     origin = tuple(np.asarray(v).reshape(-1)[pick].reshape(1, -1) for v in peaks.calibration.origin)
     sub = peaks_to_braggvectors(Peaks.from_lists(rows, (1, len(pick))), tuple(bragg.Qshape), origin,
                                 peaks.calibration.q_pixel_size)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        crystal.setup_diffraction(300e3)
-        crystal.calculate_structure_factors(2.0)
-        crystal.orientation_plan(zone_axis_range="auto", progress_bar=False)
-        crystal.match_orientations(sub, progress_bar=False)
+    t0 = time.perf_counter()
+    acom_default(crystal, sub)
     return (time.perf_counter() - t0) / len(pick)
 
 
