@@ -26,7 +26,7 @@ from .model import ModelConfig, OrientationModel
 from .rotations import symmetry_min_angle
 from .tokens import TokenConfig, tokenize
 
-__all__ = ["TrainConfig", "train", "model_metadata"]
+__all__ = ["TrainConfig", "train", "model_metadata", "plot_history"]
 
 
 @dataclass(frozen=True)
@@ -347,3 +347,29 @@ def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def plot_history(history, figsize=(9, 3.5), returnfig: bool = False):
+    """Training curves: the loss per step (degrees, smoothed) and the validation median error.
+
+    Parameters
+    ----------
+    history : dict or OrientationModel
+        ``model.history`` (or the model itself).
+    returnfig : bool
+        Return ``(fig, axes)`` instead of ``None`` (nothing is shown; call ``plt.show()`` yourself).
+    """
+    import matplotlib.pyplot as plt
+
+    h = history.history if hasattr(history, "history") else history
+    loss = np.degrees(np.asarray(h["loss"], dtype=float))
+    window = max(1, len(loss) // 100)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=figsize)
+    ax_loss.plot(np.asarray(h["step"])[window - 1:], smooth)
+    ax_loss.set(xlabel="step", ylabel="training loss (deg, augmented)", yscale="log")
+    ax_val.plot(h["val_step"], h["val_median_deg"], "o-", ms=3)
+    ax_val.set(xlabel="step", ylabel="validation median error (deg)", yscale="log",
+               title="held-out zone axes, beam flip allowed")
+    fig.tight_layout()
+    return (fig, (ax_loss, ax_val)) if returnfig else None

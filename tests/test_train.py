@@ -102,3 +102,13 @@ def test_metadata_describes_the_training_data(trained):
     assert meta["accel_voltage"] == 300e3 and meta["k_max"] == 2.0 and meta["centrosymmetric"]
     assert np.allclose(meta["crystal"]["lat_real"], make_cu().lat_real)
     assert len(meta["symmetry"]) == 24 and meta["token_config"]["max_tokens"] == TokenConfig().max_tokens
+
+
+def test_history_plot(trained):
+    import matplotlib.pyplot as plt
+
+    from py4dstem_transformer.trainer import plot_history
+
+    fig, (ax_loss, ax_val) = plot_history(trained, returnfig=True)
+    assert len(ax_val.lines[0].get_xdata()) == len(trained.history["val_step"])
+    plt.close(fig)
