@@ -13,6 +13,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("P4T_TUTORIAL_SIZE", os.environ.get("P4T_TUTORIAL_SIZE", "12"))
+    monkeypatch.setenv("P4T_TUTORIAL_MINUTES", os.environ.get("P4T_TUTORIAL_MINUTES", "0.2"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "outputs must be stripped in git"
