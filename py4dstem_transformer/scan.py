@@ -153,7 +153,27 @@ def simulate_scan(
     grain_phase, grain_m, grain_t = _grain_properties(num_grains, len(crystals), phase_fraction, thickness,
                                                       num_vacuum_grains, rng)
     sims = [PatternSimulator(c, accel_voltage, k_max, dynamical, sigma_excitation_error) for c in crystals]
-    return _render(grains, grain_phase, grain_m, grain_t, sims, rng, locals(), progress_bar)
+    detector = _Detector(k_max, min_relative_intensity, q_pixel_size, tuple(Qshape), origin_offset, origin_drift)
+    damage = _Damage(jitter, intensity_noise, drop_weakest, spurious)
+    return _render(grains, grain_phase, grain_m, grain_t, sims, rng, detector, damage, progress_bar)
+
+
+@dataclass(frozen=True)
+class _Detector:
+    k_max: float
+    min_relative_intensity: float
+    q_pixel_size: float
+    Qshape: Tuple[int, int]
+    origin_offset: Tuple[float, float]
+    origin_drift: float
+
+
+@dataclass(frozen=True)
+class _Damage:
+    jitter: float
+    intensity_noise: float
+    drop_weakest: float
+    spurious: int
 
 
 def simulate_orientations(crystals, orientation_matrices, thickness, phase=None, scan_shape=None, *,
@@ -181,27 +201,28 @@ def simulate_orientations(crystals, orientation_matrices, thickness, phase=None,
     grain_phase = np.zeros(n, np.int64) if phase is None else np.asarray(phase, np.int64).reshape(n)
     sims = [PatternSimulator(c, accel_voltage, k_max, dynamical, sigma_excitation_error) for c in crystals]
     grains = np.arange(n).reshape(scan_shape)
-    return _render(grains, grain_phase, m, grain_t, sims, np.random.default_rng(seed), locals(), progress_bar)
+    detector = _Detector(k_max, min_relative_intensity, q_pixel_size, tuple(Qshape), origin_offset, origin_drift)
+    damage = _Damage(jitter, intensity_noise, drop_weakest, spurious)
+    return _render(grains, grain_phase, m, grain_t, sims, np.random.default_rng(seed), detector, damage, progress_bar)
 
 
-def _render(grains, grain_phase, grain_m, grain_t, sims, rng, options, progress_bar):
+def _render(grains, grain_phase, grain_m, grain_t, sims, rng, detector: _Detector, damage: _Damage, progress_bar):
     """Simulate one pattern per grain, spread it over the grain's positions, damage, go to pixels."""
     from tqdm.auto import tqdm
 
-    o = options
+    d = detector
     patterns = []
     for g in tqdm(range(len(grain_m)), desc="Simulating patterns", disable=not progress_bar):
         patterns.append(None if grain_phase[g] < 0 else
-                        _detected(sims[grain_phase[g]].simulate(grain_m[g], [grain_t[g]])[0], o["k_max"],
-                                  o["min_relative_intensity"]))
+                        _detected(sims[grain_phase[g]].simulate(grain_m[g], [grain_t[g]])[0], d.k_max,
+                                  d.min_relative_intensity))
     grains = np.where((grains >= 0) & (grain_phase[np.maximum(grains, 0)] >= 0), grains, -1)
-    disks = _scan_disks(grains, patterns, rng, o["jitter"], o["intensity_noise"], o["drop_weakest"], o["spurious"],
-                        o["k_max"])
-    scan_shape = grains.shape
-    origin = _origin(scan_shape, o["Qshape"], o["origin_offset"], o["origin_drift"])
-    peaks = _to_pixels(disks, origin, o["q_pixel_size"], o["Qshape"], scan_shape)
-    bragg_peaks = peaks_to_braggvectors(peaks, o["Qshape"])
-    return bragg_peaks, _truth(grains, grain_phase, grain_m, grain_t, origin, o["q_pixel_size"])
+    disks = _scan_disks(grains, patterns, rng, damage.jitter, damage.intensity_noise, damage.drop_weakest,
+                        damage.spurious, d.k_max)
+    origin = _origin(grains.shape, d.Qshape, d.origin_offset, d.origin_drift)
+    peaks = _to_pixels(disks, origin, d.q_pixel_size, d.Qshape, grains.shape)
+    bragg_peaks = peaks_to_braggvectors(peaks, d.Qshape)
+    return bragg_peaks, _truth(grains, grain_phase, grain_m, grain_t, origin, d.q_pixel_size)
 
 
 def _grain_properties(num_grains, num_phases, phase_fraction, thickness, num_vacuum_grains, rng):
