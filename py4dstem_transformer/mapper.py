@@ -4,12 +4,14 @@ The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
 
 1. tokens from the calibrated Bragg vectors (:mod:`.tokens`);
 2. the network predicts one orientation per pattern (batches bucketed by disk count,
-   ``torch.inference_mode``, bf16 autocast where it is fast);
-3. candidates: the prediction, its beam-flip partner ``M @ diag(-1, -1, 1)`` (which a network cannot
-   tell apart off a zone axis) and, with ``inversion_symmetry``, the mirror partners;
-4. each candidate's kinematic disks are correlated with the observed disks (:mod:`.score`); the
+   ``torch.inference_mode``, bf16 autocast where it is fast); patterns with few disks also get
+   predictions for their input rotated by 90, 180 and 270 deg;
+3. candidates: each prediction and its beam-flip partner ``M @ diag(-1, -1, 1)`` (which a network
+   cannot tell apart off a zone axis), plus the mirror partners when more than two matches are asked;
+4. with ``refine=True`` (default) every candidate is refined against the disks (:mod:`.refine`);
+5. each candidate's kinematic disks are correlated with the observed disks (:mod:`.score`); the
    best-scoring candidate is the first match and its correlation is ``corr``;
-5. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
+6. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
 """
 
 from __future__ import annotations
