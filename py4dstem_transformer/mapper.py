@@ -70,7 +70,7 @@ class TransformerOrientationMap:
 
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.02, corr_kernel_size: float = 0.04,
-                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 6):
+                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 12):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
         check_crystal_matches_model(crystal, model.metadata)
