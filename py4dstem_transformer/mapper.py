@@ -114,7 +114,7 @@ class TransformerOrientationMap:
             Offer the mirror partners (``M @ diag(1, -1, -1)``) as candidates too.
         progress_bar : bool
         batch_size : int, optional
-            Patterns per network call; default 512 on CPU, 4096 on CUDA.
+            Patterns per network call; default 256 on CPU, 4096 on CUDA.
         device : optional
             Overrides the mapper's device for this call.
         chunk_size : int
@@ -188,9 +188,9 @@ class TransformerOrientationMap:
         """Ranked candidate orientations for a batch of tokens.
 
         Candidates are the network's prediction and its near-ambiguous partners (beam flip; mirror
-        partners when ``num_matches > 2``); patterns with at most ``sparse_disks`` disks also get
-        the predictions for their input rotated by 90, 180 and 270 deg (test-time augmentation),
-        because the network is least sure there. With ``refine`` every candidate is refined
+        partners when ``num_matches > 2``); with ``refine``, patterns with at most ``sparse_disks``
+        disks also get the predictions for their input rotated by 90, 180 and 270 deg (test-time
+        augmentation), because the network is least sure there. With ``refine`` every candidate is refined
         against the disks (:mod:`.refine`), then all are scored (:mod:`.score`) and ranked.
         Patterns go in batches of similar disk count (padding trimmed), so the working set stays
         in cache.
@@ -198,12 +198,13 @@ class TransformerOrientationMap:
         Returns ``(matrix (B, K, 3, 3) float64, corr (B, K) float64)`` as numpy arrays.
         """
         device = resolve_device(device) if device is not None else self.device
-        batch_size = batch_size or (4096 if device.type == "cuda" else 512)
+        batch_size = batch_size or (4096 if device.type == "cuda" else 256)
         # the mirror partners only compete for the 3rd and 4th matches: the network does not confuse them
         partners = _PARTNERS if (inversion_symmetry and num_matches > 2) else _PARTNERS[:2]
         partners = torch.as_tensor(partners, dtype=torch.float32)
         matrix, corr = torch.zeros(len(tokens), num_matches, 3, 3), torch.zeros(len(tokens), num_matches)
-        sparse = tokens.counts <= self.sparse_disks
+        # the wider search for sparse patterns only pays off when refinement follows
+        sparse = (tokens.counts <= self.sparse_disks) & refine
         for subset, turns in ((~sparse, 1), (sparse, 4)):
             for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
                 hypotheses = self._hypotheses(batch, device, turns)  # (b, H, 3, 3)
@@ -273,7 +274,7 @@ class TransformerOrientationMap:
         """The network's orientation for each pattern, (B, 3, 3) float32 (batches bucketed by disk count)."""
         device = resolve_device(device) if device is not None else self.device
         out = torch.zeros(len(tokens), 3, 3)
-        for idx, batch in _count_sorted_batches(tokens, batch_size or (4096 if device.type == "cuda" else 512)):
+        for idx, batch in _count_sorted_batches(tokens, batch_size or (4096 if device.type == "cuda" else 256)):
             out[idx] = self._network(batch, device).cpu()
         return out
 
