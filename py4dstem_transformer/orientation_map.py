@@ -106,27 +106,37 @@ def _inds(crystal, m: np.ndarray, mirror: np.ndarray, angles: np.ndarray) -> np.
     return np.stack([zone, steps], 1)
 
 
-def build_orientation_map(crystal, matrix: np.ndarray, corr: np.ndarray, rotations: np.ndarray):
+def build_orientation_map(crystal, matrix: np.ndarray, corr: np.ndarray, rotations: np.ndarray, chunk: int = 65536):
     """A py4DSTEM ``OrientationMap`` from (Rx, Ry, K, 3, 3) matrices and (Rx, Ry, K) scores.
 
     Positions with ``corr == 0`` are "no match" and get ``crystal.orientation_rotation_matrices[0]``
-    as ACOM gives them. ``crystal`` must carry a plan (:func:`ensure_plan`).
+    as ACOM gives them. ``crystal`` must carry a plan (:func:`ensure_plan`). Work is done in chunks
+    of ``chunk`` matches, so temporaries stay small on 1024 x 1024 scans.
     """
     from py4DSTEM.process.diffraction.utils import OrientationMap
 
     Rx, Ry, K = corr.shape
     om = OrientationMap(num_x=Rx, num_y=Ry, num_matches=K)
-    m = np.asarray(matrix, dtype=np.float64).reshape(-1, 3, 3)
-    unmatched = np.asarray(corr).reshape(-1) <= 0
+    m_all = np.asarray(matrix, dtype=np.float64).reshape(-1, 3, 3)
+    corr_all = np.asarray(corr).reshape(-1)
+    fields = {name: getattr(om, name).reshape((-1,) + getattr(om, name).shape[3:])
+              for name in ("matrix", "family", "mirror", "angles", "inds")}  # views into om's arrays
+    for start in range(0, len(corr_all), chunk):
+        part = slice(start, start + chunk)
+        _fill(crystal, m_all[part], corr_all[part], rotations, {k: v[part] for k, v in fields.items()})
+    om.corr[:] = corr
+    return om
+
+
+def _fill(crystal, m: np.ndarray, corr: np.ndarray, rotations: np.ndarray, out: dict) -> None:
+    """Reduced matrices, mirror flags, angles, inds and family of (n, 3, 3) matches, into ``out``."""
+    m = m.copy()
+    unmatched = corr <= 0
     m[unmatched] = np.asarray(crystal.orientation_rotation_matrices)[0]
     m, mirror = reduce_to_zone_axis_triangle(m, rotations, np.asarray(crystal.orientation_zone_axis_range))
     mirror &= ~unmatched
     angles = _angles(m, mirror)
-    om.matrix[:] = m.reshape(Rx, Ry, K, 3, 3)
-    om.corr[:] = corr
-    om.mirror[:] = mirror.reshape(Rx, Ry, K)
-    om.angles[:] = angles.reshape(Rx, Ry, K, 3)
-    om.inds[:] = _inds(crystal, m, mirror, angles).reshape(Rx, Ry, K, 2)
+    out["matrix"][:], out["mirror"][:], out["angles"][:] = m, mirror, angles
+    out["inds"][:] = _inds(crystal, m, mirror, angles)
     if hasattr(crystal, "symmetry_reduction"):
-        om.family[:] = _family(crystal, m).reshape(Rx, Ry, K, 3, 3)
-    return om
+        out["family"][:] = _family(crystal, m)

@@ -65,3 +65,12 @@ def test_ensure_plan_is_cheap_idempotent_and_keeps_the_voltage():
     vecs = cu.orientation_vecs
     ensure_plan(cu, 300e3, 2.0)
     assert cu.orientation_vecs is vecs
+
+
+def test_chunked_assembly_equals_one_pass(acom):
+    cu, om = acom
+    s = point_group_rotations(cu).numpy()
+    whole = build_orientation_map(cu, om.matrix, om.corr, s)
+    chunked = build_orientation_map(cu, om.matrix, om.corr, s, chunk=5)
+    for field in ("matrix", "family", "corr", "mirror", "angles", "inds"):
+        assert np.array_equal(getattr(whole, field), getattr(chunked, field)), field
