@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import torch
 
 from ._version import __version__
 
@@ -152,9 +153,9 @@ class TrainingSetConfig:
 def in_plane_rotation(angle) -> np.ndarray:
     """``(..., 3, 3)``: ``M @ in_plane_rotation(angle)`` is the orientation whose pattern is the
     pattern of ``M`` rotated counter-clockwise by ``angle`` (radians) in (qx, qy)."""
-    t = np.asarray(angle, dtype=np.float64)
-    c, s, o, i = np.cos(t), np.sin(t), np.zeros_like(t), np.ones_like(t)
-    return np.stack([np.stack([c, s, o], -1), np.stack([-s, c, o], -1), np.stack([o, o, i], -1)], -2)
+    from .rotations import rotation_about_z
+
+    return rotation_about_z(torch.as_tensor(-np.asarray(angle, dtype=np.float64))).numpy()
 
 
 def rotate_pattern(qx, qy, angle) -> Tuple[np.ndarray, np.ndarray]:
