@@ -10,7 +10,7 @@ them (the published model's validation error was optimistic for this reason).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -123,6 +123,3 @@ def seeded_generator(*seed_parts: int) -> torch.Generator:
         seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
     return torch.Generator().manual_seed(seed)
 
-
-def as_index(x: Optional[np.ndarray]) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.int64)

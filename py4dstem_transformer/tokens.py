@@ -17,7 +17,7 @@ patterns, which only ever contain reflections inside ``k_max``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -219,7 +219,7 @@ class _Run:
     def _step(self, index: torch.Tensor) -> float:
         self.model.train()
         gen = seeded_generator(self.config.seed, 1, self.state.step)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=seeded_generator(self.config.seed, 2, self.state.step))))
+        torch.manual_seed(seeded_generator(self.config.seed, 2, self.state.step).initial_seed())  # dropout RNG
         batch = augment(self.store.gather(index), self.augment_config, gen, self.centrosymmetric)
         tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config)
         for group in self.optimizer.param_groups:

@@ -1,6 +1,5 @@
 """Augmentation: geometric changes relabel exactly (py4DSTEM as the oracle), damage keeps labels."""
 
-import math
 
 import numpy as np
 import pytest
@@ -8,9 +7,8 @@ import torch
 
 from py4dstem_transformer.augment import AugmentConfig, augment, rotate_in_plane
 from py4dstem_transformer.data import Batch, PatternStore, bucketed_batches, split_by_zone_axis
-from py4dstem_transformer.rotations import random_rotations
 
-from conftest import KinematicSet, make_cu
+from conftest import KinematicSet
 
 
 @pytest.fixture(scope="module")

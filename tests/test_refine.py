@@ -1,12 +1,11 @@
 """Refinement against the disks: converges on clean kinematic data, survives damage, stays proper."""
 
-import numpy as np
 import pytest
 import torch
 
 from py4dstem_transformer.data import PatternStore
 from py4dstem_transformer.kinematics import Reflections
-from py4dstem_transformer.refine import RefineConfig, _exp_so3, refine_orientations, skew
+from py4dstem_transformer.refine import _exp_so3, refine_orientations, skew
 from py4dstem_transformer.rotations import symmetry_min_angle
 from py4dstem_transformer.score import tokens_to_xy
 from py4dstem_transformer.symmetry import point_group_rotations

@@ -155,7 +155,7 @@ def test_pattern_rotated_by_phi_has_label_m_rz_minus_phi():
 
 
 def test_agrees_with_orix_misorientation(oh):
-    orix = pytest.importorskip("orix")
+    pytest.importorskip("orix")
     from orix.quaternion import Orientation, symmetry
 
     a, b = random_rotations((2, 300), seed=11)

@@ -1,13 +1,12 @@
 """Training: it learns, it is reproducible, and a killed run resumes to the same weights."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from py4dstem_transformer import trainer as train_module
-from py4dstem_transformer.augment import AugmentConfig, rotate_in_plane
+from py4dstem_transformer.augment import rotate_in_plane
 from py4dstem_transformer.data import PatternStore
 from py4dstem_transformer.model import ModelConfig, OrientationModel
 from py4dstem_transformer.rotations import random_rotations, rotation_about_z, symmetry_min_angle
