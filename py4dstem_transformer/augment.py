@@ -73,12 +73,16 @@ def rotate_in_plane(batch: Batch, phi: torch.Tensor, mirror: torch.Tensor) -> Ba
     return Batch(qx, qy, batch.intensity, batch.counts, matrix * flip[:, None, :], batch.phase)
 
 
-def augment(batch: Batch, config: AugmentConfig, generator: torch.Generator, centrosymmetric: bool) -> Batch:
-    """Randomly augmented copy of ``batch`` (the input is not modified)."""
+def augment(batch: Batch, config: AugmentConfig, generator: torch.Generator, centrosymmetric) -> Batch:
+    """Randomly augmented copy of ``batch`` (the input is not modified).
+
+    ``centrosymmetric``: bool, or a (B,) bool tensor (per pattern, e.g. per phase); only those
+    patterns may be mirrored.
+    """
     B = len(batch.counts)
     u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     phi = (2 * u(B) - 1) * math.pi if config.in_plane_rotation else torch.zeros(B)
-    mirror = (u(B) < 0.5) & (config.mirror and centrosymmetric)
+    mirror = (u(B) < 0.5) & torch.as_tensor(centrosymmetric) & config.mirror
     batch = rotate_in_plane(batch, phi, mirror)
     batch = _perturb(batch, config, u)
     keep = _drop_mask(batch, config, u)

@@ -10,9 +10,11 @@ import argparse
 import importlib
 import platform
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ._version import __version__
+from .benchmarks.bench import add_bench_command
 from .simulate import add_simulate_command
 
 __all__ = ["main", "build_parser", "environment_info"]
@@ -80,30 +82,45 @@ def _cmd_info(args) -> int:
 def _cmd_train(args) -> int:
     from .model import ModelConfig
     from .trainer import train
+    from .phases import PhaseTrainingSet
     from .training_set import TrainingSet
 
-    training_set = TrainingSet.load(args.training_set)
+    sets = [TrainingSet.load(path) for path in args.training_set]
+    training_set = sets[0] if len(sets) == 1 else PhaseTrainingSet(sets, names=args.names.split(",") if args.names else None)
+    print(training_set)
     model_config = None
     if args.d_model or args.layers:
         base = ModelConfig()
         model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
-                                   d_ff=4 * (args.d_model or base.d_model))
+                                   d_ff=4 * (args.d_model or base.d_model), k_max=float(sets[0].config.k_max) * 1.05,
+                                   n_phases=len(sets))
+    init = args.init
+    if init is not None and not Path(init).exists():
+        from .pretrained import pretrained_path
+
+        init = pretrained_path(init)  # a shipped model's name
     model = train(
         training_set, epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         device=args.device, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
-        progress_bar=not args.no_progress, model_config=model_config, precision=args.precision,
+        progress_bar=not args.no_progress, model_config=model_config, precision=args.precision, init_weights=init,
     )
     model.save(args.out)
     h = model.history
     best = min(h["val_median_deg"]) if h.get("val_median_deg") else float("nan")
     print(f"saved {args.out}: {model.num_parameters:,} parameters, {h['step'][-1] if h.get('step') else 0} steps, "
           f"best validation median {best:.2f} deg (held-out zone axes, beam flip allowed)")
+    if h.get("val_phase_accuracy"):
+        print(f"validation phase accuracy at the end: {h['val_phase_accuracy'][-1]:.2%}")
     return 0
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a training-set file")
-    p.add_argument("training_set", help="HDF5 file from `py4dstem-transformer simulate` or TrainingSet.save")
+    p = sub.add_parser("train", help="train a model on training-set files (several files: a joint phase model)")
+    p.add_argument("training_set", nargs="+",
+                   help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase")
+    p.add_argument("--names", default=None, help="phase names, comma-separated (default: chemical formulas)")
+    p.add_argument("--init", default=None,
+                   help="start from this model's weights (a model file or a shipped model's name, e.g. Cu)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget (default 30 if no --epochs)")
     p.add_argument("--epochs", type=int, default=None)
@@ -151,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     add_simulate_command(sub)
     _add_train(sub)
+    add_bench_command(sub)
     return parser
 
 

@@ -6,6 +6,9 @@ the left), reported "strict" and with the 180 deg rotation about the beam allowe
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -13,7 +16,8 @@ import torch
 
 from .rotations import symmetry_min_angle
 
-__all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default"]
+__all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default", "acom_plan",
+           "acom_match"]
 
 
 def misorientation_deg(pred, true, symmetry, allow_beam_flip: bool = False) -> np.ndarray:
@@ -69,22 +73,37 @@ def evaluate_orientation_map(orientation_map, true_matrices: np.ndarray, symmetr
     flip = misorientation_deg(pred[mask], true_matrices[mask], symmetry, allow_beam_flip=True)
     corr = orientation_map.corr[:, :, match][mask]
     return {"strict": summarize_errors(strict), "flip": summarize_errors(flip),
-            "corr_auc": roc_auc(corr, strict < threshold_deg), "errors_strict": strict, "corr": corr}
+            "corr_auc": roc_auc(corr, strict < threshold_deg), "errors_strict": strict, "errors_flip": flip,
+            "corr": corr}
 
 
 def acom_default(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: float = 2.0, progress_bar: bool = False):
     """py4DSTEM's ACOM as the baselines run it: default plan (2 deg / 2 deg, 'auto'), k_max 2.0 1/A.
 
-    Prepares ``crystal`` (structure factors, plan) and returns ``crystal.match_orientations(bragg_peaks)``;
-    py4DSTEM's prints and its calibration warnings are silenced.
+    Prepares ``crystal`` (:func:`acom_plan`) and returns ``crystal.match_orientations(bragg_peaks)``
+    (:func:`acom_match`); py4DSTEM's prints and its calibration warnings are silenced.
     """
-    import contextlib
-    import io
-    import warnings
+    acom_plan(crystal, accel_voltage, k_max)
+    return acom_match(crystal, bragg_peaks, progress_bar)
 
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+
+def acom_plan(crystal, accel_voltage: float = 300e3, k_max: float = 2.0) -> None:
+    """Structure factors to ``k_max`` (1/A) and py4DSTEM's default orientation plan on ``crystal``."""
+    with _quiet():
         crystal.setup_diffraction(accel_voltage)
         crystal.calculate_structure_factors(k_max)
         crystal.orientation_plan(zone_axis_range="auto", accel_voltage=accel_voltage, progress_bar=False)
+
+
+def acom_match(crystal, bragg_peaks, progress_bar: bool = False):
+    """``crystal.match_orientations(bragg_peaks)`` with its defaults (needs :func:`acom_plan` first)."""
+    with _quiet():
         return crystal.match_orientations(bragg_peaks, progress_bar=progress_bar)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No py4DSTEM prints on stdout, no warnings."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -8,14 +8,10 @@ table and writes PNGs of the ground truth and both orientation maps.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["run_demo", "plot_comparison"]
+__all__ = ["plot_comparison", "run_demo"]
 
 
 def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = True, seed: int = 0,
@@ -73,12 +69,13 @@ def plot_comparison(mapper, truth, maps: dict, path, figsize=None):
     import matplotlib.pyplot as plt
 
     from .orientation_map import build_orientation_map
+    from .phase_map import out_of_plane_image
 
     crystal = mapper.crystal  # carries the plan the plots need
     true_om = build_orientation_map(crystal, truth.orientation_matrices[:, :, None], (truth.phase >= 0)[..., None] * 1.0,
                                     mapper._symmetry())
     panels = {"ground truth": true_om, **maps}
-    images = {name: _out_of_plane_image(crystal, om) for name, om in panels.items()}
+    images = {name: out_of_plane_image(crystal, om) for name, om in panels.items()}
     fig, axes = plt.subplots(1, len(images) + 1, figsize=figsize or (4 * (len(images) + 1), 4.2))
     for ax, (name, image) in zip(axes, images.items()):
         ax.imshow(image)
@@ -93,17 +90,3 @@ def plot_comparison(mapper, truth, maps: dict, path, figsize=None):
     fig.savefig(path, dpi=110)
     plt.close("all")
     return path
-
-
-def _out_of_plane_image(crystal, om) -> np.ndarray:
-    """RGB of the symmetry-reduced beam direction; full brightness wherever there is a match."""
-    import copy
-
-    import matplotlib.pyplot as plt
-
-    shown = copy.copy(om)
-    shown.corr = (om.corr > 0).astype(float)  # colours at full brightness; corr gets its own panel
-    with contextlib.redirect_stdout(io.StringIO()):
-        images = crystal.plot_orientation_maps(shown, corr_range=np.array([0, 1]), corr_normalize=False)
-    plt.close("all")
-    return np.clip(images[:, :, :, 1], 0, 1)

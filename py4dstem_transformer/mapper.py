@@ -31,6 +31,7 @@ from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonal
 from .score import correlation, tokens_to_xy
 from .tokens import TokenConfig, Tokens, iter_scan_tokens
 from .compatibility import check_crystal_matches_model
+from .phases import formula
 
 __all__ = ["TransformerOrientationMap"]
 
@@ -70,28 +71,46 @@ class TransformerOrientationMap:
 
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.02, corr_kernel_size: float = 0.04,
-                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 12):
+                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 12,
+                 min_phase_probability: float = 0.02):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
-        check_crystal_matches_model(crystal, model.metadata)
-        self.crystal, self.model = crystal, model.eval()
+        meta = model.metadata
+        self.crystals = list(crystal) if isinstance(crystal, (list, tuple)) else [crystal]
+        phases = _phase_metadata(meta)
+        if len(self.crystals) != len(phases):
+            names = [p.get("name", "?") for p in phases]
+            raise ValueError(f"the model maps {len(phases)} phase(s) {names} but {len(self.crystals)} crystal(s) were "
+                             f"given; pass one Crystal per phase, in this order")
+        for c, phase in zip(self.crystals, phases):
+            check_crystal_matches_model(c, {**phase, "accel_voltage": meta.get("accel_voltage")})
+        self.crystal, self.model = self.crystals[0], model.eval()
+        self.phase_names = [p.get("name") or formula(c.numbers) for c, p in zip(self.crystals, phases)]
         self.device = resolve_device(device)
         self.precision = precision
         self.sigma_excitation_error, self.corr_kernel_size = sigma_excitation_error, corr_kernel_size
         self.refine_config, self.sparse_disks = refine_config, sparse_disks
-        meta = model.metadata
+        self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
-        self.symmetry = np.asarray(meta["symmetry"]) if "symmetry" in meta else None
-        self._reflections = None
+        self.symmetries = [np.asarray(p["symmetry"]) if "symmetry" in p else None for p in phases]
+        self._reflections = [None] * len(phases)
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.crystals)
 
     @classmethod
     def pretrained(cls, name: str, crystal=None, **kwargs) -> "TransformerOrientationMap":
-        """A shipped model by name (see :func:`list_pretrained`); ``crystal=None`` builds the model's crystal."""
+        """A shipped model by name (see :func:`list_pretrained`); ``crystal=None`` builds the model's
+        crystal (a list of crystals for a multi-phase model such as ``"Cu+Cu2O"``)."""
         from .pretrained import load_pretrained
 
         model = load_pretrained(name)
-        return cls(crystal if crystal is not None else crystal_from_metadata(model.metadata), model, **kwargs)
+        if crystal is None:
+            crystal = crystals_from_metadata(model.metadata)
+            crystal = crystal[0] if len(crystal) == 1 else crystal
+        return cls(crystal, model, **kwargs)
 
     # -- public API, mirroring py4DSTEM ---------------------------------------------------
     def match_orientations(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
@@ -127,36 +146,75 @@ class TransformerOrientationMap:
         Returns
         -------
         py4DSTEM ``OrientationMap`` of shape (Rx, Ry, num_matches_return); also stored as
-        ``self.crystal.orientation_map``.
+        ``self.crystal.orientation_map``. With a multi-phase model, a list of them, one per crystal
+        (see :meth:`match_phases`, which also gives the phase map).
         """
         peaks = peaks_from_braggvectors(bragg_peaks)
         return self.match_peaks(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
                                 batch_size, device, chunk_size, refine)
+
+    def match_phases(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
+                     inversion_symmetry: bool = True, progress_bar: bool = True, batch_size: Optional[int] = None,
+                     device=None, chunk_size: int = 16384, refine: bool = True):
+        """Phase and orientation of every scan position in one pass (multi-phase models).
+
+        The network gives each pattern a probability per phase and one orientation; the
+        orientation is refined and scored against the disks of every phase whose probability is at
+        least ``min_phase_probability`` (set on the mapper). Each crystal's ``OrientationMap`` holds
+        that phase's orientation at every position, with ``corr`` = phase probability x
+        orientation score, so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)``
+        reads the phase from them; the phase is the one with the largest ``corr``.
+
+        Parameters are those of :meth:`match_orientations`; ``bragg_peaks`` may also be flat
+        :class:`~py4dstem_transformer.peaks.Peaks` (from ``read_peaks``).
+
+        Returns
+        -------
+        :class:`~py4dstem_transformer.phase_map.PhaseMap` with ``phase_index`` (Rx, Ry) (-1 where
+        nothing matched), ``phase_probability`` (Rx, Ry, n) and ``orientation_maps`` (one per
+        crystal, each also set as that crystal's ``orientation_map``).
+        """
+        from .phase_map import PhaseMap
+
+        peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
+        maps, probability = self._match(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
+                                        batch_size, device, chunk_size, refine)
+        return PhaseMap.from_orientation_maps(maps, probability, self.crystals, self.phase_names)
 
     def match_peaks(self, peaks: Peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                     inversion_symmetry: bool = True, progress_bar: bool = True, batch_size: Optional[int] = None,
                     device=None, chunk_size: int = 16384, refine: bool = True):
         """:meth:`match_orientations` on flat :class:`~py4dstem_transformer.peaks.Peaks` (e.g. from
         :func:`~py4dstem_transformer.peaks.read_peaks`, the fast file reader)."""
+        maps, _ = self._match(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
+                              batch_size, device, chunk_size, refine)
+        return maps[0] if self.n_phases == 1 else maps
+
+    def _match(self, peaks: Peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
+               batch_size, device, chunk_size, refine):
+        """(one OrientationMap per phase, phase probability (Rx, Ry, n_phases))."""
         from tqdm.auto import tqdm
 
         if len(peaks.scan_shape) != 2:
             raise ValueError(f"expected a 2-D scan, got scan shape {peaks.scan_shape}")
         device = resolve_device(device) if device is not None else self.device
         K = self._check_num_matches(num_matches_return, inversion_symmetry)
-        B = peaks.num_positions
-        matrix, corr = np.zeros((B, K, 3, 3)), np.zeros((B, K))
+        B, P = peaks.num_positions, self.n_phases
+        matrix, corr, probability = np.zeros((B, P, K, 3, 3)), np.zeros((B, P, K)), np.zeros((B, P))
         bar = tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar)
         for start, tokens in iter_scan_tokens(peaks, self.token_config, chunk_size):
             n = len(tokens)
-            m, c = self.predict_tokens(tokens, K, inversion_symmetry, batch_size, device, refine)
+            m, c, prob = self.predict_phases(tokens, K, inversion_symmetry, batch_size, device, refine)
             too_few = (peaks.counts[start:start + n] < min_number_peaks) | (tokens.counts.numpy() == 0)
             c[too_few] = 0.0
-            matrix[start:start + n], corr[start:start + n] = m, c
+            matrix[start:start + n], corr[start:start + n] = m, c * prob[:, :, None]
+            probability[start:start + n] = prob
             bar.update(n)
         bar.close()
         Rx, Ry = peaks.scan_shape
-        return self._to_orientation_map(matrix.reshape(Rx, Ry, K, 3, 3), corr.reshape(Rx, Ry, K))
+        maps = [self._to_orientation_map(matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K), p)
+                for p in range(P)]
+        return maps, probability.reshape(Rx, Ry, P)
 
     def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                              inversion_symmetry: bool = True, **kwargs):
@@ -185,7 +243,7 @@ class TransformerOrientationMap:
     # -- the engine -------------------------------------------------------------------------
     def predict_tokens(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
                        batch_size: Optional[int] = None, device=None, refine: bool = True):
-        """Ranked candidate orientations for a batch of tokens.
+        """Ranked candidate orientations for a batch of tokens (single-phase models).
 
         Candidates are the network's prediction and its near-ambiguous partners (beam flip; mirror
         partners when ``num_matches > 2``); with ``refine``, patterns with at most ``sparse_disks``
@@ -197,28 +255,59 @@ class TransformerOrientationMap:
 
         Returns ``(matrix (B, K, 3, 3) float64, corr (B, K) float64)`` as numpy arrays.
         """
+        if self.n_phases > 1:
+            raise ValueError("this is a multi-phase model; use predict_phases")
+        matrix, corr, _ = self.predict_phases(tokens, num_matches, inversion_symmetry, batch_size, device, refine)
+        return matrix[:, 0], corr[:, 0]
+
+    def predict_phases(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
+                       batch_size: Optional[int] = None, device=None, refine: bool = True):
+        """Per phase, ranked candidate orientations, and the network's phase probabilities.
+
+        As :meth:`predict_tokens`, for every phase whose probability is at least
+        ``min_phase_probability`` (others keep the network's orientation with score 0).
+
+        Returns ``(matrix (B, P, K, 3, 3), score (B, P, K), probability (B, P))`` float64 numpy
+        arrays; ``score`` is the orientation score alone (not multiplied by the probability).
+        """
         device = resolve_device(device) if device is not None else self.device
         batch_size = batch_size or (4096 if device.type == "cuda" else 256)
         # the mirror partners only compete for the 3rd and 4th matches: the network does not confuse them
         partners = _PARTNERS if (inversion_symmetry and num_matches > 2) else _PARTNERS[:2]
         partners = torch.as_tensor(partners, dtype=torch.float32)
-        matrix, corr = torch.zeros(len(tokens), num_matches, 3, 3), torch.zeros(len(tokens), num_matches)
+        B, P = len(tokens), self.n_phases
+        matrix, corr = torch.zeros(B, P, num_matches, 3, 3), torch.zeros(B, P, num_matches)
+        probability = torch.ones(B, P)
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
         for subset, turns in ((~sparse, 1), (sparse, 4)):
             for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
-                hypotheses = self._hypotheses(batch, device, turns)  # (b, H, 3, 3)
-                b, H = hypotheses.shape[:2]
-                candidates = (hypotheses[:, :, None] * partners.to(hypotheses.device)[None, None, :, None, :])
-                candidates = candidates.reshape(b, H * len(partners), 3, 3)
-                if refine:
-                    candidates = self.refine(batch, candidates, device)
-                score = self.score(batch, candidates, device)  # (b, C)
-                matrix[idx], corr[idx] = self._rank_distinct(candidates.cpu(), score, num_matches)
+                hypotheses, prob = self._hypotheses(batch, device, turns)  # (b, H, 3, 3), (b, P)
+                probability[idx] = prob.cpu()
+                matrix[idx] = hypotheses[:, None, :1].cpu()  # phases left out keep the network's answer
+                for p in range(P):
+                    rows = prob[:, p].cpu() >= self.min_phase_probability if P > 1 else torch.ones(len(idx), dtype=torch.bool)
+                    if rows.any():
+                        sub = Tokens(batch.tokens[rows], batch.mask[rows], batch.counts[rows])
+                        m, c = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
+                                                     num_matches, refine, device, p)
+                        matrix[idx[rows], p], corr[idx[rows], p] = m, c
         matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
-        return matrix.numpy(), corr.double().numpy()
+        return matrix.numpy(), corr.double().numpy(), probability.double().numpy()
 
-    def _rank_distinct(self, candidates: torch.Tensor, score: torch.Tensor, num_matches: int, min_angle_deg: float = 5.0):
+    def _best_candidates(self, tokens: Tokens, hypotheses: torch.Tensor, partners: torch.Tensor, num_matches: int,
+                         refine: bool, device, phase: int):
+        """Candidates (hypotheses x partners), refined and scored against ``phase``'s disks, ranked."""
+        b, H = hypotheses.shape[:2]
+        candidates = hypotheses[:, :, None] * partners.to(hypotheses.device)[None, None, :, None, :]
+        candidates = candidates.reshape(b, H * len(partners), 3, 3)
+        if refine:
+            candidates = self.refine(tokens, candidates, device, phase)
+        score = self.score(tokens, candidates, device, phase)  # (b, C)
+        return self._rank_distinct(candidates.cpu(), score, num_matches, phase)
+
+    def _rank_distinct(self, candidates: torch.Tensor, score: torch.Tensor, num_matches: int, phase: int = 0,
+                       min_angle_deg: float = 5.0):
         """The ``num_matches`` best-scoring candidates per pattern that are distinct orientations.
 
         Candidates within ``min_angle_deg`` (after crystal symmetry) of a better one are skipped, so
@@ -229,7 +318,7 @@ class TransformerOrientationMap:
         if num_matches == 1:
             best = score.argmax(1)
             return candidates[torch.arange(b), best][:, None], score[torch.arange(b), best][:, None]
-        sym = torch.as_tensor(self._symmetry(), dtype=torch.float32)
+        sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
         pair = symmetry_min_angle(candidates[:, :, None], candidates[:, None, :], sym, allow_beam_flip=False)  # (b, C, C)
         near = pair < np.radians(min_angle_deg)
         available = torch.ones(b, C, dtype=torch.bool)
@@ -242,30 +331,37 @@ class TransformerOrientationMap:
             available &= ~near[rows, pick]
         return matrix, corr
 
-    def _symmetry(self) -> np.ndarray:
-        if self.symmetry is None:
-            self.symmetry = _point_group(self.crystal)
-        return self.symmetry
+    def _symmetry(self, phase: int = 0) -> np.ndarray:
+        if self.symmetries[phase] is None:
+            self.symmetries[phase] = _point_group(self.crystals[phase])
+        return self.symmetries[phase]
 
-    def _hypotheses(self, tokens: Tokens, device, turns: int) -> torch.Tensor:
-        """(b, turns, 3, 3) network predictions for the input rotated by k * 360 / turns deg, un-rotated."""
-        out = []
+    @property
+    def symmetry(self) -> np.ndarray:
+        """(K, 3, 3) proper rotations of the (first) crystal."""
+        return self._symmetry(0)
+
+    def _hypotheses(self, tokens: Tokens, device, turns: int):
+        """Network predictions for the input rotated by k * 360 / turns deg, un-rotated:
+        ``(matrix (b, turns, 3, 3), phase probability (b, n_phases) averaged over the turns)``."""
+        out, prob = [], 0.0
         for k in range(turns):
             phi = 2 * np.pi * k / turns
             rotated = Tokens(_rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts)
-            prediction = self._network(rotated, device)
+            prediction, p = self._network(rotated, device)
             # a pattern rotated counter-clockwise by phi has label M @ Rz(-phi), so M = P @ Rz(phi)
             out.append(prediction @ rotation_about_z(torch.tensor(phi)).float().to(prediction.device))
-        return torch.stack(out, 1)
+            prob = prob + p / turns
+        return torch.stack(out, 1), prob
 
     @torch.inference_mode()
-    def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None) -> torch.Tensor:
+    def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
         """(b, C, 3, 3) candidates refined against each pattern's disks (:func:`.refine.refine_orientations`)."""
         device = resolve_device(device) if device is not None else self.device
         b, C = candidates.shape[:2]
         obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
         mask = tokens.mask.to(device).repeat_interleave(C, 0)
-        refined = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, self._get_reflections(),
+        refined = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, self._get_reflections(phase),
                                       self.refine_config, k_max=self.token_config.k_max,
                                       r_min=self.token_config.direct_beam_radius)
         return refined.view(b, C, 3, 3)
@@ -275,21 +371,26 @@ class TransformerOrientationMap:
         device = resolve_device(device) if device is not None else self.device
         out = torch.zeros(len(tokens), 3, 3)
         for idx, batch in _count_sorted_batches(tokens, batch_size or (4096 if device.type == "cuda" else 256)):
-            out[idx] = self._network(batch, device).cpu()
+            out[idx] = self._network(batch, device)[0].cpu()
         return out
 
     @torch.inference_mode()
-    def _network(self, tokens: Tokens, device) -> torch.Tensor:
+    def _network(self, tokens: Tokens, device):
+        """``(matrix (b, 3, 3) float32, phase probability (b, n_phases) float32)`` on ``device``."""
         model = self.model.to(device)
         with autocast(device, autocast_dtype(device, self.precision)):
-            return model(tokens.tokens.to(device), tokens.mask.to(device))["matrix"].float()
+            out = model(tokens.tokens.to(device), tokens.mask.to(device))
+        matrix = out["matrix"].float()
+        if "phase_logits" in out:
+            return matrix, torch.softmax(out["phase_logits"].float(), dim=1)
+        return matrix, torch.ones(len(matrix), 1, device=matrix.device)
 
     @torch.inference_mode()
-    def score(self, tokens: Tokens, candidates: torch.Tensor, device=None) -> torch.Tensor:
+    def score(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
         """Correlation (B, C) of the observed disks with the kinematic disks of (B, C, 3, 3) candidates."""
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
-        refl = self._get_reflections().to(device)
+        refl = self._get_reflections(phase).to(device)
         N = tokens.tokens.shape[1]
         sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
                                        max_disks=min(max(N + 8, 16), 48), k_max=self.token_config.k_max,
@@ -300,10 +401,11 @@ class TransformerOrientationMap:
         return corr.cpu()
 
     # -- helpers ----------------------------------------------------------------------------
-    def _get_reflections(self) -> Reflections:
-        if self._reflections is None:
-            self._reflections = Reflections.from_crystal(self.crystal, self.token_config.k_max, self.accel_voltage)
-        return self._reflections
+    def _get_reflections(self, phase: int = 0) -> Reflections:
+        if self._reflections[phase] is None:
+            self._reflections[phase] = Reflections.from_crystal(self.crystals[phase], self.token_config.k_max,
+                                                                self.accel_voltage)
+        return self._reflections[phase]
 
     def _check_num_matches(self, num_matches_return: int, inversion_symmetry: bool) -> int:
         available = 4 if inversion_symmetry else 2
@@ -314,10 +416,11 @@ class TransformerOrientationMap:
             )
         return int(num_matches_return)
 
-    def _to_orientation_map(self, matrix: np.ndarray, corr: np.ndarray):
-        ensure_plan(self.crystal, self.accel_voltage, float(self.model.metadata.get("k_max", self.token_config.k_max)))
-        om = build_orientation_map(self.crystal, matrix, corr, self._symmetry())
-        self.crystal.orientation_map = om
+    def _to_orientation_map(self, matrix: np.ndarray, corr: np.ndarray, phase: int = 0):
+        crystal = self.crystals[phase]
+        ensure_plan(crystal, self.accel_voltage, float(self.model.metadata.get("k_max", self.token_config.k_max)))
+        om = build_orientation_map(crystal, matrix, corr, self._symmetry(phase))
+        crystal.orientation_map = om
         return om
 
 
@@ -344,6 +447,16 @@ def _point_group(crystal) -> np.ndarray:
     from .symmetry import point_group_rotations
 
     return point_group_rotations(crystal).numpy()
+
+
+def _phase_metadata(metadata: dict) -> list:
+    """Per-phase entries of a model's metadata (one for a single-phase model)."""
+    return list(metadata["phases"]) if "phases" in metadata else [metadata]
+
+
+def crystals_from_metadata(metadata: dict) -> list:
+    """The py4DSTEM Crystals a model was trained for (one per phase), rebuilt from its metadata."""
+    return [crystal_from_metadata(p) for p in _phase_metadata(metadata)]
 
 
 def crystal_from_metadata(metadata: dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,9 +21,9 @@ from .augment import AugmentConfig, augment, rotate_in_plane
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from .device import autocast, autocast_dtype, resolve_device
-from .loss import total_loss
+from .loss import orientation_loss, total_loss
 from .model import ModelConfig, OrientationModel
-from .rotations import symmetry_min_angle
+from .phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
 from .tokens import TokenConfig, tokenize
 
 __all__ = ["TrainConfig", "train", "model_metadata", "plot_history"]
@@ -68,14 +68,17 @@ def train(
     augment_config: Optional[AugmentConfig] = None,
     token_config: Optional[TokenConfig] = None,
     precision: Optional[str] = None,
+    init_weights=None,
     **options,
 ) -> OrientationModel:
     """Train an orientation model on ``training_set`` and return it (best validation weights).
 
     Parameters
     ----------
-    training_set : TrainingSet
-        From ``crystal.generate_training_set(...)`` or ``TrainingSet.load(path)``.
+    training_set : TrainingSet, PhaseTrainingSet or list of TrainingSet
+        From ``crystal.generate_training_set(...)`` or ``TrainingSet.load(path)``. Several phases
+        (a :class:`~py4dstem_transformer.phases.PhaseTrainingSet` or a list, one set per phase)
+        train a joint model with a phase head; each phase's loss uses its own point group.
     epochs, max_minutes : optional
         Stop after this many passes over the training patterns, or this much wall time (the
         learning-rate schedule then follows the elapsed time). Neither given: 30 minutes.
@@ -98,6 +101,10 @@ def train(
         Architecture, augmentation and token settings; defaults suit a CPU.
     precision : {"bf16", "fp32"}, optional
         Autocast dtype; default bf16 where it is fast, else fp32.
+    init_weights : OrientationModel or path, optional
+        Start from this model's weights (fine-tuning, e.g. a joint phase model from a single-phase
+        one). Layers whose shapes differ (such as a new phase head) start fresh; the architecture
+        must otherwise match ``model_config``.
     **options
         Any other :class:`TrainConfig` field (``val_every``, ``checkpoint_every``, ...).
 
@@ -108,19 +115,49 @@ def train(
     """
     if epochs is None and max_minutes is None:
         max_minutes = 30.0
+    if isinstance(training_set, (list, tuple)):
+        training_set = training_set[0] if len(training_set) == 1 else PhaseTrainingSet(training_set)
     config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup=warmup,
                          val_fraction=val_fraction, seed=seed, precision=precision, **options)
     token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * 1.05)
-    model_config = model_config or ModelConfig(k_max=token_config.k_max)
+    n_phases = len(as_phase_sets(training_set))
+    model_config = model_config or ModelConfig(k_max=token_config.k_max, n_phases=n_phases)
+    if model_config.n_phases != n_phases:
+        raise ValueError(f"model_config.n_phases = {model_config.n_phases} but the training set has {n_phases} "
+                         "phase(s); leave n_phases at its default or set it to the number of phases")
     run = _Run(training_set, config, model_config, augment_config or AugmentConfig(k_max=token_config.k_max),
                token_config, resolve_device(device), checkpoint_dir)
+    if init_weights is not None:
+        run.initialize_from(init_weights)
     if resume:
         run.restore()
     return run.fit(progress_bar)
 
 
-def model_metadata(training_set, token_config: TokenConfig, symmetry: torch.Tensor) -> dict:
-    """What a model needs to know about the data it was trained on (plain Python values)."""
+def model_metadata(training_set, token_config: TokenConfig, symmetry) -> dict:
+    """What a model needs to know about the data it was trained on (plain Python values).
+
+    ``symmetry``: the (K, 3, 3) group, or a list of groups (one per phase). A single phase gives
+    the crystal's entries at the top level; several phases give ``"phases"``, a list of them (each
+    with its ``"name"``), and the shared voltage, k_max and token settings at the top level.
+    """
+    sets = as_phase_sets(training_set)
+    groups = list(symmetry) if isinstance(symmetry, (list, tuple)) else [symmetry]
+    phases = [_phase_metadata(ts, g) for ts, g in zip(sets, groups)]
+    common = {
+        "accel_voltage": float(training_set.config.accel_voltage),
+        "k_max": float(training_set.config.k_max),
+        "token_config": token_config.to_dict(),
+        "training_set_size": len(training_set),
+    }
+    if len(sets) == 1:
+        return {**phases[0], **common}
+    for phase, name in zip(phases, training_set.names):
+        phase["name"] = name
+    return {**common, "phases": phases}
+
+
+def _phase_metadata(training_set, symmetry: torch.Tensor) -> dict:
     cfg = training_set.config
     crystal = training_set.crystal()
     thickness = np.asarray(training_set.thickness, dtype=float)
@@ -131,14 +168,10 @@ def model_metadata(training_set, token_config: TokenConfig, symmetry: torch.Tens
             "numbers": np.asarray(crystal.numbers).tolist(),
             "occupancy": np.asarray(getattr(crystal, "occupancy", np.ones(len(crystal.numbers)))).tolist(),
         },
-        "accel_voltage": float(cfg.accel_voltage),
-        "k_max": float(cfg.k_max),
         "thickness_range": [float(np.nanmin(thickness)), float(np.nanmax(thickness))] if np.isfinite(thickness).any() else None,
         "dynamical": bool(getattr(cfg, "dynamical", True)),
         "centrosymmetric": bool(cfg.centrosymmetric),
         "symmetry": symmetry.tolist(),
-        "token_config": token_config.to_dict(),
-        "training_set_size": len(training_set),
     }
 
 
@@ -150,26 +183,25 @@ class _State:
     elapsed: float = 0.0
     best_val: float = math.inf
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "val_step": [], "val_median_deg": [],
-                                                   "val_within_5deg": [], "lr": []})
+                                                   "val_within_5deg": [], "val_phase_accuracy": [], "lr": []})
 
 
 class _Run:
     """One training run: data, model, optimiser and the loop state that checkpoints capture."""
 
     def __init__(self, training_set, config, model_config, augment_config, token_config, device, checkpoint_dir):
-        from .symmetry import point_group_rotations
-
         self.config, self.augment_config, self.token_config, self.device = config, augment_config, token_config, device
         self.store = PatternStore(training_set)
-        self.centrosymmetric = bool(training_set.config.centrosymmetric)
-        # the symmetry the patterns actually have (Friedel's law adds some to kinematic sets of
-        # non-centrosymmetric crystals); fall back to the crystal's point group
-        stored = getattr(training_set.config, "symmetry", None)
-        symmetry = torch.as_tensor(np.asarray(stored)) if stored is not None and len(stored) else None
-        self.symmetry = (symmetry if symmetry is not None else point_group_rotations(training_set.crystal())).float()
+        sets = as_phase_sets(training_set)
+        # per phase: may its patterns be mirrored (centrosymmetric), and the rotations that leave
+        # them unchanged (stored with the set: Friedel's law adds some to kinematic sets of
+        # non-centrosymmetric crystals; else the crystal's point group)
+        self.centrosymmetric = torch.tensor([bool(ts.config.centrosymmetric) for ts in sets])
+        groups = phase_symmetries(sets)
+        self.symmetry = (groups[0] if len(groups) == 1 else padded_symmetry(groups)).float()
         self.train_idx, val_idx = split_by_zone_axis(training_set.zone_axis_index, config.val_fraction, config.seed)
         torch.manual_seed(config.seed)
-        meta = model_metadata(training_set, token_config, self.symmetry.double())
+        meta = model_metadata(training_set, token_config, groups if len(groups) > 1 else groups[0])
         self.model = OrientationModel(model_config, meta).to(device)
         self.optimizer = _adamw(self.model, config)
         self.amp = autocast_dtype(device, config.precision)
@@ -220,7 +252,8 @@ class _Run:
         self.model.train()
         gen = seeded_generator(self.config.seed, 1, self.state.step)
         torch.manual_seed(seeded_generator(self.config.seed, 2, self.state.step).initial_seed())  # dropout RNG
-        batch = augment(self.store.gather(index), self.augment_config, gen, self.centrosymmetric)
+        batch = self.store.gather(index)
+        batch = augment(batch, self.augment_config, gen, self.centrosymmetric[batch.phase])
         tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
@@ -274,25 +307,29 @@ class _Run:
         batch = self.store.gather(pick)
         B = len(pick)
         phi = (2 * torch.rand(B, generator=gen) - 1) * math.pi  # fixed, seeded in-plane angles, no damage
-        mirror = (torch.rand(B, generator=gen) < 0.5) & self.centrosymmetric
+        mirror = (torch.rand(B, generator=gen) < 0.5) & self.centrosymmetric[batch.phase]
         batch = rotate_in_plane(batch, phi, mirror)
-        return tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config), batch.matrix
+        return tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, self.token_config), batch.matrix, batch.phase
 
     @torch.inference_mode()
     def _validate(self) -> None:
-        tokens, matrix = self.val
+        tokens, matrix, phase = self.val
         self.model.eval()
-        preds = []
+        preds, phases = [], []
         for start in range(0, len(tokens), 1024):
             with autocast(self.device, self.amp):
                 out = self.model(tokens.tokens[start:start + 1024].to(self.device), tokens.mask[start:start + 1024].to(self.device))
             preds.append(out["matrix"].cpu())
-        angle = torch.rad2deg(symmetry_min_angle(torch.cat(preds), matrix, self.symmetry, allow_beam_flip=True))
+            if "phase_logits" in out:
+                phases.append(out["phase_logits"].argmax(1).cpu())
+        angle = torch.rad2deg(orientation_loss(torch.cat(preds), matrix, self.symmetry, True, phase))
         median = float(angle.median())
         h = self.state.history
         h["val_step"].append(self.state.step)
         h["val_median_deg"].append(median)
         h["val_within_5deg"].append(float((angle < 5).float().mean()))
+        if phases:
+            h.setdefault("val_phase_accuracy", []).append(float((torch.cat(phases) == phase).float().mean()))
         if median < self.state.best_val:
             self.state.best_val = median
             self.best_weights = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
@@ -310,6 +347,18 @@ class _Run:
                   "best_val": s.best_val},
             history=s.history, best_weights=self.best_weights, metadata=self.model.metadata,
         )
+
+    def initialize_from(self, source) -> None:
+        """Copy every weight of ``source`` (a model or a model file) whose name and shape match."""
+        source = source if isinstance(source, OrientationModel) else OrientationModel.load(source)
+        own = self.model.state_dict()
+        shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+        if replace(source.config, n_phases=self.model.config.n_phases) != self.model.config:
+            raise ValueError("init_weights has another architecture than model_config "
+                             f"({source.config} vs {self.model.config}); pass a matching model_config")
+        self.model.load_state_dict(shared, strict=False)
+        self.model.metadata["initialized_from"] = {"training_set_size": source.metadata.get("training_set_size"),
+                                                   "history_steps": len(source.history.get("step", []))}
 
     def restore(self) -> None:
         if self.checkpoint_dir is None:

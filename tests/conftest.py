@@ -51,12 +51,13 @@ class KinematicSet:
     """A minimal stand-in with the TrainingSet interface: kinematic Cu patterns at random beam
     directions (in-plane angle 0), one pattern per zone axis. Used to test training on its own."""
 
-    def __init__(self, n, seed=0, k_max=2.0, sigma=0.02):
+    def __init__(self, n, seed=0, k_max=2.0, sigma=0.02, make=make_cu):
         from types import SimpleNamespace
 
         from py4dstem_transformer.rotations import random_rotations
 
-        crystal = make_cu()
+        self._make = make
+        crystal = make()
         crystal.setup_diffraction(300e3)
         crystal.calculate_structure_factors(k_max)
         mats = random_rotations(n, seed=seed).numpy()
@@ -81,7 +82,7 @@ class KinematicSet:
         return len(self.orientation_matrices)
 
     def crystal(self):
-        return make_cu()
+        return self._make()
 
 
 @pytest.fixture(scope="session")

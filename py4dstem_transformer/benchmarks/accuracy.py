@@ -60,8 +60,9 @@ def by_disk_count(errors: np.ndarray, counts: np.ndarray, bins=((0, 6), (7, 12),
 
 
 def main(argv=None) -> dict:
-    from ..mapper import TransformerOrientationMap, crystal_from_metadata
+    from ..mapper import crystal_from_metadata
     from ..tokens import braggvectors_to_tokens
+    from .common import load_mapper
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="Cu", help="a pretrained name or a model file")
@@ -70,12 +71,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
-    from ..model import OrientationModel
-    from ..pretrained import list_pretrained, load_pretrained
-
-    model = load_pretrained(args.model) if args.model in list_pretrained() else OrientationModel.load(args.model)
-    crystal = crystal_from_metadata(model.metadata)
-    mapper = TransformerOrientationMap(crystal, model)
+    mapper = load_mapper(args.model)
+    model = mapper.model
     report = {"threads": torch.get_num_threads(), "n": args.n}
     for damaged in (False, True):
         name = "damaged" if damaged else "clean"
@@ -90,7 +87,7 @@ def main(argv=None) -> dict:
             rows["ACOM default"] = run_acom(crystal_from_metadata(model.metadata), sub, sub_truth, mapper.symmetry)
         rows["refined"]["by_disks"] = by_disk_count(rows["refined"]["errors_strict"], counts)
         _print(name, rows, counts)
-        report[name] = {k: {kk: vv for kk, vv in v.items() if kk not in ("errors_strict", "corr")} for k, v in rows.items()}
+        report[name] = {k: {kk: vv for kk, vv in v.items() if kk not in ("errors_strict", "errors_flip", "corr")} for k, v in rows.items()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=float)

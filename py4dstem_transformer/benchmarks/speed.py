@@ -17,29 +17,18 @@ import numpy as np
 import torch
 
 from ..compare import acom_default
+from .common import load_mapper, random_positions, subset_braggvectors, timed
 
 
 def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
     """ACOM's time per pattern (plan included, amortised) on ``n`` random positions of ``bragg``."""
-    from ..peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors
-
-    peaks = peaks_from_braggvectors(bragg)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(peaks.num_positions, size=min(n, peaks.num_positions), replace=False))
-    o = peaks.offsets
-    rows = [np.stack([peaks.qx[o[i]:o[i + 1]], peaks.qy[o[i]:o[i + 1]], peaks.intensity[o[i]:o[i + 1]]], 1) for i in pick]
-    origin = tuple(np.asarray(v).reshape(-1)[pick].reshape(1, -1) for v in peaks.calibration.origin)
-    sub = peaks_to_braggvectors(Peaks.from_lists(rows, (1, len(pick))), tuple(bragg.Qshape), origin,
-                                peaks.calibration.q_pixel_size)
-    t0 = time.perf_counter()
-    acom_default(crystal, sub)
-    return (time.perf_counter() - t0) / len(pick)
+    pick = random_positions(int(np.prod(bragg.Rshape)), n, seed)
+    _, seconds = timed(acom_default, crystal, subset_braggvectors(bragg, pick))
+    return seconds / len(pick)
 
 
 def main(argv=None) -> dict:
-    from ..mapper import TransformerOrientationMap, crystal_from_metadata
-    from ..model import OrientationModel
-    from ..pretrained import list_pretrained, load_pretrained
+    from ..mapper import crystal_from_metadata
     from ..scan import simulate_scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,11 +38,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-vacuum", action="store_true", help="no vacuum grain boundaries: every position diffracts")
     args = parser.parse_args(argv)
-    model = load_pretrained(args.model) if args.model in list_pretrained() else OrientationModel.load(args.model)
+    mapper = load_mapper(args.model)
+    model = mapper.model
     bragg, truth = simulate_scan([crystal_from_metadata(model.metadata)], scan_shape=(args.size, args.size),
                                  num_grains=60, vacuum_boundaries=not args.no_vacuum, seed=0, progress_bar=False)
     n = args.size**2
-    mapper = TransformerOrientationMap(crystal_from_metadata(model.metadata), model)
     mapper.match_orientations(bragg, progress_bar=False, refine=False)  # warm-up (plan, reflections)
     result = {"positions": n, "threads": torch.get_num_threads()}
     for refine in (False, True):

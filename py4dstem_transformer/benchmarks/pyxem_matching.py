@@ -1,0 +1,115 @@
+"""pyxem template matching as a third method in ``py4dstem-transformer bench`` (optional extra).
+
+pyxem matches images, not peak lists, so each pattern's calibrated Bragg vectors are drawn as
+Gaussian spots (direct beam left out) on a ``shape`` detector centred on the beam, then pyxem's own
+recipe runs: polar transform (``get_azimuthal_integral2d``), a diffsims template library over the
+reduced fundamental zone at ``resolution_deg``, ``get_orientation``. Orientations come back as orix
+``Orientation`` objects whose matrices use py4DSTEM's convention (lab -> crystal, symmetry on the
+left; ``../shared/docs/baselines.md``); pyxem's frame can differ from ours by 180 deg about the
+beam, so compare it with the beam flip allowed.
+
+Needs ``pip install pyxem orix diffsims`` (pyxem 0.21 installs beside py4DSTEM 0.14.18).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["pyxem_missing", "pyxem_match"]
+
+
+def pyxem_missing() -> Optional[str]:
+    """Why ``import pyxem`` fails (e.g. "No module named 'pyxem'"), or None when it works."""
+    try:
+        import pyxem  # noqa: F401
+    except Exception as err:  # not installed (ImportError) or broken beside this numpy / py4DSTEM
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def pyxem_match(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: float = 2.0, resolution_deg: float = 1.0,
+                shape: int = 128) -> Tuple[np.ndarray, float, float]:
+    """Template-match every position of ``bragg_peaks`` with pyxem.
+
+    Parameters
+    ----------
+    crystal : py4DSTEM Crystal
+    bragg_peaks : BraggVectors, calibrated (origin, Q pixel size)
+    accel_voltage : float, volts
+    k_max : float, 1/A; radius of the templates and of the polar transform
+    resolution_deg : float, template spacing on the reduced fundamental zone
+    shape : int, detector pixels per side of the drawn images
+
+    Returns
+    -------
+    matrices : (B, 3, 3) orientation matrices of the best match, C order over the scan
+    library_s : seconds to build the template library (once, like ACOM's plan)
+    match_s : seconds to draw the images, polar-transform them and match
+    """
+    from .common import timed
+
+    library, library_s = timed(_library, crystal, accel_voltage, k_max, resolution_deg)
+    matrices, match_s = timed(_match, library, bragg_peaks, k_max, shape)
+    return matrices, library_s, match_s
+
+
+def _library(crystal, accel_voltage: float, k_max: float, resolution_deg: float):
+    from diffsims.generators.simulation_generator import SimulationGenerator
+    from orix.sampling import get_sample_reduced_fundamental
+
+    phase = _orix_phase(crystal)
+    rotations = get_sample_reduced_fundamental(resolution=resolution_deg, point_group=phase.point_group)
+    generator = SimulationGenerator(accel_voltage / 1e3, minimum_intensity=1e-3)
+    return generator.calculate_diffraction2d(phase, rotation=rotations, max_excitation_error=0.1,
+                                             reciprocal_radius=k_max)
+
+
+def _match(library, bragg_peaks, k_max: float, shape: int) -> np.ndarray:
+    import pyxem as pxm
+
+    images, scale = _draw_images(bragg_peaks, k_max, shape)  # (B, shape, shape), 1/A per pixel
+    signal = pxm.signals.ElectronDiffraction2D(images[None])
+    signal.calibrate.scale = scale
+    signal.calibrate.center = None  # the image centre, where the direct beam was drawn
+    polar = signal.get_azimuthal_integral2d(npt=100, npt_azim=360, radial_range=(0, k_max), inplace=False, mean=True)
+    orientations = polar.get_orientation(library, n_best=1).to_single_phase_orientations()
+    return np.asarray(orientations.to_matrix()).reshape(len(images), -1, 3, 3)[:, 0]
+
+
+def _draw_images(bragg_peaks, k_max: float, shape: int, sigma_px: float = 1.0) -> Tuple[np.ndarray, float]:
+    """(B, shape, shape) float32 images of the diffracted disks, beam at the centre; and the scale (1/A per px)."""
+    import torch
+
+    from ..peaks import peaks_from_braggvectors
+
+    peaks = peaks_from_braggvectors(bragg_peaks)
+    qx, qy = (t.numpy() for t in peaks.calibration.apply(torch.from_numpy(peaks.qx), torch.from_numpy(peaks.qy),
+                                                         torch.from_numpy(peaks.counts)))
+    scale = 1.05 * k_max / (shape / 2)
+    position = np.repeat(np.arange(peaks.num_positions), peaks.counts)
+    keep = np.hypot(qx, qy) > 0.1  # the direct beam is not in pyxem's templates
+    grid = np.arange(shape) - shape / 2
+    images = np.zeros((peaks.num_positions, shape, shape), np.float32)
+    for b, x, y, i in zip(position[keep], qx[keep] / scale, qy[keep] / scale, peaks.intensity[keep]):
+        gx, gy = np.exp(-0.5 * ((grid - x) / sigma_px) ** 2), np.exp(-0.5 * ((grid - y) / sigma_px) ** 2)
+        images[b] += np.float32(i) * np.outer(gx, gy)
+    return images, scale
+
+
+def _orix_phase(crystal):
+    """The orix ``Phase`` (space group from pymatgen, atoms from the py4DSTEM crystal)."""
+    from diffpy.structure import Atom, Lattice, Structure
+    from orix.crystal_map import Phase
+    from pymatgen.core import Element
+    from pymatgen.core import Lattice as PmgLattice
+    from pymatgen.core import Structure as PmgStructure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    lattice = PmgLattice(np.asarray(crystal.lat_real))
+    symbols = [Element.from_Z(int(z)).symbol for z in np.ravel(crystal.numbers)]
+    space_group = SpacegroupAnalyzer(PmgStructure(lattice, symbols, np.asarray(crystal.positions))).get_space_group_number()
+    atoms = [Atom(s, xyz) for s, xyz in zip(symbols, np.asarray(crystal.positions))]
+    cell = Lattice(*lattice.abc, *lattice.angles)
+    return Phase(name="crystal", space_group=space_group, structure=Structure(atoms, cell))

@@ -1,0 +1,127 @@
+"""``py4dstem-transformer bench`` at tiny sizes: every output is written, ACOM subsets are labelled."""
+
+import json
+
+import numpy as np
+import pytest
+
+from py4dstem_transformer.benchmarks.bench_report import END, START, update_docs
+from py4dstem_transformer.cli import main
+
+MACHINE_KEYS = {"cpu", "cpu_cores", "torch_threads", "torch", "py4DSTEM", "device", "dtype"}
+ACCURACY_KEYS = {"n", "median", "p90", "within_2", "within_5"}
+
+
+def fake_pyxem_match(crystal, bragg_peaks):
+    """Stands in for pyxem (an optional extra): identity matrices, 0.01 s library, 0.02 s matching."""
+    fake_pyxem_match.calls += 1
+    return np.tile(np.eye(3), (int(np.prod(bragg_peaks.Rshape)), 1, 1)), 0.01, 0.02
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """The command on 4 x 4 (ACOM on every position) and 8 x 8 (ACOM on 16 of 64, extrapolated),
+    with a fake pyxem as the third method."""
+    from py4dstem_transformer.benchmarks import pyxem_matching
+
+    tmp = tmp_path_factory.mktemp("bench")
+    docs = tmp / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\n{START}\nold figures\n{END}\n\n## Other section\n")
+    argv = ["bench", "--sizes", "4,8", "--acom-max", "16", "--file-min-size", "8", "--out", str(tmp / "out"),
+            "--no-progress", "--update-docs", "--docs", str(docs)]
+    fake_pyxem_match.calls = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pyxem_matching, "pyxem_missing", lambda: None)
+        patch.setattr(pyxem_matching, "pyxem_match", fake_pyxem_match)
+        assert main(argv) == 0
+    return tmp, json.loads((tmp / "out" / "bench.json").read_text())
+
+
+def test_json_holds_every_figure_and_the_machine(bench_run):
+    _, report = bench_run
+    assert MACHINE_KEYS <= set(report["machine"])
+    assert report["command"].startswith("py4dstem-transformer bench --sizes 4,8 --acom-max 16")
+    assert [r["size"] for r in report["sizes"]] == [4, 8]
+    for row in report["sizes"]:
+        t, a = row["transformer"], row["acom"]
+        assert t["total_s"] > 0 and t["patterns_per_s"] > 0 and a["total_s"] > 0 and a["plan_s"] > 0
+        assert all(v >= 0 for v in t["stages_s"].values()) and t["stages_s"]["network"] > 0
+        for method in ("transformer", "transformer (ACOM's positions)", "ACOM"):
+            assert ACCURACY_KEYS <= set(row["accuracy"][method]["strict"]) and "flip" in row["accuracy"][method]
+    assert set(report["accuracy_pooled"]) >= {"transformer", "ACOM"}
+
+
+def test_acom_subsets_are_labelled_extrapolated(bench_run):
+    tmp, report = bench_run
+    small, large = report["sizes"]
+    assert not small["acom"]["extrapolated"] and small["acom"]["positions_matched"] == 16
+    assert large["acom"]["extrapolated"] and large["acom"]["positions_matched"] == 16
+    assert "extrapolated" in large["acom"]["basis"]
+    markdown = (tmp / "out" / "bench.md").read_text()
+    row_8 = next(line for line in markdown.splitlines() if line.startswith("| 8² | 64 |"))
+    row_4 = next(line for line in markdown.splitlines() if line.startswith("| 4² | 16 |"))
+    assert "(extrapolated)" in row_8 and "extrapolated" not in row_4
+
+
+def test_file_path(bench_run):
+    _, report = bench_run
+    small, large = report["sizes"]
+    assert "file" not in small
+    f = large["file"]
+    assert f["maps_match_memory"] and f["read_peaks_total_s"] > 0 and f["py4dstem_read_total_s"] > 0
+
+
+def test_a_third_method_flows_into_every_output(bench_run):
+    tmp, report = bench_run
+    assert fake_pyxem_match.calls == 2
+    small, large = report["sizes"]
+    assert not small["pyxem"]["extrapolated"] and large["pyxem"]["extrapolated"]
+    assert large["pyxem"]["positions_matched"] == 16 and large["accuracy"]["pyxem"]["strict"]["n"] >= 0
+    assert report["accuracy_pooled"]["pyxem"]["corr_auc"] is None
+    assert "| 8² |" in (tmp / "out" / "bench.md").read_text().split("pyxem patterns/s")[1]
+
+
+def test_pyxem_is_skipped_with_a_reason_when_it_cannot_be_imported():
+    from py4dstem_transformer.benchmarks.bench import _pyxem_note
+    from py4dstem_transformer.benchmarks.pyxem_matching import pyxem_missing
+
+    try:
+        import pyxem  # noqa: F401
+    except ImportError:
+        assert "pyxem" in pyxem_missing()
+        assert _pyxem_note(pyxem_missing()).startswith("skipped")
+    else:
+        assert pyxem_missing() is None
+
+
+def test_plots_and_docs_are_written(bench_run):
+    tmp, _ = bench_run
+    for name in ("scaling", "stages", "errors", "maps"):
+        assert (tmp / "out" / f"bench_{name}.png").stat().st_size > 5_000
+        assert (tmp / "images" / f"bench_{name}.png").exists()
+    docs = (tmp / "benchmarks.md").read_text()
+    assert "old figures" not in docs and "## Other section" in docs and "(images/bench_scaling.png)" in docs
+    assert docs.index(START) < docs.index("Side-by-side benchmark") < docs.index(END)
+
+
+def test_update_docs_needs_the_markers(tmp_path):
+    path = tmp_path / "b.md"
+    path.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_docs("text", path)
+
+
+def test_staged_run_computes_what_match_orientations_computes():
+    from py4dstem_transformer.benchmarks.common import load_mapper
+    from py4dstem_transformer.benchmarks.stages import STAGES, staged_transformer_map
+    from py4dstem_transformer.scan import simulate_scan
+
+    mapper = load_mapper("Cu")
+    bragg, truth = simulate_scan([mapper.crystal], scan_shape=(6, 6), num_grains=3, seed=3, progress_bar=False)
+    expected = mapper.match_orientations(bragg, progress_bar=False)
+    staged, seconds = staged_transformer_map(mapper, bragg)
+    crystalline = truth.phase >= 0
+    np.testing.assert_allclose(staged.matrix[crystalline], expected.matrix[crystalline], atol=1e-6)
+    assert set(seconds) == set(STAGES) and seconds["network"] > 0
+    assert "refine" not in vars(mapper) and "score" not in vars(mapper)  # the timing wrappers are gone
+
