@@ -168,3 +168,24 @@ def test_the_wrong_number_of_crystals_is_refused(joint):
         TransformerOrientationMap(make_cu(), joint)
     with pytest.raises(ValueError, match="does not match"):
         TransformerOrientationMap([make_cu2o(), make_cu()], joint)
+
+
+def test_init_weights_copies_a_single_phase_model_into_a_joint_one(two_sets):
+    """Fine-tuning start: every weight but the new phase head comes from the source model."""
+    from py4dstem_transformer.model import ModelConfig, OrientationModel
+    from py4dstem_transformer.trainer import train
+
+    small = [KinematicSet(40, seed=7, make=make_cu), KinematicSet(40, seed=8, make=make_cu2o)]
+    arch = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, k_max=2.1)
+    source = OrientationModel(ModelConfig(**arch))
+    joint = train(small, epochs=0, progress_bar=False, val_fraction=0.1, init_weights=source,
+                  model_config=ModelConfig(**arch, n_phases=2))
+    src = source.state_dict()
+    for name, value in joint.state_dict().items():
+        if name.startswith("phase_head."):
+            assert name not in src
+        else:
+            torch.testing.assert_close(value, src[name])
+    with pytest.raises(ValueError, match="architecture"):
+        train(small, epochs=0, progress_bar=False, init_weights=OrientationModel(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=32)),
+              model_config=ModelConfig(**arch, n_phases=2))
