@@ -25,3 +25,24 @@ def test_accuracy_benchmark_runs(tmp_path):
     assert set(clean) == {"network fp32", "network", "refined", "ACOM default"}
     assert 0 <= clean["refined"]["strict"]["median"] <= 180 and not math.isnan(clean["refined"]["strict"]["median"])
     assert (tmp_path / "a.json").stat().st_size > 100
+
+
+def test_confidence_benchmark_runs(capsys):
+    from py4dstem_transformer.benchmarks import confidence
+
+    report = confidence.main(["--n", "30"])
+    for name in ("clean", "damaged"):
+        assert 0 <= report[name]["right"] <= 1 and set(report[name]["auc"]) >= {"s1 (corr)", "s1 - s2"}
+    assert "ROC AUC" in capsys.readouterr().out
+
+
+def test_phase_benchmark_runs(tmp_path, capsys):
+    import json
+
+    from py4dstem_transformer.benchmarks import phases
+
+    report = phases.main(["--size", "12", "--grains", "4", "--acom-n", "8", "--json", str(tmp_path / "p.json")])
+    assert report["joint"]["n_crystalline"] > 0 and 0 <= report["joint"]["phase_accuracy"] <= 1
+    assert report["acom"]["extrapolated"] and report["crystal_phase"]["n"] == 8
+    assert json.loads((tmp_path / "p.json").read_text())["size"] == 12
+    assert "(extrapolated)" in capsys.readouterr().out
