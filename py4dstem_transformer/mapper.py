@@ -286,8 +286,11 @@ class TransformerOrientationMap:
                 probability[idx] = prob.cpu()
                 matrix[idx] = hypotheses[:, None, :1].cpu()  # phases left out keep the network's answer
                 for p in range(P):
-                    rows = prob[:, p].cpu() >= self.min_phase_probability if P > 1 else torch.ones(len(idx), dtype=torch.bool)
-                    if rows.any():
+                    rows = prob[:, p].cpu() >= self.min_phase_probability  # always all rows for one phase
+                    if rows.all():
+                        m, c = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
+                        matrix[idx, p], corr[idx, p] = m, c
+                    elif rows.any():
                         sub = Tokens(batch.tokens[rows], batch.mask[rows], batch.counts[rows])
                         m, c = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
                                                      num_matches, refine, device, p)

@@ -201,7 +201,7 @@ class _Run:
         self.symmetry = (groups[0] if len(groups) == 1 else padded_symmetry(groups)).float()
         self.train_idx, val_idx = split_by_zone_axis(training_set.zone_axis_index, config.val_fraction, config.seed)
         torch.manual_seed(config.seed)
-        meta = model_metadata(training_set, token_config, groups if len(groups) > 1 else groups[0])
+        meta = model_metadata(training_set, token_config, groups)
         self.model = OrientationModel(model_config, meta).to(device)
         self.optimizer = _adamw(self.model, config)
         self.amp = autocast_dtype(device, config.precision)

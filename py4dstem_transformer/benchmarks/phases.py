@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from ..compare import acom_match, acom_plan, misorientation_deg, roc_auc, summarize_errors
+from ..compare import _quiet, acom_match, acom_plan, misorientation_deg, roc_auc, summarize_errors
 from .common import random_positions, subset_braggvectors
 
 
@@ -133,12 +133,6 @@ def run_acom_phases(bragg, truth, n: int, seed: int, symmetry) -> dict:
     return {"acom": acom, "crystal_phase": crystal_phase, "pick": pick}
 
 
-def _quiet():
-    from ..compare import _quiet as quiet
-
-    return quiet()
-
-
 def main(argv=None) -> dict:
     import torch
 
@@ -162,11 +156,12 @@ def main(argv=None) -> dict:
         from ..symmetry import point_group_rotations
         from ..simulate import example_crystal
 
-        acom = run_acom_phases(bragg, truth, args.acom_n, args.seed, point_group_rotations(example_crystal("Cu")).numpy())
+        symmetry = point_group_rotations(example_crystal("Cu")).numpy()  # m-3m, both phases
+        acom = run_acom_phases(bragg, truth, args.acom_n, args.seed, symmetry)
         pick = acom.pop("pick")
         report.update(acom)
         same = evaluate_phases(pm.phase_index.ravel()[pick], pm.matrix().reshape(-1, 3, 3)[pick], truth.phase.ravel()[pick],
-                               truth.orientation_matrices.reshape(-1, 3, 3)[pick], point_group_rotations(example_crystal("Cu")).numpy())
+                               truth.orientation_matrices.reshape(-1, 3, 3)[pick], symmetry)
         report["joint_on_acom_positions"] = same
     _print(report)
     if args.json:
