@@ -11,7 +11,12 @@ The network is fast but ~1-3 deg off; the physics is precise. For each candidate
 3. residuals: the in-plane position ``(g_lab,x - qx, g_lab,y - qy)`` (1/A), and the kinematic
    intensity law ``ln I = ln c + ln |F|^2 - s_g^2 / 2 sigma^2`` with the excitation error
    ``s_g ~ g_lab,z - lambda |g|^2 / 2`` and an unknown scale ``c`` fitted alongside;
-4. solve the 4x4 normal equations for ``(omega, ln c)`` (Levenberg-damped) and update; repeat.
+4. solve the normal equations for ``(omega, ln c, tau)`` (Marquardt-damped) and update; repeat.
+
+How much the positions count against the intensities follows the data: each pattern's position
+noise is estimated from its own assigned residuals (their RMS, between ``sigma_position_floor`` and
+``sigma_position``). Precisely measured disks then pin the orientation by their positions, which
+hold for any thickness, while jittery ones lean on the intensities as before.
 
 The position residuals fix the in-plane angle; the intensities fix the tilt (which moves projected
 positions only to second order) through how strongly each reflection is excited. At the truth the
@@ -36,7 +41,8 @@ class RefineConfig:
 
     iterations: int = 4
     radii: tuple = (0.12, 0.07, 0.04, 0.03)  # assignment radius per iteration (last one repeats)
-    sigma_position: float = 0.01  # expected error of a disk position
+    sigma_position: float = 0.01  # expected error of a disk position (upper bound of the estimate)
+    sigma_position_floor: float = 0.002  # lower bound of the per-pattern estimate (~0.1 px centroids)
     sigma_log_intensity: float = 1.0  # expected error of ln I against the kinematic law
     intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
     tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
@@ -103,23 +109,33 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q,
                       log_i - torch.log(torch.gather(f2_all[index], 1, j)), w,
                       w * torch.exp(config.intensity_weight_power * log_i))
-        step = _gauss_newton_step(pair, law, reflections.wavelength, config)  # (B, 5)
+        sigma_xy = _position_noise(pair, config)  # (B,)
+        step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy)  # (B, 5)
         omega = step[:, :3] * (max_step / step[:, :3].norm(dim=-1, keepdim=True).clamp_min(max_step))
         enough = (w.sum(-1) >= 2)[:, None]
         rot = _exp_so3(omega * enough) @ rot
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
     if return_cost:
-        return rot.transpose(-1, -2), _cost(pair, law, reflections.wavelength, config, observed_mask, radius)
+        return rot.transpose(-1, -2), _cost(pair, law, reflections.wavelength, config, observed_mask, radius, sigma_xy)
     return rot.transpose(-1, -2)
 
 
-def _cost(p: "_Pairs", law: torch.Tensor, lam: float, config: RefineConfig, observed_mask, radius: float):
+def _position_noise(p: "_Pairs", config: RefineConfig) -> torch.Tensor:
+    """(B,) position noise (1/A) estimated from the assigned disks' residuals, clamped to the config's range."""
+    e2 = ((p.g_lab[..., :2] - p.q) ** 2).sum(-1)  # (B, N)
+    n = p.weight.sum(-1)
+    rms = torch.sqrt((p.weight * e2).sum(-1) / (2 * n).clamp_min(1))  # per coordinate
+    return rms.clamp(config.sigma_position_floor, config.sigma_position)
+
+
+def _cost(p: "_Pairs", law: torch.Tensor, lam: float, config: RefineConfig, observed_mask, radius: float,
+          sigma_xy: torch.Tensor):
     """(B,) mean weighted misfit per observed disk at the last assignment (before its step)."""
     s = p.g_lab[..., 2] - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)
-    e_xy = ((p.g_lab[..., :2] - p.q) ** 2).sum(-1) / config.sigma_position**2
+    e_xy = ((p.g_lab[..., :2] - p.q) ** 2).sum(-1) / sigma_xy[:, None] ** 2
     e_i = (p.log_ratio - law[:, :1] + law[:, 1:] * s**2) ** 2 / config.sigma_log_intensity**2
-    miss = (radius / config.sigma_position) ** 2
+    miss = (radius / sigma_xy[:, None]) ** 2
     per_disk = torch.where(p.weight > 0, e_xy + e_i, torch.full_like(e_xy, miss)) * observed_mask
     return per_disk.sum(-1) / observed_mask.sum(-1).clamp_min(1)
 
@@ -135,10 +151,11 @@ class _Pairs:
     intensity_weight: torch.Tensor  # (B, N) weight of the intensity residual
 
 
-def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineConfig) -> torch.Tensor:
+def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineConfig,
+                       sigma_xy: torch.Tensor) -> torch.Tensor:
     """One damped Gauss-Newton step (B, 5) in (omega, ln c, tau).
 
-    Residuals: in-plane position ``g_lab,xy - q`` (sigma_position) and the kinematic intensity law
+    Residuals: in-plane position ``g_lab,xy - q`` (``sigma_xy`` (B,), 1/A) and the kinematic intensity law
     ``ln(I / |F|^2) - ln c + tau s^2`` (sigma_log_intensity in ln I), with ``tau = 1 / 2 sigma^2``
     and ``s ~ g_lab,z - lambda |g|^2 / 2`` the excitation error. ``law`` (B, 2) holds the current
     ``(ln c, tau)``; tau is pulled towards ``1 / 2 sigma_excitation^2`` by a weak prior, so the
@@ -152,7 +169,7 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     e_i = p.log_ratio - log_c + tau * s**2  # (B, N)
     j_i = torch.cat([(2 * tau * s)[..., None] * ds, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
     j_xy = torch.cat([jac[..., :2, :], torch.zeros_like(jac[..., :2, :2])], -1)  # (B, N, 2, 5)
-    wx = p.weight / config.sigma_position**2
+    wx = p.weight / sigma_xy[:, None] ** 2
     wi = p.intensity_weight / config.sigma_log_intensity**2
     a = torch.einsum("bn,bnki,bnkj->bij", wx, j_xy, j_xy) + torch.einsum("bn,bni,bnj->bij", wi, j_i, j_i)
     b = torch.einsum("bn,bnki,bnk->bi", wx, j_xy, e_xy) + torch.einsum("bn,bni,bn->bi", wi, j_i, e_i)
