@@ -31,6 +31,7 @@ from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonal
 from .score import correlation, tokens_to_xy
 from .tokens import TokenConfig, Tokens, iter_scan_tokens
 from .compatibility import check_crystal_matches_model
+from .confidence import Calibration
 from .phases import formula
 
 __all__ = ["TransformerOrientationMap"]
@@ -67,6 +68,10 @@ class TransformerOrientationMap:
         Settings of the refinement against the disks (``match_orientations(refine=True)``).
     sparse_disks : int
         Patterns with at most this many disks also try test-time rotations of their input.
+    calibrated_confidence : bool
+        Report ``corr`` as the model's calibrated probability that the orientation is within 5 deg of
+        the truth (:mod:`.confidence`), where the model file holds a calibration; otherwise, and with
+        ``False``, ``corr`` is the raw correlation score of the best candidate.
 
     Examples
     --------
@@ -78,7 +83,7 @@ class TransformerOrientationMap:
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
                  refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 12,
-                 min_phase_probability: float = 0.02):
+                 min_phase_probability: float = 0.02, calibrated_confidence: bool = True):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
         meta = model.metadata
@@ -96,6 +101,7 @@ class TransformerOrientationMap:
         self.precision = precision
         self.sigma_excitation_error, self.corr_kernel_size = sigma_excitation_error, corr_kernel_size
         self.corr_power = corr_power
+        self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.refine_config, self.sparse_disks = refine_config, sparse_disks
         self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
@@ -268,15 +274,21 @@ class TransformerOrientationMap:
         return matrix[:, 0], corr[:, 0]
 
     def predict_phases(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
-                       batch_size: Optional[int] = None, device=None, refine: bool = True):
+                       batch_size: Optional[int] = None, device=None, refine: bool = True,
+                       calibrated: Optional[bool] = None, return_alternative: bool = False):
         """Per phase, ranked candidate orientations, and the network's phase probabilities.
 
         As :meth:`predict_tokens`, for every phase whose probability is at least
         ``min_phase_probability`` (others keep the network's orientation with score 0).
 
         Returns ``(matrix (B, P, K, 3, 3), score (B, P, K), probability (B, P))`` float64 numpy
-        arrays; ``score`` is the orientation score alone (not multiplied by the probability).
+        arrays; ``score`` is the orientation confidence alone (not multiplied by the probability):
+        the calibrated probability of being right where the model has a calibration and
+        ``calibrated`` (default ``self.calibrated_confidence``) allows it, else the raw score. With
+        ``return_alternative``, also the raw scores themselves and each match's best distinct
+        alternative's raw score: ``(matrix, raw score, alternative (B, P, K), probability)``.
         """
+        calibrated = self.calibrated_confidence if calibrated is None else calibrated
         device = resolve_device(device) if device is not None else self.device
         batch_size = batch_size or (4096 if device.type == "cuda" else 256)
         # the mirror partners only compete for the 3rd and 4th matches: the network does not confuse them
@@ -284,6 +296,7 @@ class TransformerOrientationMap:
         partners = torch.as_tensor(partners, dtype=torch.float32)
         B, P = len(tokens), self.n_phases
         matrix, corr = torch.zeros(B, P, num_matches, 3, 3), torch.zeros(B, P, num_matches)
+        alternative = torch.zeros(B, P, num_matches)
         probability = torch.ones(B, P)
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
@@ -295,14 +308,19 @@ class TransformerOrientationMap:
                 for p in range(P):
                     rows = prob[:, p].cpu() >= self.min_phase_probability  # always all rows for one phase
                     if rows.all():
-                        m, c = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
-                        matrix[idx, p], corr[idx, p] = m, c
+                        m, c, a = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
+                        matrix[idx, p], corr[idx, p], alternative[idx, p] = m, c, a
                     elif rows.any():
                         sub = Tokens(batch.tokens[rows], batch.mask[rows], batch.counts[rows])
-                        m, c = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
-                                                     num_matches, refine, device, p)
-                        matrix[idx[rows], p], corr[idx[rows], p] = m, c
+                        m, c, a = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
+                                                        num_matches, refine, device, p)
+                        matrix[idx[rows], p], corr[idx[rows], p], alternative[idx[rows], p] = m, c, a
         matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
+        if return_alternative:
+            return matrix.numpy(), corr.double().numpy(), alternative.double().numpy(), probability.double().numpy()
+        if calibrated and self.calibration is not None:
+            scored = corr > 0  # phases left out (score 0) stay at 0
+            corr = torch.where(scored, self.calibration.probability(corr, alternative, tokens.counts[:, None, None]), corr)
         return matrix.numpy(), corr.double().numpy(), probability.double().numpy()
 
     def _best_candidates(self, tokens: Tokens, hypotheses: torch.Tensor, partners: torch.Tensor, num_matches: int,
@@ -322,24 +340,23 @@ class TransformerOrientationMap:
 
         Candidates within ``min_angle_deg`` (after crystal symmetry) of a better one are skipped, so
         hypotheses that converged to the same orientation are reported once. Returns
-        ``(matrix (b, K, 3, 3), corr (b, K))``; a slot with nothing distinct left gets corr 0.
+        ``(matrix (b, K, 3, 3), score (b, K), alternative (b, K))``: ``alternative`` is the best score
+        of a candidate distinct from that match (0 if none), the margin's reference for the
+        confidence (:mod:`.confidence`). A slot with nothing distinct left gets score 0.
         """
         b, C = score.shape
-        if num_matches == 1:
-            best = score.argmax(1)
-            return candidates[torch.arange(b), best][:, None], score[torch.arange(b), best][:, None]
         sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
-        pair = symmetry_min_angle(candidates[:, :, None], candidates[:, None, :], sym, allow_beam_flip=False)  # (b, C, C)
-        near = pair < np.radians(min_angle_deg)
         available = torch.ones(b, C, dtype=torch.bool)
-        matrix, corr = torch.zeros(b, num_matches, 3, 3), torch.zeros(b, num_matches)
+        matrix, corr, alternative = torch.zeros(b, num_matches, 3, 3), torch.zeros(b, num_matches), torch.zeros(b, num_matches)
         rows = torch.arange(b)
         for k in range(num_matches):
             masked = score.masked_fill(~available, -1.0)
             pick = masked.argmax(1)
             matrix[:, k], corr[:, k] = candidates[rows, pick], masked[rows, pick].clamp_min(0.0)
-            available &= ~near[rows, pick]
-        return matrix, corr
+            near = symmetry_min_angle(matrix[:, k, None], candidates, sym, allow_beam_flip=False) < np.radians(min_angle_deg)
+            alternative[:, k] = score.masked_fill(near, -1.0).max(1).values.clamp_min(0.0)  # (b, C) -> (b,)
+            available &= ~near
+        return matrix, corr, alternative
 
     def _symmetry(self, phase: int = 0) -> np.ndarray:
         if self.symmetries[phase] is None:

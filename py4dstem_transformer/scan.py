@@ -20,7 +20,7 @@ from .calibration import DetectorCalibration
 from .peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
 
-__all__ = ["GroundTruth", "simulate_scan", "simulate_orientations", "voronoi_grains"]
+__all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "voronoi_grains"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +156,11 @@ def simulate_scan(
     detector = _Detector(k_max, min_relative_intensity, q_pixel_size, tuple(Qshape), origin_offset, origin_drift)
     damage = _Damage(jitter, intensity_noise, drop_weakest, spurious)
     return _render(grains, grain_phase, grain_m, grain_t, sims, rng, detector, damage, progress_bar)
+
+
+#: The damage of the "damaged" test patterns (accuracy benchmark, confidence calibration):
+#: 0.01 1/A position jitter, 20% intensity noise, the weakest 20% of disks dropped, one spurious disk.
+DAMAGED = {"jitter": 0.01, "intensity_noise": 0.2, "drop_weakest": 0.2, "spurious": 1}
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from ..compare import acom_default, evaluate_orientation_map, summarize_errors
-
-DAMAGE = {"jitter": 0.01, "intensity_noise": 0.2, "drop_weakest": 0.2, "spurious": 1}
+from ..scan import DAMAGED as DAMAGE
 
 
 def test_set(crystal, n: int, seed: int, damaged: bool):

@@ -1,19 +1,19 @@
-"""Benchmark: how well candidate confidence scores flag wrong orientations (ROC AUC, right vs wrong).
+"""Benchmark: how well confidence scores flag wrong orientations (ROC AUC, right vs wrong).
 
 ``python -m py4dstem_transformer.benchmarks.confidence [--model Cu] [--n 1000] [--seed 20]``
 
 The same test patterns as :mod:`.accuracy` (uniform random orientations, Bloch-wave 20-500 A, clean
-and damaged), drawn with other seeds. Each pattern is mapped with ``num_matches_return=2``, which
-scores the same candidates as the default (the prediction and its beam-flip partner, refined), and
-reports the best candidate's score ``s1`` and the best *distinct* alternative's ``s2``. Scores
-compared, each as a flag for "strict error >= 5 deg":
+and damaged), drawn with other seeds. Each pattern is mapped with the default candidates (the
+prediction and its beam-flip partner, refined); for the reported orientation the mapper gives its
+raw score ``s1`` and the best score ``s2`` of a *distinct* candidate (> 5 deg away after symmetry).
+Scores compared, each as a flag for "strict error >= 5 deg":
 
-* ``s1``: the shipped ``corr``;
+* ``s1``: the raw correlation (``corr`` with ``calibrated_confidence=False``);
 * ``s1 - s2``: the margin over the best distinct alternative (mostly the beam flip);
 * ``n``: the number of disks the model reads;
-* ``(s1 - s2) (1 - exp(-n / 8))``: the margin, discounted for sparse patterns.
-
-This is a measurement for choosing a better ``corr``; nothing here changes the mapper.
+* ``(s1 - s2) (1 - exp(-n / 8))``: the margin, discounted for sparse patterns;
+* ``calibrated``: the model's calibrated probability (:mod:`~py4dstem_transformer.confidence`), the
+  shipped ``corr`` where the model file holds a calibration; with its mean against the fraction right.
 """
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
 from ..compare import misorientation_deg, roc_auc
 from .accuracy import test_set
 
 
-def confidence_scores(corr: np.ndarray, n_disks: np.ndarray) -> dict:
-    """Candidate confidences from the (N, 2) corr of the two best distinct matches and (N,) disk counts."""
-    s1, s2 = corr[:, 0], corr[:, 1]
+def confidence_scores(s1: np.ndarray, s2: np.ndarray, n_disks: np.ndarray) -> dict:
+    """Candidate confidences from (N,) raw scores of the reported and best distinct orientation and disk counts."""
     sparse = 1 - np.exp(-n_disks / 8)
-    return {"s1 (corr)": s1, "s1 - s2": s1 - s2, "n disks": n_disks.astype(float), "(s1 - s2)(1 - exp(-n/8))": (s1 - s2) * sparse}
+    return {"s1 (raw score)": s1, "s1 - s2": s1 - s2, "n disks": n_disks.astype(float),
+            "(s1 - s2)(1 - exp(-n/8))": (s1 - s2) * sparse}
 
 
 def main(argv=None) -> dict:
@@ -48,15 +49,29 @@ def main(argv=None) -> dict:
     for damaged in (False, True):
         name = "damaged" if damaged else "clean"
         bragg, truth = test_set(crystal_from_metadata(mapper.model.metadata), args.n, args.seed + 100 * damaged, damaged)
-        om = mapper.match_orientations(bragg, num_matches_return=2, progress_bar=False)
-        err = misorientation_deg(om.matrix[0, :, 0], truth.orientation_matrices[0], mapper.symmetry)
+        tokens = braggvectors_to_tokens(bragg, mapper.token_config)
+        matrix, s1, s2, _ = mapper.predict_phases(tokens, 1, return_alternative=True)
+        s1, s2 = s1[:, 0, 0], s2[:, 0, 0]
+        err = misorientation_deg(matrix[:, 0, 0], truth.orientation_matrices[0], mapper.symmetry)
         right = err < 5
-        n = braggvectors_to_tokens(bragg, mapper.token_config).counts.numpy()
-        aucs = {k: roc_auc(v, right) for k, v in confidence_scores(om.corr[0], n).items()}
+        n = tokens.counts.numpy()
+        scores = confidence_scores(s1, s2, n)
+        if mapper.calibration is not None:
+            scores["calibrated (corr)"] = mapper.calibration.probability(
+                torch.as_tensor(s1), torch.as_tensor(s2), tokens.counts).numpy()
+        aucs = {k: roc_auc(v, right) for k, v in scores.items()}
         report[name] = {"right": float(right.mean()), "auc": aucs}
         print(f"\n{name}: {args.n} patterns, {right.mean():.1%} right (strict < 5°)")
         for k, v in aucs.items():
             print(f"  {k:28s} ROC AUC {v:.3f}")
+        if mapper.calibration is not None:
+            p = scores["calibrated (corr)"]
+            report[name]["mean_probability"] = float(p.mean())
+            print(f"  calibrated: mean probability {p.mean():.3f} vs fraction right {right.mean():.3f}")
+            for lo, hi in ((0.0, 0.5), (0.5, 0.9), (0.9, 1.01)):
+                sel = (p >= lo) & (p < hi)
+                if sel.any():
+                    print(f"    corr in [{lo:.1f}, {min(hi, 1):.1f}): {sel.sum():4d} patterns, {right[sel].mean():.1%} right")
     return report
 
 

@@ -1,0 +1,85 @@
+"""Calibrated confidence: fitting, storage in the model file, use by the mapper, end to end."""
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.compare import roc_auc
+from py4dstem_transformer.confidence import (Calibration, attach_calibration, calibrate, confidence_features,
+                                             fit_calibration)
+
+from conftest import make_cu
+
+
+def synthetic(n, seed):
+    """Scores, alternatives, disk counts and labels where being right depends on margin and disk count."""
+    g = torch.Generator().manual_seed(seed)
+    score = 0.5 + 0.5 * torch.rand(n, generator=g)
+    alternative = score - 0.3 * torch.rand(n, generator=g)
+    disks = torch.randint(3, 40, (n,), generator=g)
+    logit = 20 * (score - alternative - 0.08) + 0.3 * (disks - 12) + torch.randn(n, generator=g)
+    return score, alternative, disks, logit > 0
+
+
+def test_fit_learns_a_flag_better_than_the_raw_score():
+    s, a, n, right = synthetic(3000, 0)
+    cal = fit_calibration(confidence_features(s, a, n), right)
+    s, a, n, right = synthetic(3000, 1)  # fresh data
+    p = cal.probability(s, a, n)
+    assert p.min() >= 0 and p.max() <= 1
+    auc = roc_auc(p.numpy(), right.numpy())
+    assert auc > 0.9 and auc > roc_auc(s.numpy(), right.numpy()) + 0.1
+    assert abs(float(p.mean()) - float(right.float().mean())) < 0.05  # calibrated, not just ranked
+
+
+def test_fit_refuses_labels_of_one_kind():
+    s, a, n, _ = synthetic(100, 0)
+    with pytest.raises(ValueError, match="both right and wrong"):
+        fit_calibration(confidence_features(s, a, n), torch.ones(100, dtype=torch.bool))
+
+
+def test_calibration_survives_a_weights_only_round_trip(tmp_path, trained):
+    s, a, n, right = synthetic(500, 2)
+    cal = fit_calibration(confidence_features(s, a, n), right, steps=200, fitted_on={"patterns": 500})
+    model = type(trained)(trained.config, dict(trained.metadata))
+    model.load_state_dict(trained.state_dict())
+    attach_calibration(model, cal)
+    model.save(tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain numbers only
+    back = Calibration.from_metadata(raw["metadata"])
+    assert back == cal
+    assert torch.equal(back.probability(s, a, n), cal.probability(s, a, n))
+    assert "confidence_calibration" not in trained.metadata  # the original model is untouched
+
+
+def test_mapper_reports_the_calibrated_probability():
+    from py4dstem_transformer.pretrained import load_pretrained
+    from py4dstem_transformer.mapper import TransformerOrientationMap
+    from py4dstem_transformer.scan import simulate_orientations
+    from py4dstem_transformer.rotations import random_rotations
+    from py4dstem_transformer.tokens import braggvectors_to_tokens
+
+    model = load_pretrained("Cu")
+    assert "confidence_calibration" in model.metadata  # the shipped model is calibrated
+    crystal = make_cu()
+    m = random_rotations(24, seed=5).numpy()
+    bragg, truth = simulate_orientations([crystal], m, 200.0, seed=6, progress_bar=False)
+    mapper = TransformerOrientationMap(crystal, model)
+    om = mapper.match_orientations(bragg, progress_bar=False)
+    raw = TransformerOrientationMap(crystal, model, calibrated_confidence=False).match_orientations(bragg, progress_bar=False)
+    tokens = braggvectors_to_tokens(bragg, mapper.token_config)
+    _, s1, s2, _ = mapper.predict_phases(tokens, 1, return_alternative=True)
+    np.testing.assert_allclose(raw.corr[0, :, 0], s1[:, 0, 0], atol=1e-6)
+    expected = mapper.calibration.probability(torch.as_tensor(s1[:, 0, 0]), torch.as_tensor(s2[:, 0, 0]), tokens.counts)
+    np.testing.assert_allclose(om.corr[0, :, 0], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(om.matrix, raw.matrix)  # the confidence changes nothing else
+
+
+def test_calibrate_end_to_end_on_simulated_patterns():
+    from py4dstem_transformer.pretrained import load_pretrained
+    from py4dstem_transformer.mapper import TransformerOrientationMap
+
+    mapper = TransformerOrientationMap(make_cu(), load_pretrained("Cu"))
+    cal = calibrate(mapper, n=160, seed=4321, progress_bar=False)
+    assert cal.fitted_on["patterns"] == 160 and 0.5 < cal.fitted_on["fraction_right"] < 1
+    assert cal.fitted_on["auc_on_fit_set"] > 0.7  # the mapper's own features do flag its errors
