@@ -10,7 +10,9 @@ The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
    cannot tell apart off a zone axis), plus the mirror partners when more than two matches are asked;
 4. with ``refine=True`` (default) every candidate is refined against the disks (:mod:`.refine`);
 5. each candidate's kinematic disks are correlated with the observed disks (:mod:`.score`); the
-   best-scoring candidate is the first match and its correlation is ``corr``;
+   best-scoring candidate is the first match; ``corr`` is the calibrated probability that it is
+   within 5 deg (:mod:`.confidence`: from its score, its margin over the best distinct candidate and
+   the disk count), or the raw score for a model without a calibration;
 6. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
 """
 
@@ -138,7 +140,7 @@ class TransformerOrientationMap:
             Calibrated (origin and Q pixel size; ellipse and rotation used when set). Not modified.
         num_matches_return : int
             Matches per position: the best candidate first, then its near-ambiguous partners (beam
-            flip; mirror partners if ``inversion_symmetry``), ranked by ``corr``.
+            flip; mirror partners if ``inversion_symmetry``), ranked by their score.
         min_number_peaks : int
             Positions with fewer detected peaks (the direct beam counts, as in py4DSTEM) get
             ``corr = 0`` ("no match").
@@ -175,7 +177,7 @@ class TransformerOrientationMap:
         orientation is refined and scored against the disks of every phase whose probability is at
         least ``min_phase_probability`` (set on the mapper). Each crystal's ``OrientationMap`` holds
         that phase's orientation at every position, with ``corr`` = phase probability x
-        orientation score, so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)``
+        orientation confidence, so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)``
         reads the phase from them; the phase is the one with the largest ``corr``.
 
         Parameters are those of :meth:`match_orientations`; ``bragg_peaks`` may also be flat

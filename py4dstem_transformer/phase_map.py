@@ -29,12 +29,12 @@ class PhaseMap:
     ----------
     phase_index : (Rx, Ry) int64
         Index into ``crystals`` of the phase with the largest ``corr`` (phase probability x
-        orientation score); -1 where nothing matched (too few peaks, vacuum).
+        orientation confidence); -1 where nothing matched (too few peaks, vacuum).
     phase_probability : (Rx, Ry, n) float64
         The network's phase probabilities (sum to 1 over phases).
     orientation_maps : list of py4DSTEM OrientationMap
         One per crystal: that phase's orientation at every position; ``corr`` = phase probability
-        x orientation score (0 where the phase was not considered or nothing matched).
+        x orientation confidence (0 where the phase was not considered or nothing matched).
     crystals : list of py4DSTEM Crystal
     names : list of str
     """
