@@ -61,10 +61,13 @@ class Calibration:
 
     def probability(self, score: torch.Tensor, alternative: torch.Tensor, n_disks: torch.Tensor) -> torch.Tensor:
         """Probability (same shape as ``score``, float32) that each reported orientation is right."""
-        x = confidence_features(score, alternative, n_disks)
-        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
-        h = torch.tanh(x @ torch.tensor(self.w1).T + torch.tensor(self.b1))
-        return torch.sigmoid(h @ torch.tensor(self.w2) + self.b2)
+        return self.probability_of_features(confidence_features(score, alternative, n_disks))
+
+    def probability_of_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Probability for (..., 3) :func:`confidence_features`."""
+        z = (features - torch.tensor(self.mean)) / torch.tensor(self.std)
+        params = (torch.tensor(self.w1), torch.tensor(self.b1), torch.tensor(self.w2), torch.tensor(self.b2))
+        return torch.sigmoid(_logit(z, *params))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +81,11 @@ class Calibration:
     def from_metadata(cls, metadata: dict) -> Optional["Calibration"]:
         d = metadata.get(METADATA_KEY)
         return None if d is None else cls.from_dict(d)
+
+
+def _logit(z: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
+    """The network on standardised (..., 3) features: ``w2 . tanh(w1 z + b1) + b2``."""
+    return torch.tanh(z @ w1.T + b1) @ w2 + b2
 
 
 def fit_calibration(features: torch.Tensor, right: torch.Tensor, hidden: int = 8, steps: int = 1500,
@@ -96,8 +104,7 @@ def fit_calibration(features: torch.Tensor, right: torch.Tensor, hidden: int = 8
     opt = torch.optim.Adam([w1, b1, w2, b2], lr=3e-2, weight_decay=1e-3)
     for _ in range(steps):
         opt.zero_grad()
-        logit = torch.tanh(z @ w1.T + b1) @ w2 + b2
-        torch.nn.functional.binary_cross_entropy_with_logits(logit, y).backward()
+        torch.nn.functional.binary_cross_entropy_with_logits(_logit(z, w1, b1, w2, b2), y).backward()
         opt.step()
     return Calibration(tuple(mean.tolist()), tuple(std.tolist()), tuple(map(tuple, w1.detach().tolist())),
                        tuple(b1.detach().tolist()), tuple(w2.detach().tolist()), float(b2.detach()),
@@ -115,25 +122,22 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
     Attach the result with :func:`attach_calibration`.
     """
     from .compare import roc_auc
-    from .rotations import random_rotations, symmetry_min_angle
-    from .scan import DAMAGED, simulate_orientations
+    from .rotations import symmetry_min_angle
+    from .scan import simulate_random_orientations
     from .tokens import braggvectors_to_tokens
 
     feats, right = [], []
     for p, crystal in enumerate(mapper.crystals):
-        for part, (count, damage) in enumerate(((n - int(n * damaged_fraction), {}),
-                                                (int(n * damaged_fraction), DAMAGED))):
+        n_damaged = int(n * damaged_fraction)
+        for part, (count, damaged) in enumerate(((n - n_damaged, False), (n_damaged, True))):
             if count == 0:
                 continue
-            s = seed + 10 * p + part
-            rng = np.random.default_rng(s)
-            truth_m = random_rotations(count, seed=s).numpy()
-            bragg, _ = simulate_orientations([crystal], truth_m, rng.uniform(*thickness, count),
-                                             accel_voltage=mapper.accel_voltage, k_max=mapper.token_config.k_max,
-                                             seed=s + 1, progress_bar=progress_bar, **damage)
+            bragg, truth = simulate_random_orientations(crystal, count, seed + 10 * p + part, damaged, thickness,
+                                                        progress_bar, accel_voltage=mapper.accel_voltage,
+                                                        k_max=mapper.token_config.k_max)
             tokens = braggvectors_to_tokens(bragg, mapper.token_config)
             matrix, score, alternative, _ = mapper.predict_phases(tokens, 1, calibrated=False, return_alternative=True)
-            err = symmetry_min_angle(torch.as_tensor(matrix[:, p, 0]), torch.as_tensor(truth_m),
+            err = symmetry_min_angle(torch.as_tensor(matrix[:, p, 0]), torch.as_tensor(truth.orientation_matrices[0]),
                                      torch.as_tensor(mapper._symmetry(p)))
             feats.append(confidence_features(torch.as_tensor(score[:, p, 0]), torch.as_tensor(alternative[:, p, 0]),
                                              tokens.counts))
@@ -142,8 +146,7 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
     info = {"patterns": int(len(y)), "seed": seed, "damaged_fraction": damaged_fraction,
             "thickness_A": list(thickness), "fraction_right": float(y.float().mean())}
     cal = fit_calibration(x, y, fitted_on=info)
-    prob = cal.probability(x[:, 0], x[:, 0] - x[:, 1], torch.expm1(x[:, 2]))
-    cal.fitted_on["auc_on_fit_set"] = float(roc_auc(prob.numpy(), y.numpy()))
+    cal.fitted_on["auc_on_fit_set"] = float(roc_auc(cal.probability_of_features(x).numpy(), y.numpy()))
     return cal
 
 

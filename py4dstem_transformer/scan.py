@@ -20,7 +20,8 @@ from .calibration import DetectorCalibration
 from .peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
 
-__all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "voronoi_grains"]
+__all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "simulate_random_orientations",
+           "voronoi_grains"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,6 +210,22 @@ def simulate_orientations(crystals, orientation_matrices, thickness, phase=None,
     detector = _Detector(k_max, min_relative_intensity, q_pixel_size, tuple(Qshape), origin_offset, origin_drift)
     damage = _Damage(jitter, intensity_noise, drop_weakest, spurious)
     return _render(grains, grain_phase, m, grain_t, sims, np.random.default_rng(seed), detector, damage, progress_bar)
+
+
+def simulate_random_orientations(crystal, n: int, seed: int, damaged: bool = False,
+                                 thickness: Tuple[float, float] = (20.0, 500.0), progress_bar: bool = False, **kwargs):
+    """``n`` patterns of ``crystal`` at orientations uniform on SO(3), thickness uniform in ``thickness``
+    (A), :data:`DAMAGED` if ``damaged``: the accuracy benchmark's test set and the confidence
+    calibration's fit set (other seeds). ``kwargs`` go to :func:`simulate_orientations`
+    (e.g. ``accel_voltage``, ``k_max``). Returns ``(bragg_peaks, truth)``; the orientations are
+    ``truth.orientation_matrices[0]``.
+    """
+    from .rotations import random_rotations
+
+    rng = np.random.default_rng(seed)
+    m = random_rotations(n, seed=seed).numpy()
+    return simulate_orientations([crystal], m, rng.uniform(*thickness, n), seed=seed + 1, progress_bar=progress_bar,
+                                 **(DAMAGED if damaged else {}), **kwargs)
 
 
 def _render(grains, grain_phase, grain_m, grain_t, sims, rng, detector: _Detector, damage: _Damage, progress_bar):

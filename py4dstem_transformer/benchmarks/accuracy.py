@@ -21,18 +21,11 @@ import numpy as np
 import torch
 
 from ..compare import acom_default, evaluate_orientation_map, summarize_errors
-from ..scan import DAMAGED as DAMAGE
+from ..scan import simulate_random_orientations
 
 
 def test_set(crystal, n: int, seed: int, damaged: bool):
-    from ..rotations import random_rotations
-    from ..scan import simulate_orientations
-
-    rng = np.random.default_rng(seed)
-    m = random_rotations(n, seed=seed).numpy()
-    thickness = rng.uniform(20, 500, n)
-    return simulate_orientations([crystal], m, thickness, scan_shape=(1, n), seed=seed + 1, progress_bar=False,
-                                 **(DAMAGE if damaged else {}))
+    return simulate_random_orientations(crystal, n, seed, damaged)
 
 
 def run_transformer(mapper, bragg, truth, refine: bool, precision=None) -> dict:
