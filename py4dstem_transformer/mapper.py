@@ -28,6 +28,7 @@ from .kinematics import Reflections, simulate_disks
 from .model import OrientationModel
 from .orientation_map import build_orientation_map, ensure_plan
 from .peaks import Peaks, peaks_from_braggvectors
+from .polish import PolishConfig, polish_orientations
 from .refine import RefineConfig, refine_orientations
 from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonalization, symmetry_min_angle
 from .score import correlation, tokens_to_xy
@@ -68,6 +69,9 @@ class TransformerOrientationMap:
         on Bloch-wave test patterns (docs/benchmarks.md).
     refine_config : RefineConfig
         Settings of the refinement against the disks (``match_orientations(refine=True)``).
+    polish_config : PolishConfig or None
+        Settings of the pattern search that follows the refinement and maximizes each candidate's
+        score (:mod:`.polish`); ``None`` skips it (faster, less accurate on noisy disks).
     sparse_disks : int
         Patterns with at most this many disks also try test-time rotations of their input.
     calibrated_confidence : bool
@@ -84,7 +88,8 @@ class TransformerOrientationMap:
 
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
-                 refine_config: RefineConfig = RefineConfig(), sparse_disks: int = 12,
+                 refine_config: RefineConfig = RefineConfig(), polish_config: Optional[PolishConfig] = PolishConfig(),
+                 sparse_disks: int = 12,
                  min_phase_probability: float = 0.02, calibrated_confidence: bool = True):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
@@ -104,7 +109,7 @@ class TransformerOrientationMap:
         self.sigma_excitation_error, self.corr_kernel_size = sigma_excitation_error, corr_kernel_size
         self.corr_power = corr_power
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
-        self.refine_config, self.sparse_disks = refine_config, sparse_disks
+        self.refine_config, self.polish_config, self.sparse_disks = refine_config, polish_config, sparse_disks
         self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
@@ -385,14 +390,24 @@ class TransformerOrientationMap:
 
     @torch.inference_mode()
     def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
-        """(b, C, 3, 3) candidates refined against each pattern's disks (:func:`.refine.refine_orientations`)."""
+        """(b, C, 3, 3) candidates refined against each pattern's disks (:func:`.refine.refine_orientations`),
+        then polished on their score (:func:`.polish.polish_orientations`) unless ``polish_config`` is None."""
         device = resolve_device(device) if device is not None else self.device
         b, C = candidates.shape[:2]
         obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
         mask = tokens.mask.to(device).repeat_interleave(C, 0)
-        refined = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, self._get_reflections(phase),
-                                      self.refine_config, k_max=self.token_config.k_max,
-                                      r_min=self.token_config.direct_beam_radius)
+        reflections, window = self._get_reflections(phase).to(device), dict(k_max=self.token_config.k_max,
+                                                                             r_min=self.token_config.direct_beam_radius)
+        refined, noise = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, reflections,
+                                             self.refine_config, return_noise=True, **window)
+        config = self.polish_config
+        if config is not None:  # all candidates of a pattern or none, so that they compete on equal terms
+            rows = (noise.view(b, C).min(1).values > config.min_position_noise).repeat_interleave(C)
+            if rows.any():
+                polished, _ = polish_orientations(refined[rows], obs[rows], mask[rows], reflections,
+                                                  self.sigma_excitation_error, self.corr_kernel_size, self.corr_power,
+                                                  self._max_disks(tokens), config=config, **window)
+                refined[rows] = polished
         return refined.view(b, C, 3, 3)
 
     def predict_network(self, tokens: Tokens, batch_size: Optional[int] = None, device=None) -> torch.Tensor:
@@ -420,9 +435,8 @@ class TransformerOrientationMap:
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
         refl = self._get_reflections(phase).to(device)
-        N = tokens.tokens.shape[1]
         sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
-                                       max_disks=min(max(N + 8, 16), 48), k_max=self.token_config.k_max,
+                                       max_disks=self._max_disks(tokens), k_max=self.token_config.k_max,
                                        r_min=self.token_config.direct_beam_radius)
         obs = tokens_to_xy(tokens.tokens).to(device)
         corr = correlation(obs, tokens.mask.to(device), sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1),
@@ -430,6 +444,11 @@ class TransformerOrientationMap:
         return corr.cpu()
 
     # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _max_disks(tokens: Tokens) -> int:
+        """Simulated disks scored per candidate: a few more than the batch's observed ones, 16 to 48."""
+        return min(max(tokens.tokens.shape[1] + 8, 16), 48)
+
     def _get_reflections(self, phase: int = 0) -> Reflections:
         if self._reflections[phase] is None:
             self._reflections[phase] = Reflections.from_crystal(self.crystals[phase], self.token_config.k_max,

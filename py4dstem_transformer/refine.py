@@ -72,7 +72,7 @@ def _exp_so3(omega: torch.Tensor) -> torch.Tensor:
 
 def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
                         reflections: Reflections, config: RefineConfig = RefineConfig(), k_max: float = None,
-                        r_min: float = 0.0, return_cost: bool = False):
+                        r_min: float = 0.0, return_noise: bool = False):
     """Refine (B, 3, 3) orientations against observed disks.
 
     Parameters
@@ -87,9 +87,8 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     Returns
     -------
     (B, 3, 3) float32 tensor of refined proper rotations. Patterns with fewer than two assigned
-    disks stay where they started. With ``return_cost`` also the (B,) final misfit per observed
-    disk (weighted squared residuals at the last step; an unassigned disk costs as much as one
-    at the assignment radius).
+    disks stay where they started. With ``return_noise`` also the (B,) position noise (1/A) estimated
+    at the last step, within ``[sigma_position_floor, sigma_position]``.
     """
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3): crystal -> lab
     q = observed[..., :2].float()  # (B, N, 2)
@@ -116,9 +115,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         rot = _exp_so3(omega * enough) @ rot
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
-    if return_cost:
-        return rot.transpose(-1, -2), _cost(pair, law, reflections.wavelength, config, observed_mask, radius, sigma_xy)
-    return rot.transpose(-1, -2)
+    return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
 
 
 def _position_noise(p: "_Pairs", config: RefineConfig) -> torch.Tensor:
@@ -127,17 +124,6 @@ def _position_noise(p: "_Pairs", config: RefineConfig) -> torch.Tensor:
     n = p.weight.sum(-1)
     rms = torch.sqrt((p.weight * e2).sum(-1) / (2 * n).clamp_min(1))  # per coordinate
     return rms.clamp(config.sigma_position_floor, config.sigma_position)
-
-
-def _cost(p: "_Pairs", law: torch.Tensor, lam: float, config: RefineConfig, observed_mask, radius: float,
-          sigma_xy: torch.Tensor):
-    """(B,) mean weighted misfit per observed disk at the last assignment (before its step)."""
-    s = p.g_lab[..., 2] - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)
-    e_xy = ((p.g_lab[..., :2] - p.q) ** 2).sum(-1) / sigma_xy[:, None] ** 2
-    e_i = (p.log_ratio - law[:, :1] + law[:, 1:] * s**2) ** 2 / config.sigma_log_intensity**2
-    miss = (radius / sigma_xy[:, None]) ** 2
-    per_disk = torch.where(p.weight > 0, e_xy + e_i, torch.full_like(e_xy, miss)) * observed_mask
-    return per_disk.sum(-1) / observed_mask.sum(-1).clamp_min(1)
 
 
 @dataclass

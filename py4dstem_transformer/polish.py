@@ -1,0 +1,144 @@
+"""Polish: a pattern search on the rotation that maximizes the correlation score itself.
+
+Gauss-Newton (:mod:`.refine`) fits the disks each candidate has been assigned to; it never sees the
+reflections a candidate predicts but the pattern lacks, nor the disks it leaves unexplained. The
+correlation (:mod:`.score`) sees both, and it is what chooses between candidates (the beam flip).
+Polishing every candidate on that same score makes the choice fair: each competes at its best, not
+where the fit happened to stop. On jittery disks it is also the more precise estimate.
+
+The search, vectorized over the batch: at step sizes ``steps_deg`` (coarse to fine), try the six
+rotations by +-step about the lab x, y and z axes, keep the best if it beats the current score, and
+repeat ``repeats`` times per step size. Each trial is cheap because what can change is fixed first:
+
+- the reflections: those a candidate excites in a window widened by ``window_margin`` (1/A, how far
+  disks move over the whole search), at most ``reflections`` of them;
+- the pairing: each observed disk with its nearest of those reflections. Disks of a crystal lie
+  much further apart than the kernel, so the closed-form correlation reduces to these pairs:
+  ``<obs, sim> = sum_i wa_i wb_j(i) exp(-|q_i - x_j(i)|^2 / 4 kernel^2)``, ``<sim, sim> = sum_j wb_j^2``
+  and ``<obs, obs> = sum_i wa_i^2``.
+
+The mapper re-scores the result with the full :func:`~.score.correlation`, which does not rely on
+the pairing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .kinematics import Reflections, simulate_disks
+from .refine import _exp_so3
+
+__all__ = ["PolishConfig", "polish_orientations"]
+
+_AXES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]])  # trial order
+
+
+@dataclass(frozen=True)
+class PolishConfig:
+    """Settings of :func:`polish_orientations`."""
+
+    steps_deg: tuple = (1.0, 0.5, 0.25, 0.12)  # step sizes of the pattern search (deg), coarse to fine
+    repeats: int = 2  # moves tried per step size
+    reflections: int = 64  # reflections kept per candidate, at most
+    extra_reflections: int = 24  # and at most this many more than the score keeps (``max_disks``)
+    window_margin: float = 0.04  # widening (1/A) of the excitation and radial windows for those
+    min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are
+
+
+def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
+                        reflections: Reflections, sigma_excitation_error: float, kernel: float, power: float,
+                        max_disks: int, k_max: float = None, r_min: float = 0.0,
+                        config: PolishConfig = PolishConfig()):
+    """Maximize the correlation of (B, 3, 3) orientations with their observed disks.
+
+    Parameters
+    ----------
+    matrix : (B, 3, 3) tensor, starting orientations (lab -> crystal).
+    observed : (B, N, 3) tensor of ``(qx, qy, I)`` in 1/A, lab frame.
+    observed_mask : (B, N) bool tensor.
+    reflections : Reflections of the crystal.
+    sigma_excitation_error, kernel, power, max_disks, k_max, r_min
+        The score's settings, as in :func:`~.kinematics.simulate_disks` and :func:`~.score.correlation`.
+
+    Returns
+    -------
+    ``(matrix (B, 3, 3) float32, score (B,) float32)``: polished proper rotations and their score
+    (paired form). An orientation moves only where that raises its score.
+    """
+    margin = config.window_margin
+    kept = min(config.reflections, max_disks + config.extra_reflections)
+    _, sim_mask, index = simulate_disks(matrix, reflections, sigma_excitation_error + margin / 3, kept,
+                                        None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
+                                        return_index=True)
+    g = reflections.g.to(matrix.device)[index]  # (B, K, 3) crystal frame
+    term = _Score(g, torch.log(reflections.intensity.to(matrix.device)[index]), sim_mask, observed.float(),
+                  observed_mask, reflections.wavelength, sigma_excitation_error, kernel, power, max_disks, k_max, r_min)
+    rot = matrix.float().transpose(-1, -2)  # (B, 3, 3) crystal -> lab
+    g_lab = g @ matrix.float()  # (B, K, 3) rows of R g
+    term.pair = torch.cdist(term.q, g_lab[..., :2]).masked_fill(~sim_mask[:, None, :], torch.inf).argmin(-1)  # (B, N)
+    g_pair = torch.gather(g, 1, term.pair[..., None].expand(-1, -1, 3))  # (B, N, 3) crystal frame
+    best = None
+    rows = torch.arange(len(rot), device=rot.device)
+    axes = _AXES.to(rot.device)
+    for step in config.steps_deg:
+        c, s = float(np.cos(np.radians(step))), float(np.sin(np.radians(step)))
+        for _ in range(config.repeats):
+            g_lab, paired = g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2)
+            center, value = term.trials(g_lab, paired, c, s)  # (B,), (B, 6)
+            best = center if best is None else best
+            value, which = value.max(1)
+            better = value > best
+            best = torch.where(better, value, best)
+            rot = torch.where(better[:, None, None], _exp_so3(axes[which] * float(np.radians(step))) @ rot, rot)
+    if best is None:
+        best = term.trials(g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2), 1.0, 0.0)[0]
+    return rot.transpose(-1, -2), best
+
+
+class _Score:
+    """The paired correlation of an orientation and of its six turns, from its lab-frame reflections."""
+
+    def __init__(self, g, log_f2, sim_mask, observed, observed_mask, wavelength, sigma, kernel, power, max_disks,
+                 k_max, r_min):
+        self.g2 = (g * g).sum(-1)  # (B, K)
+        self.log_f2, self.sim_mask, self.wavelength = log_f2, sim_mask, wavelength
+        self.q = observed[..., :2]  # (B, N, 2)
+        self.wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask  # (B, N)
+        self.aa = (self.wa * self.wa).sum(-1)  # (B,)
+        self.sigma, self.kernel, self.power, self.max_disks = sigma, kernel, power, max_disks
+        self.k_max, self.r_min = k_max, r_min
+        self.pair = None  # (B, N) index of each observed disk's reflection
+
+    def trials(self, g_lab: torch.Tensor, paired: torch.Tensor, c: float, s: float):
+        """Scores ``(center (B,), turns (B, 6))`` of the orientation and its turns by +-(cos c, sin s) about
+        x, y, z (``_AXES`` order), given its (B, K, 3) reflections and (B, N, 3) paired reflections."""
+        x, y, z = g_lab.unbind(-1)  # (B, K)
+        gz = torch.stack([z, y * s + z * c, z * c - x * s, z * c - y * s, z * c + x * s], 1)  # center, +x, +y, -x, -y
+        log_w = self._log_weights(gz)  # (B, 5, K); a turn about z keeps every excitation error
+        if log_w.shape[-1] > self.max_disks and bool((torch.isfinite(log_w).sum(-1) > self.max_disks).any()):
+            cut = torch.kthvalue(log_w, log_w.shape[-1] - self.max_disks + 1, dim=-1, keepdim=True).values
+            log_w = log_w.masked_fill(log_w < cut, -torch.inf)  # the score keeps the brightest max_disks
+        log_w = log_w[:, [0, 1, 2, 0, 3, 4, 0]]  # (B, 7, K): center, then _AXES order
+        wb = torch.exp(log_w.clamp_min(-80.0)) * torch.isfinite(log_w)
+        bb = (wb * wb).sum(-1)  # (B, 7)
+        wb_pair = torch.gather(wb, 2, self.pair[:, None].expand(-1, 7, -1))  # (B, 7, N)
+        px, py, pz = paired.unbind(-1)  # (B, N)
+        xs = torch.stack([px, px, px * c + pz * s, px * c - py * s, px, px * c - pz * s, px * c + py * s], 1)
+        ys = torch.stack([py, py * c - pz * s, py, px * s + py * c, py * c + pz * s, py, py * c - px * s], 1)
+        d2 = (self.q[:, None, :, 0] - xs) ** 2 + (self.q[:, None, :, 1] - ys) ** 2  # (B, 7, N)
+        k = torch.exp((-d2 / (4 * self.kernel**2)).clamp_min(-30.0))
+        ab = (self.wa[:, None] * wb_pair * k).sum(-1)
+        score = ab / torch.sqrt(self.aa[:, None] * bb).clamp_min(1e-30)
+        return score[:, 0], score[:, 1:]
+
+    def _log_weights(self, gz: torch.Tensor) -> torch.Tensor:
+        """(B, S, K) lab z of the reflections -> ``power * ln`` of their kinematic intensities, -inf where not scored."""
+        s = (2 * gz - self.wavelength * self.g2[:, None]) / (2 - 2 * self.wavelength * gz)  # excitation errors
+        r2 = self.g2[:, None] - gz**2  # in-plane radius^2: turns keep |g|
+        visible = self.sim_mask[:, None] & (s.abs() <= 3 * self.sigma) & (r2 >= self.r_min**2)
+        if self.k_max is not None:
+            visible &= r2 <= self.k_max**2
+        return (self.power * (self.log_f2[:, None] - s**2 / (2 * self.sigma**2))).masked_fill(~visible, -torch.inf)
