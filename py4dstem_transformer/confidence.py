@@ -3,15 +3,22 @@
 The raw score of a candidate (its correlation with the observed disks, :mod:`.score`) ranks the
 candidates of one pattern well, but across patterns it is a weak flag for wrong answers: a sparse
 pattern is explained well by several orientations, and a pattern whose beam flip is nearly
-ambiguous scores high either way. Three numbers per reported orientation carry most of what the
-mapper knows about being wrong (docs/benchmarks.md, confidence section):
+ambiguous scores high either way. What the mapper knows about being wrong, per reported
+orientation (docs/benchmarks.md, confidence section):
 
 * ``score``: its correlation with the observed disks;
 * ``margin``: ``score`` minus the best score of a *distinct* candidate (more than 5 deg away after
   crystal symmetry; mostly the beam-flip partner), negative for second matches;
-* ``log(1 + n)``: the number of disks the model read.
+* ``log1p_disks``: ``log(1 + n)``, n the number of disks the model read;
+* ``explained``: the ``I**power``-weighted fraction of observed disks within twice the score's kernel
+  of a simulated disk (a spurious or misindexed disk lowers it);
+* ``unmatched``: the ``I**power``-weighted fraction of simulated disks with no observed disk that near
+  (reflections the orientation predicts but the pattern lacks);
+* ``residual``: the RMS distance (1/A) of the explained disks to their simulated ones;
+* ``moved_deg``: how far (deg, beam flip allowed) the answer lies from the network's own prediction;
+  the network rarely misses by much, so a long way means the search ended somewhere else.
 
-A tiny network (3 -> 8 -> 1, tanh) maps them to the probability of "strict misorientation < 5 deg".
+A tiny network (F -> 8 -> 1, tanh) maps them to the probability of "strict misorientation < 5 deg".
 It is fitted by :func:`calibrate` on simulated Bloch-wave patterns at orientations uniform on SO(3)
 (half of them damaged), and stored as plain numbers in the model's metadata, so a model file stays
 loadable with ``torch.load(weights_only=True)``. A model without a calibration reports the raw score.
@@ -27,17 +34,50 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["Calibration", "confidence_features", "fit_calibration", "calibrate", "attach_calibration"]
+__all__ = ["FEATURES", "Calibration", "confidence_features", "disk_agreement", "fit_calibration", "calibrate",
+           "attach_calibration"]
 
 #: metadata key of the calibration in a model file
 METADATA_KEY = "confidence_calibration"
+#: every confidence feature, in the order a calibration stacks them
+FEATURES = ("score", "margin", "log1p_disks", "explained", "unmatched", "residual", "moved_deg")
 
 
-def confidence_features(score: torch.Tensor, alternative: torch.Tensor, n_disks: torch.Tensor) -> torch.Tensor:
-    """(..., 3) features ``(score, score - alternative, log(1 + n))`` from same-shaped (...) tensors."""
-    score, alternative = score.float(), alternative.float()
-    n = torch.broadcast_to(n_disks.float(), score.shape)
-    return torch.stack([score, score - alternative, torch.log1p(n)], -1)
+def confidence_features(score: torch.Tensor, alternative: torch.Tensor, n_disks: torch.Tensor,
+                        agreement: Optional[torch.Tensor] = None, moved_deg: Optional[torch.Tensor] = None) -> dict:
+    """Named float32 features (same shape as ``score``) from same-shaped (broadcastable) tensors.
+
+    ``agreement`` (..., 3) is :func:`disk_agreement`'s ``(explained, unmatched, residual)``; it and
+    ``moved_deg`` are optional (the first three features do without them).
+    """
+    score = score.float()
+    named = {"score": score, "margin": score - alternative.float(),
+             "log1p_disks": torch.log1p(torch.broadcast_to(n_disks.float(), score.shape))}
+    if agreement is not None:
+        named.update(zip(FEATURES[3:6], agreement.float().unbind(-1)))
+    if moved_deg is not None:
+        named["moved_deg"] = moved_deg.float()
+    return named
+
+
+def disk_agreement(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: torch.Tensor,
+                   simulated_mask: torch.Tensor, radius: float, power: float) -> torch.Tensor:
+    """How the disks of (B, N, 3) observed and (B, M, 3) simulated ``(qx, qy, I)`` patterns pair up.
+
+    Returns (B, 3): ``explained`` (``I**power``-weighted fraction of observed disks within ``radius``
+    (1/A) of a simulated one), ``unmatched`` (weighted fraction of simulated disks with no observed
+    one within ``radius``) and ``residual`` (RMS distance, 1/A, of the explained disks; 0 if none).
+    """
+    d = torch.cdist(observed[..., :2].float(), simulated[..., :2].float())  # (B, N, M)
+    d = d.masked_fill(~simulated_mask[:, None, :], torch.inf).masked_fill(~observed_mask[..., None], torch.inf)
+    near_obs, near_sim = d.min(-1).values, d.min(1).values  # (B, N), (B, M)
+    wa = observed[..., 2].float().clamp_min(0).pow(power) * observed_mask
+    wb = simulated[..., 2].float().clamp_min(0).pow(power) * simulated_mask
+    hit = (near_obs < radius) & observed_mask
+    explained = (wa * hit).sum(-1) / wa.sum(-1).clamp_min(1e-12)
+    unmatched = (wb * (near_sim >= radius)).sum(-1) / wb.sum(-1).clamp_min(1e-12)
+    residual = torch.sqrt((near_obs.masked_fill(~hit, 0.0) ** 2).sum(-1) / hit.sum(-1).clamp_min(1))
+    return torch.stack([explained, unmatched, residual], -1)
 
 
 @dataclass(frozen=True)
@@ -46,9 +86,10 @@ class Calibration:
 
     Attributes
     ----------
-    mean, std : (3,) feature standardisation.
-    w1 : (H, 3), b1 : (H,), w2 : (H,), b2 : float -- ``p = sigmoid(w2 . tanh(w1 x + b1) + b2)``.
+    mean, std : (F,) feature standardisation.
+    w1 : (H, F), b1 : (H,), w2 : (H,), b2 : float -- ``p = sigmoid(w2 . tanh(w1 x + b1) + b2)``.
     fitted_on : dict, how it was fitted (patterns, seed, damaged fraction, fraction right, AUC).
+    features : names of the F features it reads (:data:`FEATURES`), in order.
     """
 
     mean: tuple
@@ -58,13 +99,19 @@ class Calibration:
     w2: tuple
     b2: float
     fitted_on: dict
+    features: tuple = FEATURES[:3]  # calibrations without the field read the first three
 
-    def probability(self, score: torch.Tensor, alternative: torch.Tensor, n_disks: torch.Tensor) -> torch.Tensor:
-        """Probability (same shape as ``score``, float32) that each reported orientation is right."""
-        return self.probability_of_features(confidence_features(score, alternative, n_disks))
+    def probability(self, features: dict) -> torch.Tensor:
+        """Probability (float32, the features' shape) that each reported orientation is right, from the
+        named :func:`confidence_features` (those it does not read may be left out)."""
+        missing = [k for k in self.features if k not in features]
+        if missing:
+            raise ValueError(f"this calibration reads the confidence features {list(self.features)}; "
+                             f"{missing} were not given")
+        return self.probability_of_features(torch.stack([features[k].float() for k in self.features], -1))
 
     def probability_of_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Probability for (..., 3) :func:`confidence_features`."""
+        """Probability for (..., F) stacked features, in the order of ``self.features``."""
         z = (features - torch.tensor(self.mean)) / torch.tensor(self.std)
         params = (torch.tensor(self.w1), torch.tensor(self.b1), torch.tensor(self.w2), torch.tensor(self.b2))
         return torch.sigmoid(_logit(z, *params))
@@ -74,7 +121,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(**{k: (tuple(map(tuple, v)) if k == "w1" else tuple(v) if isinstance(v, list) else v)
+        return cls(**{k: (tuple(map(tuple, v)) if k == "w1" else tuple(v) if isinstance(v, (list, tuple)) else v)
                       for k, v in d.items()})
 
     @classmethod
@@ -84,20 +131,22 @@ class Calibration:
 
 
 def _logit(z: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
-    """The network on standardised (..., 3) features: ``w2 . tanh(w1 z + b1) + b2``."""
+    """The network on standardised (..., F) features: ``w2 . tanh(w1 z + b1) + b2``."""
     return torch.tanh(z @ w1.T + b1) @ w2 + b2
 
 
-def fit_calibration(features: torch.Tensor, right: torch.Tensor, hidden: int = 8, steps: int = 1500,
+def fit_calibration(features: dict, right: torch.Tensor, hidden: int = 8, steps: int = 1500,
                     seed: int = 0, fitted_on: Optional[dict] = None) -> Calibration:
-    """Fit the 3 -> ``hidden`` -> 1 network to (N, 3) features and (N,) bool labels (cross-entropy, Adam)."""
-    x, y = features.float(), right.float()
+    """Fit the F -> ``hidden`` -> 1 network to named (N,) :func:`confidence_features` (all of those given,
+    in :data:`FEATURES` order) and (N,) bool labels (cross-entropy, Adam)."""
+    names = tuple(k for k in FEATURES if k in features)
+    x, y = torch.stack([features[k].float() for k in names], -1), right.float()
     if len(x) < 10 or y.min() == y.max():
         raise ValueError("calibration needs at least 10 patterns with both right and wrong answers among them")
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
     gen = torch.Generator().manual_seed(seed)
-    w1 = (torch.randn(hidden, 3, generator=gen) * 0.5).requires_grad_()
+    w1 = (torch.randn(hidden, len(names), generator=gen) * 0.5).requires_grad_()
     b1 = torch.zeros(hidden, requires_grad=True)
     w2 = (torch.randn(hidden, generator=gen) * 0.5).requires_grad_()
     b2 = torch.zeros((), requires_grad=True)
@@ -108,7 +157,7 @@ def fit_calibration(features: torch.Tensor, right: torch.Tensor, hidden: int = 8
         opt.step()
     return Calibration(tuple(mean.tolist()), tuple(std.tolist()), tuple(map(tuple, w1.detach().tolist())),
                        tuple(b1.detach().tolist()), tuple(w2.detach().tolist()), float(b2.detach()),
-                       dict(fitted_on or {}))
+                       dict(fitted_on or {}), names)
 
 
 def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float = 0.5,
@@ -136,17 +185,16 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
                                                         progress_bar, accel_voltage=mapper.accel_voltage,
                                                         k_max=mapper.token_config.k_max)
             tokens = braggvectors_to_tokens(bragg, mapper.token_config)
-            matrix, score, alternative, _ = mapper.predict_phases(tokens, 1, calibrated=False, return_alternative=True)
+            matrix, _, named, _ = mapper.predict_phases(tokens, 1, calibrated=False, return_features=True)
             err = symmetry_min_angle(torch.as_tensor(matrix[:, p, 0]), torch.as_tensor(truth.orientation_matrices[0]),
                                      torch.as_tensor(mapper._symmetry(p)))
-            feats.append(confidence_features(torch.as_tensor(score[:, p, 0]), torch.as_tensor(alternative[:, p, 0]),
-                                             tokens.counts))
+            feats.append({k: torch.as_tensor(v[:, p, 0]) for k, v in named.items()})
             right.append(torch.rad2deg(err) < 5)
-    x, y = torch.cat(feats), torch.cat(right)
+    x, y = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}, torch.cat(right)
     info = {"patterns": int(len(y)), "seed": seed, "damaged_fraction": damaged_fraction,
             "thickness_A": list(thickness), "fraction_right": float(y.float().mean())}
     cal = fit_calibration(x, y, fitted_on=info)
-    cal.fitted_on["auc_on_fit_set"] = float(roc_auc(cal.probability_of_features(x).numpy(), y.numpy()))
+    cal.fitted_on["auc_on_fit_set"] = float(roc_auc(cal.probability(x).numpy(), y.numpy()))
     return cal
 
 

@@ -34,7 +34,7 @@ from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonal
 from .score import correlation, tokens_to_xy
 from .tokens import TokenConfig, Tokens, iter_scan_tokens
 from .compatibility import check_crystal_matches_model
-from .confidence import Calibration
+from .confidence import FEATURES, Calibration, confidence_features, disk_agreement
 from .phases import formula
 
 __all__ = ["TransformerOrientationMap"]
@@ -282,7 +282,7 @@ class TransformerOrientationMap:
 
     def predict_phases(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True,
                        batch_size: Optional[int] = None, device=None, refine: bool = True,
-                       calibrated: Optional[bool] = None, return_alternative: bool = False):
+                       calibrated: Optional[bool] = None, return_features: bool = False):
         """Per phase, ranked candidate orientations, and the network's phase probabilities.
 
         As :meth:`predict_tokens`, for every phase whose probability is at least
@@ -292,8 +292,9 @@ class TransformerOrientationMap:
         arrays; ``score`` is the orientation confidence alone (not multiplied by the probability):
         the calibrated probability of being right where the model has a calibration and
         ``calibrated`` (default ``self.calibrated_confidence``) allows it, else the raw score. With
-        ``return_alternative``, also the raw scores themselves and each match's best distinct
-        alternative's raw score: ``(matrix, raw score, alternative (B, P, K), probability)``.
+        ``return_features``, also the raw scores themselves and every match's named confidence features
+        (:func:`.confidence.confidence_features`, (B, P, K) arrays):
+        ``(matrix, raw score, features, probability)``.
         """
         calibrated = self.calibrated_confidence if calibrated is None else calibrated
         device = resolve_device(device) if device is not None else self.device
@@ -303,7 +304,7 @@ class TransformerOrientationMap:
         partners = torch.as_tensor(partners, dtype=torch.float32)
         B, P = len(tokens), self.n_phases
         matrix, corr = torch.zeros(B, P, num_matches, 3, 3), torch.zeros(B, P, num_matches)
-        alternative = torch.zeros(B, P, num_matches)
+        features = torch.zeros(B, P, num_matches, len(FEATURES))
         probability = torch.ones(B, P)
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
@@ -315,31 +316,55 @@ class TransformerOrientationMap:
                 for p in range(P):
                     rows = prob[:, p].cpu() >= self.min_phase_probability  # always all rows for one phase
                     if rows.all():
-                        m, c, a = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
-                        matrix[idx, p], corr[idx, p], alternative[idx, p] = m, c, a
+                        m, c, f = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
+                        matrix[idx, p], corr[idx, p], features[idx, p] = m, c, f
                     elif rows.any():
                         sub = Tokens(batch.tokens[rows], batch.mask[rows], batch.counts[rows])
-                        m, c, a = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
+                        m, c, f = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
                                                         num_matches, refine, device, p)
-                        matrix[idx[rows], p], corr[idx[rows], p], alternative[idx[rows], p] = m, c, a
+                        matrix[idx[rows], p], corr[idx[rows], p], features[idx[rows], p] = m, c, f
         matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
-        if return_alternative:
-            return matrix.numpy(), corr.double().numpy(), alternative.double().numpy(), probability.double().numpy()
+        named = dict(zip(FEATURES, features.unbind(-1)))
+        if return_features:
+            return (matrix.numpy(), corr.double().numpy(), {k: v.double().numpy() for k, v in named.items()},
+                    probability.double().numpy())
         if calibrated and self.calibration is not None:
             scored = corr > 0  # phases left out (score 0) stay at 0
-            corr = torch.where(scored, self.calibration.probability(corr, alternative, tokens.counts[:, None, None]), corr)
+            corr = torch.where(scored, self.calibration.probability(named), corr)
         return matrix.numpy(), corr.double().numpy(), probability.double().numpy()
 
     def _best_candidates(self, tokens: Tokens, hypotheses: torch.Tensor, partners: torch.Tensor, num_matches: int,
                          refine: bool, device, phase: int):
-        """Candidates (hypotheses x partners), refined and scored against ``phase``'s disks, ranked."""
+        """Candidates (hypotheses x partners), refined and scored against ``phase``'s disks, ranked:
+        ``(matrix (b, K, 3, 3), raw score (b, K), confidence features (b, K, F))``."""
         b, H = hypotheses.shape[:2]
         candidates = hypotheses[:, :, None] * partners.to(hypotheses.device)[None, None, :, None, :]
         candidates = candidates.reshape(b, H * len(partners), 3, 3)
+        keep = None
         if refine:
-            candidates = self.refine(tokens, candidates, device, phase)
+            keep = self._distinct_hypotheses(hypotheses.cpu(), phase).repeat_interleave(len(partners), 1)  # (b, C)
+            candidates = self.refine(tokens, candidates, device, phase, keep=keep)
         score = self.score(tokens, candidates, device, phase)  # (b, C)
-        return self._rank_distinct(candidates.cpu(), score, num_matches, phase)
+        if keep is not None:
+            score = score.masked_fill(~keep, -1.0)  # a repeated hypothesis is not a candidate of its own
+        matrix, corr, alternative = self._rank_distinct(candidates.cpu(), score, num_matches, phase)
+        sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
+        moved = torch.rad2deg(symmetry_min_angle(matrix, hypotheses[:, :1].cpu().float(), sym, allow_beam_flip=True))
+        named = confidence_features(corr, alternative, tokens.counts[:, None], self.agreement(tokens, matrix, device, phase),
+                                    moved)
+        return matrix, corr, torch.stack([named[k] for k in FEATURES], -1)
+
+    def _distinct_hypotheses(self, hypotheses: torch.Tensor, phase: int, min_angle_deg: float = 1.5) -> torch.Tensor:
+        """(b, H) bool: hypotheses not within ``min_angle_deg`` (after symmetry and the beam flip, which the
+        partners add anyway) of an earlier one. Refining the same start twice would give the same answer."""
+        b, H = hypotheses.shape[:2]
+        keep = torch.ones(b, H, dtype=torch.bool)
+        if H > 1:
+            sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
+            for k in range(1, H):
+                angle = symmetry_min_angle(hypotheses[:, k, None], hypotheses[:, :k], sym, allow_beam_flip=True)
+                keep[:, k] = ~((angle < np.radians(min_angle_deg)) & keep[:, :k]).any(1)
+        return keep
 
     def _rank_distinct(self, candidates: torch.Tensor, score: torch.Tensor, num_matches: int, phase: int = 0,
                        min_angle_deg: float = 5.0):
@@ -389,26 +414,32 @@ class TransformerOrientationMap:
         return torch.stack(out, 1), prob
 
     @torch.inference_mode()
-    def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
+    def refine(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0,
+               keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(b, C, 3, 3) candidates refined against each pattern's disks (:func:`.refine.refine_orientations`),
-        then polished on their score (:func:`.polish.polish_orientations`) unless ``polish_config`` is None."""
+        then polished on their score (:func:`.polish.polish_orientations`) unless ``polish_config`` is None.
+        With ``keep`` ((b, C) bool), only those candidates; the others are returned as they are."""
         device = resolve_device(device) if device is not None else self.device
         b, C = candidates.shape[:2]
-        obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
-        mask = tokens.mask.to(device).repeat_interleave(C, 0)
+        keep = torch.ones(b, C, dtype=torch.bool) if keep is None else keep.cpu()
+        rows = torch.arange(b).repeat_interleave(C)[keep.flatten()]  # pattern of every refined candidate
+        obs, mask = tokens_to_xy(tokens.tokens)[rows].to(device), tokens.mask[rows].to(device)
         reflections, window = self._get_reflections(phase).to(device), dict(k_max=self.token_config.k_max,
                                                                              r_min=self.token_config.direct_beam_radius)
-        refined, noise = refine_orientations(candidates.reshape(b * C, 3, 3).to(device), obs, mask, reflections,
-                                             self.refine_config, return_noise=True, **window)
+        refined, noise = refine_orientations(candidates.reshape(b * C, 3, 3)[keep.flatten().to(candidates.device)].to(device),
+                                             obs, mask, reflections, self.refine_config, return_noise=True, **window)
         config = self.polish_config
         if config is not None:  # all candidates of a pattern or none, so that they compete on equal terms
-            rows = (noise.view(b, C).min(1).values > config.min_position_noise).repeat_interleave(C)
-            if rows.any():
-                polished, _ = polish_orientations(refined[rows], obs[rows], mask[rows], reflections,
+            least = torch.full((b * C,), torch.inf).masked_scatter_(keep.flatten(), noise.cpu()).view(b, C).min(1).values
+            polish = (least > config.min_position_noise)[rows].to(device)
+            if polish.any():
+                polished, _ = polish_orientations(refined[polish], obs[polish], mask[polish], reflections,
                                                   self.sigma_excitation_error, self.corr_kernel_size, self.corr_power,
                                                   self._max_disks(tokens), config=config, **window)
-                refined[rows] = polished
-        return refined.view(b, C, 3, 3)
+                refined[polish] = polished
+        out = candidates.reshape(b * C, 3, 3).to(device=device, dtype=torch.float32).clone()
+        out[keep.flatten().to(device)] = refined
+        return out.view(b, C, 3, 3)
 
     def predict_network(self, tokens: Tokens, batch_size: Optional[int] = None, device=None) -> torch.Tensor:
         """The network's orientation for each pattern, (B, 3, 3) float32 (batches bucketed by disk count)."""
@@ -442,6 +473,20 @@ class TransformerOrientationMap:
         corr = correlation(obs, tokens.mask.to(device), sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1),
                            self.corr_kernel_size, self.corr_power)
         return corr.cpu()
+
+    @torch.inference_mode()
+    def agreement(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
+        """(B, C, 3) :func:`.confidence.disk_agreement` of the observed disks with those of (B, C, 3, 3)
+        candidates, within twice the score's kernel."""
+        device = resolve_device(device) if device is not None else self.device
+        B, C = candidates.shape[:2]
+        sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), self._get_reflections(phase).to(device),
+                                       self.sigma_excitation_error, max_disks=self._max_disks(tokens),
+                                       k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
+        obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
+        out = disk_agreement(obs, tokens.mask.to(device).repeat_interleave(C, 0), sim, sim_mask,
+                             2 * self.corr_kernel_size, self.corr_power)
+        return out.view(B, C, 3).cpu()
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod

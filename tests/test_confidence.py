@@ -25,7 +25,7 @@ def test_fit_learns_a_flag_better_than_the_raw_score():
     s, a, n, right = synthetic(3000, 0)
     cal = fit_calibration(confidence_features(s, a, n), right)
     s, a, n, right = synthetic(3000, 1)  # fresh data
-    p = cal.probability(s, a, n)
+    p = cal.probability(confidence_features(s, a, n))
     assert p.min() >= 0 and p.max() <= 1
     auc = roc_auc(p.numpy(), right.numpy())
     assert auc > 0.9 and auc > roc_auc(s.numpy(), right.numpy()) + 0.1
@@ -48,7 +48,7 @@ def test_calibration_survives_a_weights_only_round_trip(tmp_path, trained):
     raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain numbers only
     back = Calibration.from_metadata(raw["metadata"])
     assert back == cal
-    assert torch.equal(back.probability(s, a, n), cal.probability(s, a, n))
+    assert torch.equal(back.probability(confidence_features(s, a, n)), cal.probability(confidence_features(s, a, n)))
     assert "confidence_calibration" not in trained.metadata  # the original model is untouched
 
 
@@ -68,9 +68,9 @@ def test_mapper_reports_the_calibrated_probability():
     om = mapper.match_orientations(bragg, progress_bar=False)
     raw = TransformerOrientationMap(crystal, model, calibrated_confidence=False).match_orientations(bragg, progress_bar=False)
     tokens = braggvectors_to_tokens(bragg, mapper.token_config)
-    _, s1, s2, _ = mapper.predict_phases(tokens, 1, return_alternative=True)
+    _, s1, named, _ = mapper.predict_phases(tokens, 1, return_features=True)
     np.testing.assert_allclose(raw.corr[0, :, 0], s1[:, 0, 0], atol=1e-6)
-    expected = mapper.calibration.probability(torch.as_tensor(s1[:, 0, 0]), torch.as_tensor(s2[:, 0, 0]), tokens.counts)
+    expected = mapper.calibration.probability({k: torch.as_tensor(v[:, 0, 0]) for k, v in named.items()})
     np.testing.assert_allclose(om.corr[0, :, 0], expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(om.matrix, raw.matrix)  # the confidence changes nothing else
 
@@ -83,3 +83,16 @@ def test_calibrate_end_to_end_on_simulated_patterns():
     cal = calibrate(mapper, n=160, seed=4321, progress_bar=False)
     assert cal.fitted_on["patterns"] == 160 and 0.5 < cal.fitted_on["fraction_right"] < 1
     assert cal.fitted_on["auc_on_fit_set"] > 0.7  # the mapper's own features do flag its errors
+
+
+def test_disk_agreement_by_hand():
+    from py4dstem_transformer.confidence import disk_agreement
+
+    sim = torch.tensor([[[0.5, 0.0, 1.0], [0.0, 0.5, 1.0], [-0.5, 0.0, 1.0], [0.0, -0.5, 1.0]]])  # (1, 4, 3)
+    sim_mask = torch.tensor([[True, True, True, False]])  # the last is not excited
+    obs = torch.tensor([[[0.51, 0.0, 1.0], [0.0, 0.5, 1.0], [0.3, 0.3, 1.0], [0.0, -0.5, 1.0], [9.0, 9.0, 5.0]]])
+    obs_mask = torch.tensor([[True, True, True, True, False]])  # the last is padding
+    explained, unmatched, residual = disk_agreement(obs, obs_mask, sim, sim_mask, radius=0.06, power=1.0)[0]
+    assert explained == pytest.approx(0.5)  # two of four observed disks have a simulated one near
+    assert unmatched == pytest.approx(1 / 3)  # (-0.5, 0) has no observed disk; (0, -0.5) is not excited
+    assert residual == pytest.approx(np.sqrt(0.01**2 / 2), rel=1e-4)

@@ -12,6 +12,9 @@ Scores compared, each as a flag for "strict error >= 5 deg":
 * ``s1 - s2``: the margin over the best distinct alternative (mostly the beam flip);
 * ``n``: the number of disks the model reads;
 * ``(s1 - s2) (1 - exp(-n / 8))``: the margin, discounted for sparse patterns;
+* ``explained``, ``-unmatched``, ``-residual``, ``-moved``: how the reported orientation's disks pair
+  with the observed ones, and how far it lies from the network's prediction (the other features
+  of the calibration, :mod:`~py4dstem_transformer.confidence`), each signed so that higher means right;
 * ``calibrated``: the model's calibrated probability (:mod:`~py4dstem_transformer.confidence`), the
   shipped ``corr`` where the model file holds a calibration; with its mean against the fraction right.
 """
@@ -27,11 +30,16 @@ from ..compare import misorientation_deg, roc_auc
 from .accuracy import test_set
 
 
-def confidence_scores(s1: np.ndarray, s2: np.ndarray, n_disks: np.ndarray) -> dict:
-    """Candidate confidences from (N,) raw scores of the reported and best distinct orientation and disk counts."""
+def confidence_scores(s1: np.ndarray, s2: np.ndarray, n_disks: np.ndarray, named: dict = None) -> dict:
+    """Candidate confidences from (N,) raw scores of the reported and best distinct orientation and disk counts
+    (and, given the mapper's named confidence features, those that are not made of these)."""
     sparse = 1 - np.exp(-n_disks / 8)
-    return {"s1 (raw score)": s1, "s1 - s2": s1 - s2, "n disks": n_disks.astype(float),
-            "(s1 - s2)(1 - exp(-n/8))": (s1 - s2) * sparse}
+    scores = {"s1 (raw score)": s1, "s1 - s2": s1 - s2, "n disks": n_disks.astype(float),
+              "(s1 - s2)(1 - exp(-n/8))": (s1 - s2) * sparse}
+    if named is not None:
+        scores.update({"explained": named["explained"], "-unmatched": -named["unmatched"],
+                       "-residual": -named["residual"], "-moved": -named["moved_deg"]})
+    return scores
 
 
 def main(argv=None) -> dict:
@@ -50,15 +58,16 @@ def main(argv=None) -> dict:
         name = "damaged" if damaged else "clean"
         bragg, truth = test_set(crystal_from_metadata(mapper.model.metadata), args.n, args.seed + 100 * damaged, damaged)
         tokens = braggvectors_to_tokens(bragg, mapper.token_config)
-        matrix, s1, s2, _ = mapper.predict_phases(tokens, 1, return_alternative=True)
-        s1, s2 = s1[:, 0, 0], s2[:, 0, 0]
+        matrix, _, named, _ = mapper.predict_phases(tokens, 1, return_features=True)
+        named = {k: v[:, 0, 0] for k, v in named.items()}
+        s1, s2 = named["score"], named["score"] - named["margin"]
         err = misorientation_deg(matrix[:, 0, 0], truth.orientation_matrices[0], mapper.symmetry)
         right = err < 5
         n = tokens.counts.numpy()
-        scores = confidence_scores(s1, s2, n)
+        scores = confidence_scores(s1, s2, n, named)
         if mapper.calibration is not None:
             scores["calibrated (corr)"] = mapper.calibration.probability(
-                torch.as_tensor(s1), torch.as_tensor(s2), tokens.counts).numpy()
+                {k: torch.as_tensor(v) for k, v in named.items()}).numpy()
         aucs = {k: roc_auc(v, right) for k, v in scores.items()}
         report[name] = {"right": float(right.mean()), "auc": aucs}
         print(f"\n{name}: {args.n} patterns, {right.mean():.1%} right (strict < 5°)")

@@ -1,0 +1,87 @@
+"""Polish: the pattern search on the score keeps the score's meaning, only climbs, and helps on noisy disks."""
+
+import pytest
+import torch
+
+from py4dstem_transformer.data import PatternStore
+from py4dstem_transformer.kinematics import Reflections, simulate_disks
+from py4dstem_transformer.polish import PolishConfig, polish_orientations
+from py4dstem_transformer.refine import _exp_so3
+from py4dstem_transformer.rotations import symmetry_min_angle
+from py4dstem_transformer.score import correlation, tokens_to_xy
+from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.tokens import TokenConfig, tokenize
+
+from conftest import KinematicSet, make_cu
+
+SCORE = dict(sigma_excitation_error=0.04, kernel=0.03, power=0.25, max_disks=48, k_max=2.1, r_min=0.1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ks = KinematicSet(120, seed=11)
+    batch = PatternStore(ks).gather(torch.arange(120))
+    tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
+    reflections = Reflections.from_crystal(make_cu(), 2.1, 300e3)
+    return ks, tokens, reflections
+
+
+def perturb(m, low_deg, high_deg, seed):
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
+    return m @ _exp_so3(axis * angle[:, None])
+
+
+def damaged(tokens, seed):
+    g = torch.Generator().manual_seed(seed)
+    obs = tokens_to_xy(tokens.tokens).clone()
+    obs[..., :2] += 0.01 * torch.randn(obs[..., :2].shape, generator=g)  # 0.01 1/A jitter
+    obs[..., 2] *= (1 + 0.2 * torch.randn(obs[..., 2].shape, generator=g)).clamp_min(0.05)  # 20% intensity noise
+    return obs
+
+
+def full_score(matrix, obs, mask, reflections):
+    sim, sim_mask = simulate_disks(matrix.float(), reflections, SCORE["sigma_excitation_error"], SCORE["max_disks"],
+                                   SCORE["k_max"], SCORE["r_min"])
+    return correlation(obs, mask, sim, sim_mask, SCORE["kernel"], SCORE["power"])
+
+
+def test_paired_score_is_the_correlation(setup):
+    """With no step taken, the search's own (paired) score equals the full correlation: Cu's disks lie
+    much further apart than the kernel."""
+    ks, tokens, reflections = setup
+    start = perturb(torch.as_tensor(ks.orientation_matrices), 0.0, 3.0, seed=2).float()
+    obs = damaged(tokens, seed=4)
+    same, paired = polish_orientations(start, obs, tokens.mask, reflections, config=PolishConfig(steps_deg=()), **SCORE)
+    assert torch.equal(same, start)
+    full = full_score(start, obs, tokens.mask, reflections)
+    assert torch.allclose(paired, full, atol=1e-4)
+
+
+def test_only_climbs_and_finds_noisy_orientations(setup):
+    ks, tokens, reflections = setup
+    s = point_group_rotations(make_cu())
+    true = torch.as_tensor(ks.orientation_matrices)
+    start = perturb(true, 1.0, 3.0, seed=1).float()
+    obs = damaged(tokens, seed=3)
+    polished, paired = polish_orientations(start, obs, tokens.mask, reflections, **SCORE)
+    before, after = full_score(start, obs, tokens.mask, reflections), full_score(polished, obs, tokens.mask, reflections)
+    assert (after >= before - 1e-4).all()
+    assert (after > before + 0.01).float().mean() > 0.5
+    err_before = torch.rad2deg(symmetry_min_angle(start.double(), true, s))
+    err_after = torch.rad2deg(symmetry_min_angle(polished.double(), true, s))
+    enough = tokens.counts >= 8
+    assert float(err_after[enough].median()) < 0.5 * float(err_before[enough].median())
+    m = polished.double()
+    assert torch.allclose(m.transpose(1, 2) @ m, torch.eye(3, dtype=torch.float64).expand_as(m), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(m), torch.ones(len(m), dtype=torch.float64), atol=1e-5)
+
+
+def test_patterns_without_disks_stay_put(setup):
+    ks, tokens, reflections = setup
+    start = torch.as_tensor(ks.orientation_matrices[:4], dtype=torch.float32)
+    mask = torch.zeros(4, tokens.tokens.shape[1], dtype=torch.bool)
+    out, score = polish_orientations(start, tokens_to_xy(tokens.tokens[:4]), mask, reflections, **SCORE)
+    assert torch.equal(out, start) and (score == 0).all()
