@@ -81,7 +81,7 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     """
     g = reflections.g.to(matrix.device)
     lam = reflections.wavelength
-    g_lab = g @ matrix.float()  # (B, G, 3): rows of (M.T g).T = g.T M
+    g_lab = torch.einsum("gi,bij->bgj", g, matrix.float())  # (B, G, 3): rows of (M.T g).T = g.T M, as one GEMM
     gz = g_lab[..., 2]
     sg = (2 * gz - lam * (g * g).sum(-1)) / (2 - 2 * lam * gz)  # (B, G) excitation errors
     # rank by log-intensity (no exp over all B x G reflections), exponentiate only the kept ones

@@ -5,14 +5,17 @@ The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
 1. tokens from the calibrated Bragg vectors (:mod:`.tokens`);
 2. the network predicts one orientation per pattern (batches bucketed by disk count,
    ``torch.inference_mode``, bf16 autocast where it is fast); patterns with few disks also get
-   predictions for their input rotated by 90, 180 and 270 deg;
+   predictions for their input turned in-plane by 90 deg (``sparse_turns``); answers that repeat an
+   earlier one are dropped;
 3. candidates: each prediction and its beam-flip partner ``M @ diag(-1, -1, 1)`` (which a network
    cannot tell apart off a zone axis), plus the mirror partners when more than two matches are asked;
-4. with ``refine=True`` (default) every candidate is refined against the disks (:mod:`.refine`);
+4. with ``refine=True`` (default) every candidate is refined against the disks (:mod:`.refine`) and,
+   where the disks are too noisy to pin it by their positions, polished on its score (:mod:`.polish`);
 5. each candidate's kinematic disks are correlated with the observed disks (:mod:`.score`); the
    best-scoring candidate is the first match; ``corr`` is the calibrated probability that it is
-   within 5 deg (:mod:`.confidence`: from its score, its margin over the best distinct candidate and
-   the disk count), or the raw score for a model without a calibration;
+   within 5 deg (:mod:`.confidence`: from its score, its margin over the best distinct candidate, the
+   disk count, how its disks pair with the observed ones and how far it moved from the network's
+   prediction), or the raw score for a model without a calibration;
 6. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
 """
 
@@ -72,8 +75,11 @@ class TransformerOrientationMap:
     polish_config : PolishConfig or None
         Settings of the pattern search that follows the refinement and maximizes each candidate's
         score (:mod:`.polish`); ``None`` skips it (faster, less accurate on noisy disks).
-    sparse_disks : int
-        Patterns with at most this many disks also try test-time rotations of their input.
+    sparse_disks, sparse_turns : int
+        Patterns with at most ``sparse_disks`` disks are also predicted from their input turned in-plane
+        by k * 180 / ``sparse_turns`` deg (k < ``sparse_turns``); each distinct answer is refined.
+        ``sparse_turns=4`` gets 1-2% more of the sparse patterns right at ~20% of the total speed
+        (docs/benchmarks.md).
     calibrated_confidence : bool
         Report ``corr`` as the model's calibrated probability that the orientation is within 5 deg of
         the truth (:mod:`.confidence`), where the model file holds a calibration; otherwise, and with
@@ -89,7 +95,7 @@ class TransformerOrientationMap:
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
                  refine_config: RefineConfig = RefineConfig(), polish_config: Optional[PolishConfig] = PolishConfig(),
-                 sparse_disks: int = 12,
+                 sparse_disks: int = 12, sparse_turns: int = 2,
                  min_phase_probability: float = 0.02, calibrated_confidence: bool = True):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
@@ -110,6 +116,7 @@ class TransformerOrientationMap:
         self.corr_power = corr_power
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.refine_config, self.polish_config, self.sparse_disks = refine_config, polish_config, sparse_disks
+        self.sparse_turns = sparse_turns
         self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
@@ -267,9 +274,9 @@ class TransformerOrientationMap:
 
         Candidates are the network's prediction and its near-ambiguous partners (beam flip; mirror
         partners when ``num_matches > 2``); with ``refine``, patterns with at most ``sparse_disks``
-        disks also get the predictions for their input rotated by 90, 180 and 270 deg (test-time
+        disks also get the predictions for their input turned in-plane (``sparse_turns``, test-time
         augmentation), because the network is least sure there. With ``refine`` every candidate is refined
-        against the disks (:mod:`.refine`), then all are scored (:mod:`.score`) and ranked.
+        against the disks (:mod:`.refine`, :mod:`.polish`), then all are scored (:mod:`.score`) and ranked.
         Patterns go in batches of similar disk count (padding trimmed), so the working set stays
         in cache.
 
@@ -308,7 +315,7 @@ class TransformerOrientationMap:
         probability = torch.ones(B, P)
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
-        for subset, turns in ((~sparse, 1), (sparse, 4)):
+        for subset, turns in ((~sparse, 1), (sparse, self.sparse_turns)):
             for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
                 hypotheses, prob = self._hypotheses(batch, device, turns)  # (b, H, 3, 3), (b, P)
                 probability[idx] = prob.cpu()
@@ -401,11 +408,14 @@ class TransformerOrientationMap:
         return self._symmetry(0)
 
     def _hypotheses(self, tokens: Tokens, device, turns: int):
-        """Network predictions for the input rotated by k * 360 / turns deg, un-rotated:
-        ``(matrix (b, turns, 3, 3), phase probability (b, n_phases) averaged over the turns)``."""
+        """Network predictions for the input rotated by k * 180 / turns deg, un-rotated:
+        ``(matrix (b, turns, 3, 3), phase probability (b, n_phases) averaged over the turns)``.
+
+        Half a turn is enough: a pattern turned by 180 deg is the same pattern (Friedel's law) and its
+        answer the beam-flip partner, which is a candidate anyway."""
         out, prob = [], 0.0
         for k in range(turns):
-            phi = 2 * np.pi * k / turns
+            phi = np.pi * k / turns
             rotated = Tokens(_rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts)
             prediction, p = self._network(rotated, device)
             # a pattern rotated counter-clockwise by phi has label M @ Rz(-phi), so M = P @ Rz(phi)
