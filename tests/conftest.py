@@ -85,6 +85,40 @@ class KinematicSet:
         return self._make()
 
 
+def kinematic_tokens(n, seed):
+    """``(KinematicSet, tokens, Cu reflections out to 2.1 1/A)``: n kinematic Cu patterns as tokens."""
+    from py4dstem_transformer.data import PatternStore
+    from py4dstem_transformer.kinematics import Reflections
+    from py4dstem_transformer.tokens import TokenConfig, tokenize
+
+    ks = KinematicSet(n, seed=seed)
+    batch = PatternStore(ks).gather(torch.arange(n))
+    tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
+    return ks, tokens, Reflections.from_crystal(make_cu(), 2.1, 300e3)
+
+
+def damaged_disks(tokens, seed):
+    """(B, N, 3) ``(qx, qy, I)`` of the tokens with 0.01 1/A position jitter and 20% intensity noise."""
+    from py4dstem_transformer.score import tokens_to_xy
+
+    g = torch.Generator().manual_seed(seed)
+    obs = tokens_to_xy(tokens.tokens).clone()
+    obs[..., :2] += 0.01 * torch.randn(obs[..., :2].shape, generator=g)
+    obs[..., 2] *= (1 + 0.2 * torch.randn(obs[..., 2].shape, generator=g)).clamp_min(0.05)
+    return obs
+
+
+def perturb(m, low_deg, high_deg, seed):
+    """(B, 3, 3) float64 rotations turned about random axes by angles uniform in [low_deg, high_deg]."""
+    from py4dstem_transformer.refine import _exp_so3
+
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
+    return m @ _exp_so3(axis * angle[:, None])
+
+
 @pytest.fixture(scope="session")
 def kset():
     """2500 kinematic Cu patterns (one per random orientation)."""

@@ -3,43 +3,20 @@
 import pytest
 import torch
 
-from py4dstem_transformer.data import PatternStore
-from py4dstem_transformer.kinematics import Reflections, simulate_disks
+from py4dstem_transformer.kinematics import simulate_disks
 from py4dstem_transformer.polish import PolishConfig, polish_orientations
-from py4dstem_transformer.refine import _exp_so3
 from py4dstem_transformer.rotations import symmetry_min_angle
 from py4dstem_transformer.score import correlation, tokens_to_xy
 from py4dstem_transformer.symmetry import point_group_rotations
-from py4dstem_transformer.tokens import TokenConfig, tokenize
 
-from conftest import KinematicSet, make_cu
+from conftest import damaged_disks, kinematic_tokens, make_cu, perturb
 
 SCORE = dict(sigma_excitation_error=0.04, kernel=0.03, power=0.25, max_disks=48, k_max=2.1, r_min=0.1)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    ks = KinematicSet(120, seed=11)
-    batch = PatternStore(ks).gather(torch.arange(120))
-    tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
-    reflections = Reflections.from_crystal(make_cu(), 2.1, 300e3)
-    return ks, tokens, reflections
-
-
-def perturb(m, low_deg, high_deg, seed):
-    g = torch.Generator().manual_seed(seed)
-    axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
-    axis = axis / axis.norm(dim=1, keepdim=True)
-    angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
-    return m @ _exp_so3(axis * angle[:, None])
-
-
-def damaged(tokens, seed):
-    g = torch.Generator().manual_seed(seed)
-    obs = tokens_to_xy(tokens.tokens).clone()
-    obs[..., :2] += 0.01 * torch.randn(obs[..., :2].shape, generator=g)  # 0.01 1/A jitter
-    obs[..., 2] *= (1 + 0.2 * torch.randn(obs[..., 2].shape, generator=g)).clamp_min(0.05)  # 20% intensity noise
-    return obs
+    return kinematic_tokens(120, seed=11)
 
 
 def full_score(matrix, obs, mask, reflections):
@@ -53,7 +30,7 @@ def test_paired_score_is_the_correlation(setup):
     much further apart than the kernel."""
     ks, tokens, reflections = setup
     start = perturb(torch.as_tensor(ks.orientation_matrices), 0.0, 3.0, seed=2).float()
-    obs = damaged(tokens, seed=4)
+    obs = damaged_disks(tokens, seed=4)
     same, paired = polish_orientations(start, obs, tokens.mask, reflections, config=PolishConfig(steps_deg=()), **SCORE)
     assert torch.equal(same, start)
     full = full_score(start, obs, tokens.mask, reflections)
@@ -65,7 +42,7 @@ def test_only_climbs_and_finds_noisy_orientations(setup):
     s = point_group_rotations(make_cu())
     true = torch.as_tensor(ks.orientation_matrices)
     start = perturb(true, 1.0, 3.0, seed=1).float()
-    obs = damaged(tokens, seed=3)
+    obs = damaged_disks(tokens, seed=3)
     polished, paired = polish_orientations(start, obs, tokens.mask, reflections, **SCORE)
     before, after = full_score(start, obs, tokens.mask, reflections), full_score(polished, obs, tokens.mask, reflections)
     assert (after >= before - 1e-4).all()

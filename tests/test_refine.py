@@ -3,32 +3,17 @@
 import pytest
 import torch
 
-from py4dstem_transformer.data import PatternStore
-from py4dstem_transformer.kinematics import Reflections
 from py4dstem_transformer.refine import _exp_so3, refine_orientations, skew
 from py4dstem_transformer.rotations import symmetry_min_angle
 from py4dstem_transformer.score import tokens_to_xy
 from py4dstem_transformer.symmetry import point_group_rotations
-from py4dstem_transformer.tokens import TokenConfig, tokenize
 
-from conftest import KinematicSet, make_cu
+from conftest import damaged_disks, kinematic_tokens, make_cu, perturb
 
 
 @pytest.fixture(scope="module")
 def setup():
-    ks = KinematicSet(150, seed=5)
-    batch = PatternStore(ks).gather(torch.arange(150))
-    tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
-    reflections = Reflections.from_crystal(make_cu(), 2.1, 300e3)
-    return ks, tokens, reflections
-
-
-def perturb(m, low_deg, high_deg, seed):
-    g = torch.Generator().manual_seed(seed)
-    axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
-    axis = axis / axis.norm(dim=1, keepdim=True)
-    angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
-    return m @ _exp_so3(axis * angle[:, None])
+    return kinematic_tokens(150, seed=5)
 
 
 def test_converges_back_from_one_to_two_degrees(setup):
@@ -49,10 +34,7 @@ def test_converges_back_from_one_to_two_degrees(setup):
 def test_damaged_disks_still_improve_the_start(setup):
     ks, tokens, reflections = setup
     s = point_group_rotations(make_cu())
-    g = torch.Generator().manual_seed(3)
-    obs = tokens_to_xy(tokens.tokens).clone()
-    obs[..., :2] += 0.01 * torch.randn(obs[..., :2].shape, generator=g)  # 0.01 1/A jitter
-    obs[..., 2] *= (1 + 0.2 * torch.randn(obs[..., 2].shape, generator=g)).clamp_min(0.05)  # 20% intensity noise
+    obs = damaged_disks(tokens, seed=3)  # 0.01 1/A jitter, 20% intensity noise
     true = torch.as_tensor(ks.orientation_matrices)
     start = perturb(true, 1.0, 3.0, seed=1).float()
     refined = refine_orientations(start, obs, tokens.mask, reflections, k_max=2.1, r_min=0.1)
