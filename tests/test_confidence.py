@@ -96,3 +96,17 @@ def test_disk_agreement_by_hand():
     assert explained == pytest.approx(0.5)  # two of four observed disks have a simulated one near
     assert unmatched == pytest.approx(1 / 3)  # (-0.5, 0) has no observed disk; (0, -0.5) is not excited
     assert residual == pytest.approx(np.sqrt(0.01**2 / 2), rel=1e-4)
+
+
+def test_a_calibration_without_feature_names_reads_the_first_three():
+    """Model files calibrated before the seven features stored no names: they keep working."""
+    s, a, n, right = synthetic(500, 3)
+    cal = fit_calibration(confidence_features(s, a, n), right, steps=100)
+    assert cal.features == ("score", "margin", "log1p_disks")
+    old = cal.to_dict()
+    del old["features"]
+    back = Calibration.from_dict(old)
+    full = confidence_features(s, a, n, torch.rand(500, 3), torch.rand(500))  # all seven, as the mapper gives
+    assert torch.equal(back.probability(full), cal.probability(confidence_features(s, a, n)))
+    with pytest.raises(ValueError, match="moved_deg"):
+        fit_calibration(full, right, steps=10).probability(confidence_features(s, a, n))
