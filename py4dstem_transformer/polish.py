@@ -80,21 +80,25 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     g_lab = g @ matrix.float()  # (B, K, 3) rows of R g
     term.pair = torch.cdist(term.q, g_lab[..., :2]).masked_fill(~sim_mask[:, None, :], torch.inf).argmin(-1)  # (B, N)
     g_pair = torch.gather(g, 1, term.pair[..., None].expand(-1, -1, 3))  # (B, N, 3) crystal frame
-    best = None
-    rows = torch.arange(len(rot), device=rot.device)
+    rot, best = rot.clone(), None
     axes = _AXES.to(rot.device)
     for step in config.steps_deg:
         c, s = float(np.cos(np.radians(step))), float(np.sin(np.radians(step)))
+        active = torch.arange(len(rot), device=rot.device)  # a row that did not move would try the same turns again
         for _ in range(config.repeats):
-            g_lab, paired = g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2)
-            center, value = term.trials(g_lab, paired, c, s)  # (B,), (B, 6)
-            best = center if best is None else best
+            if len(active) == 0:
+                break
+            g_lab, paired = g[active] @ rot[active].transpose(-1, -2), g_pair[active] @ rot[active].transpose(-1, -2)
+            center, value = term.trials(g_lab, paired, c, s, active)  # (A,), (A, 6)
+            best = center if best is None else best  # the first round has every row
             value, which = value.max(1)
-            better = value > best
-            best = torch.where(better, value, best)
-            rot = torch.where(better[:, None, None], _exp_so3(axes[which] * float(np.radians(step))) @ rot, rot)
+            better = value > best[active]
+            active, which = active[better], which[better]
+            best[active] = value[better]
+            rot[active] = _exp_so3(axes[which] * float(np.radians(step))) @ rot[active]
     if best is None:
-        best = term.trials(g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2), 1.0, 0.0)[0]
+        rows = torch.arange(len(rot), device=rot.device)
+        best = term.trials(g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2), 1.0, 0.0, rows)[0]
     return rot.transpose(-1, -2), best
 
 
@@ -112,33 +116,37 @@ class _Score:
         self.k_max, self.r_min = k_max, r_min
         self.pair = None  # (B, N) index of each observed disk's reflection
 
-    def trials(self, g_lab: torch.Tensor, paired: torch.Tensor, c: float, s: float):
-        """Scores ``(center (B,), turns (B, 6))`` of the orientation and its turns by +-(cos c, sin s) about
-        x, y, z (``_AXES`` order), given its (B, K, 3) reflections and (B, N, 3) paired reflections."""
+    def trials(self, g_lab: torch.Tensor, paired: torch.Tensor, c: float, s: float, rows: torch.Tensor):
+        """Scores ``(center (A,), turns (A, 6))`` of orientations and their turns by +-(cos c, sin s) about
+        x, y, z (``_AXES`` order), given their (A, K, 3) reflections and (A, N, 3) paired reflections,
+        for the (A,) ``rows`` of the batch."""
+        g2, log_f2, sim_mask = self.g2[rows], self.log_f2[rows], self.sim_mask[rows]
+        q, wa, aa, pair = self.q[rows], self.wa[rows], self.aa[rows], self.pair[rows]
         x, y, z = g_lab.unbind(-1)  # (B, K)
         gz = torch.stack([z, y * s + z * c, z * c - x * s, z * c - y * s, z * c + x * s], 1)  # center, +x, +y, -x, -y
-        log_w = self._log_weights(gz)  # (B, 5, K); a turn about z keeps every excitation error
+        log_w = self._log_weights(gz, g2, log_f2, sim_mask)  # (B, 5, K); a turn about z keeps every excitation error
         if log_w.shape[-1] > self.max_disks and bool((torch.isfinite(log_w).sum(-1) > self.max_disks).any()):
             cut = torch.kthvalue(log_w, log_w.shape[-1] - self.max_disks + 1, dim=-1, keepdim=True).values
             log_w = log_w.masked_fill(log_w < cut, -torch.inf)  # the score keeps the brightest max_disks
         log_w = log_w[:, [0, 1, 2, 0, 3, 4, 0]]  # (B, 7, K): center, then _AXES order
         wb = torch.exp(log_w.clamp_min(-80.0)) * torch.isfinite(log_w)
         bb = (wb * wb).sum(-1)  # (B, 7)
-        wb_pair = torch.gather(wb, 2, self.pair[:, None].expand(-1, 7, -1))  # (B, 7, N)
+        wb_pair = torch.gather(wb, 2, pair[:, None].expand(-1, 7, -1))  # (B, 7, N)
         px, py, pz = paired.unbind(-1)  # (B, N)
         xs = torch.stack([px, px, px * c + pz * s, px * c - py * s, px, px * c - pz * s, px * c + py * s], 1)
         ys = torch.stack([py, py * c - pz * s, py, px * s + py * c, py * c + pz * s, py, py * c - px * s], 1)
-        d2 = (self.q[:, None, :, 0] - xs) ** 2 + (self.q[:, None, :, 1] - ys) ** 2  # (B, 7, N)
+        d2 = (q[:, None, :, 0] - xs) ** 2 + (q[:, None, :, 1] - ys) ** 2  # (B, 7, N)
         k = torch.exp((-d2 / (4 * self.kernel**2)).clamp_min(-30.0))
-        ab = (self.wa[:, None] * wb_pair * k).sum(-1)
-        score = ab / torch.sqrt(self.aa[:, None] * bb).clamp_min(1e-30)
+        ab = (wa[:, None] * wb_pair * k).sum(-1)
+        score = ab / torch.sqrt(aa[:, None] * bb).clamp_min(1e-30)
         return score[:, 0], score[:, 1:]
 
-    def _log_weights(self, gz: torch.Tensor) -> torch.Tensor:
-        """(B, S, K) lab z of the reflections -> ``power * ln`` of their kinematic intensities, -inf where not scored."""
-        s = (2 * gz - self.wavelength * self.g2[:, None]) / (2 - 2 * self.wavelength * gz)  # excitation errors
-        r2 = self.g2[:, None] - gz**2  # in-plane radius^2: turns keep |g|
-        visible = self.sim_mask[:, None] & (s.abs() <= 3 * self.sigma) & (r2 >= self.r_min**2)
+    def _log_weights(self, gz: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, sim_mask: torch.Tensor) -> torch.Tensor:
+        """(A, S, K) lab z of the reflections (``g2`` their |g|^2, ``log_f2`` their ln |F|^2, (A, K)) ->
+        ``power * ln`` of their kinematic intensities, -inf where not scored."""
+        s = (2 * gz - self.wavelength * g2[:, None]) / (2 - 2 * self.wavelength * gz)  # excitation errors
+        r2 = g2[:, None] - gz**2  # in-plane radius^2: turns keep |g|
+        visible = sim_mask[:, None] & (s.abs() <= 3 * self.sigma) & (r2 >= self.r_min**2)
         if self.k_max is not None:
             visible &= r2 <= self.k_max**2
-        return (self.power * (self.log_f2[:, None] - s**2 / (2 * self.sigma**2))).masked_fill(~visible, -torch.inf)
+        return (self.power * (log_f2[:, None] - s**2 / (2 * self.sigma**2))).masked_fill(~visible, -torch.inf)
