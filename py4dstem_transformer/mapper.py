@@ -78,7 +78,7 @@ class TransformerOrientationMap:
     sparse_disks, sparse_turns : int
         Patterns with at most ``sparse_disks`` disks are also predicted from their input turned in-plane
         by k * 180 / ``sparse_turns`` deg (k < ``sparse_turns``); each distinct answer is refined.
-        ``sparse_turns=2`` maps ~15% faster and gets 1-3% fewer of the sparse patterns right
+        ``sparse_turns=2`` maps ~25% faster and gets 1-3% fewer of the sparse patterns right
         (docs/benchmarks.md).
     calibrated_confidence : bool
         Report ``corr`` as the model's calibrated probability that the orientation is within 5 deg of
