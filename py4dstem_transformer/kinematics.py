@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Reflections", "simulate_disks"]
+__all__ = ["Reflections", "simulate_disks", "excited_log_intensity"]
 
 
 @dataclass
@@ -82,17 +82,28 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     g = reflections.g.to(matrix.device)
     lam = reflections.wavelength
     g_lab = torch.einsum("gi,bij->bgj", g, matrix.float())  # (B, G, 3): rows of (M.T g).T = g.T M, as one GEMM
-    gz = g_lab[..., 2]
-    sg = (2 * gz - lam * (g * g).sum(-1)) / (2 - 2 * lam * gz)  # (B, G) excitation errors
     # rank by log-intensity (no exp over all B x G reflections), exponentiate only the kept ones
-    log_i = torch.log(reflections.intensity.to(matrix.device)) - sg**2 / (2 * sigma_excitation_error**2)
-    r2 = g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2
-    visible = (sg.abs() <= 3 * sigma_excitation_error) & (r2 >= r_min**2)
-    if k_max is not None:
-        visible &= r2 <= k_max**2
-    log_i = log_i.masked_fill(~visible, -torch.inf)
+    log_i = excited_log_intensity(g_lab[..., 2], (g * g).sum(-1), g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2,
+                                  torch.log(reflections.intensity.to(matrix.device)), lam, sigma_excitation_error,
+                                  k_max, r_min)  # (B, G)
     K = min(max_disks, g.shape[0])
     top, index = torch.topk(log_i, K, dim=-1)  # (B, K)
     xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
     return (disks, mask, index) if return_index else (disks, mask)
+
+
+def excited_log_intensity(gz: torch.Tensor, g2: torch.Tensor, r2: torch.Tensor, log_f2: torch.Tensor,
+                          wavelength: float, sigma_excitation_error: float, k_max: float = None,
+                          r_min: float = 0.0) -> torch.Tensor:
+    """``ln |F|^2 - s_g^2 / 2 sigma^2`` of reflections, -inf where not excited (``|s_g| > 3 sigma``) or
+    outside ``r_min <= |(qx, qy)| <= k_max``.
+
+    ``gz``: lab z of the reflections (1/A), ``g2``: their ``|g|^2``, ``r2``: their in-plane radius squared,
+    ``log_f2``: their ``ln |F|^2``; broadcastable tensors. ``s_g`` as in :func:`simulate_disks`.
+    """
+    sg = (2 * gz - wavelength * g2) / (2 - 2 * wavelength * gz)  # excitation errors
+    visible = (sg.abs() <= 3 * sigma_excitation_error) & (r2 >= r_min**2)
+    if k_max is not None:
+        visible &= r2 <= k_max**2
+    return (log_f2 - sg**2 / (2 * sigma_excitation_error**2)).masked_fill(~visible, -torch.inf)

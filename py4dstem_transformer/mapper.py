@@ -355,8 +355,8 @@ class TransformerOrientationMap:
         if keep is not None:
             score = score.masked_fill(~keep, -1.0)  # a repeated hypothesis is not a candidate of its own
         matrix, corr, alternative = self._rank_distinct(candidates.cpu(), score, num_matches, phase)
-        sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
-        moved = torch.rad2deg(symmetry_min_angle(matrix, hypotheses[:, :1].cpu().float(), sym, allow_beam_flip=True))
+        moved = torch.rad2deg(symmetry_min_angle(matrix, hypotheses[:, :1].cpu().float(), self._symmetry_tensor(phase),
+                                                 allow_beam_flip=True))
         named = confidence_features(corr, alternative, tokens.counts[:, None], self.agreement(tokens, matrix, device, phase),
                                     moved)
         return matrix, corr, torch.stack([named[k] for k in FEATURES], -1)
@@ -367,7 +367,7 @@ class TransformerOrientationMap:
         b, H = hypotheses.shape[:2]
         keep = torch.ones(b, H, dtype=torch.bool)
         if H > 1:
-            sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
+            sym = self._symmetry_tensor(phase)
             for k in range(1, H):
                 angle = symmetry_min_angle(hypotheses[:, k, None], hypotheses[:, :k], sym, allow_beam_flip=True)
                 keep[:, k] = ~((angle < np.radians(min_angle_deg)) & keep[:, :k]).any(1)
@@ -384,7 +384,7 @@ class TransformerOrientationMap:
         confidence (:mod:`.confidence`). A slot with nothing distinct left gets score 0.
         """
         b, C = score.shape
-        sym = torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
+        sym = self._symmetry_tensor(phase)
         available = torch.ones(b, C, dtype=torch.bool)
         matrix, corr, alternative = torch.zeros(b, num_matches, 3, 3), torch.zeros(b, num_matches), torch.zeros(b, num_matches)
         rows = torch.arange(b)
@@ -401,6 +401,10 @@ class TransformerOrientationMap:
         if self.symmetries[phase] is None:
             self.symmetries[phase] = _point_group(self.crystals[phase])
         return self.symmetries[phase]
+
+    def _symmetry_tensor(self, phase: int = 0) -> torch.Tensor:
+        """:meth:`_symmetry` as a (K, 3, 3) float32 tensor, for :func:`.rotations.symmetry_min_angle`."""
+        return torch.as_tensor(self._symmetry(phase), dtype=torch.float32)
 
     @property
     def symmetry(self) -> np.ndarray:
@@ -475,10 +479,7 @@ class TransformerOrientationMap:
         """Correlation (B, C) of the observed disks with the kinematic disks of (B, C, 3, 3) candidates."""
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
-        refl = self._get_reflections(phase).to(device)
-        sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), refl, self.sigma_excitation_error,
-                                       max_disks=self._max_disks(tokens), k_max=self.token_config.k_max,
-                                       r_min=self.token_config.direct_beam_radius)
+        sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
         obs = tokens_to_xy(tokens.tokens).to(device)
         corr = correlation(obs, tokens.mask.to(device), sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1),
                            self.corr_kernel_size, self.corr_power)
@@ -490,13 +491,17 @@ class TransformerOrientationMap:
         candidates, within twice the score's kernel."""
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
-        sim, sim_mask = simulate_disks(candidates.reshape(B * C, 3, 3).to(device), self._get_reflections(phase).to(device),
-                                       self.sigma_excitation_error, max_disks=self._max_disks(tokens),
-                                       k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
+        sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
         obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
         out = disk_agreement(obs, tokens.mask.to(device).repeat_interleave(C, 0), sim, sim_mask,
                              2 * self.corr_kernel_size, self.corr_power)
         return out.view(B, C, 3).cpu()
+
+    def _kinematic_disks(self, tokens: Tokens, candidates: torch.Tensor, device, phase: int):
+        """The scored kinematic disks of (B, C, 3, 3) candidates: ``(disks (B * C, M, 3), mask (B * C, M))``."""
+        return simulate_disks(candidates.reshape(-1, 3, 3).to(device), self._get_reflections(phase).to(device),
+                              self.sigma_excitation_error, max_disks=self._max_disks(tokens),
+                              k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod

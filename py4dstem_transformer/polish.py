@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .kinematics import Reflections, simulate_disks
+from .kinematics import Reflections, excited_log_intensity, simulate_disks
 from .refine import _exp_so3
 
 __all__ = ["PolishConfig", "polish_orientations"]
@@ -144,9 +144,7 @@ class _Score:
     def _log_weights(self, gz: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, sim_mask: torch.Tensor) -> torch.Tensor:
         """(A, S, K) lab z of the reflections (``g2`` their |g|^2, ``log_f2`` their ln |F|^2, (A, K)) ->
         ``power * ln`` of their kinematic intensities, -inf where not scored."""
-        s = (2 * gz - self.wavelength * g2[:, None]) / (2 - 2 * self.wavelength * gz)  # excitation errors
-        r2 = g2[:, None] - gz**2  # in-plane radius^2: turns keep |g|
-        visible = sim_mask[:, None] & (s.abs() <= 3 * self.sigma) & (r2 >= self.r_min**2)
-        if self.k_max is not None:
-            visible &= r2 <= self.k_max**2
-        return (self.power * (log_f2[:, None] - s**2 / (2 * self.sigma**2))).masked_fill(~visible, -torch.inf)
+        g2 = g2[:, None]  # turns keep |g|, so the in-plane radius^2 is g2 - gz^2
+        log_i = excited_log_intensity(gz, g2, g2 - gz**2, log_f2[:, None], self.wavelength, self.sigma, self.k_max,
+                                      self.r_min)
+        return (self.power * log_i).masked_fill(~(sim_mask[:, None] & torch.isfinite(log_i)), -torch.inf)
