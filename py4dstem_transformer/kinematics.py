@@ -57,7 +57,7 @@ class Reflections:
 
 
 def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitation_error: float = 0.02,
-                   max_disks: int = 48, k_max: float = None, r_min: float = 0.0, return_index: bool = False):
+                   max_disks=48, k_max: float = None, r_min: float = 0.0, return_index: bool = False):
     """Kinematic disks of ``B`` orientations, strongest first.
 
     Parameters
@@ -67,8 +67,8 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     reflections : Reflections
     sigma_excitation_error : float
         Width (1/A) of the Gaussian excitation-error profile, as in py4DSTEM.
-    max_disks : int
-        Keep at most this many disks per pattern (the brightest).
+    max_disks : int or (B,) int tensor
+        Keep at most this many disks per pattern (the brightest); a tensor sets each pattern's own limit.
     k_max, r_min : float, optional
         Keep disks with ``r_min <= |(qx, qy)| <= k_max`` (1/A), the window the observed disks were cut to.
 
@@ -86,10 +86,13 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     log_i = excited_log_intensity(g_lab[..., 2], (g * g).sum(-1), g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2,
                                   torch.log(reflections.intensity.to(matrix.device)), lam, sigma_excitation_error,
                                   k_max, r_min)  # (B, G)
-    K = min(max_disks, g.shape[0])
-    top, index = torch.topk(log_i, K, dim=-1)  # (B, K)
+    limit = torch.as_tensor(max_disks, device=matrix.device)
+    K = min(int(limit.max()), g.shape[0])
+    top, index = torch.topk(log_i, K, dim=-1)  # (B, K), brightest first
     xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
+    if limit.ndim:
+        mask &= torch.arange(K, device=matrix.device) < limit[:, None]
     return (disks, mask, index) if return_index else (disks, mask)
 
 

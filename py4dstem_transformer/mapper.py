@@ -4,9 +4,10 @@ The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
 
 1. tokens from the calibrated Bragg vectors (:mod:`.tokens`);
 2. the network predicts one orientation per pattern (batches bucketed by disk count,
-   ``torch.inference_mode``, bf16 autocast where it is fast); patterns with few disks also get
-   predictions for their input turned in-plane by 45, 90 and 135 deg (``sparse_turns``); answers
-   that repeat an earlier one are dropped;
+   ``torch.inference_mode``, bf16 autocast where it is fast); patterns with few disks whose answer
+   (after steps 3-5) is not already sure also get predictions for their input turned in-plane by 45,
+   90 and 135 deg (``sparse_turns``, ``sparse_confidence``); answers that repeat an earlier one are
+   dropped;
 3. candidates: each prediction and its beam-flip partner ``M @ diag(-1, -1, 1)`` (which a network
    cannot tell apart off a zone axis), plus the mirror partners when more than two matches are asked;
 4. with ``refine=True`` (default) every candidate is refined against the disks (:mod:`.refine`) and,
@@ -17,10 +18,14 @@ The pipeline, per chunk of scan positions (memory stays bounded by the chunk):
    disk count, how its disks pair with the observed ones and how far it moved from the network's
    prediction), or the raw score for a model without a calibration;
 6. the matrices go into a native py4DSTEM ``OrientationMap`` (:mod:`.orientation_map`).
+
+On a CPU, large scans are shared out to single-threaded worker processes (:mod:`.workers`).
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import numpy as np
@@ -39,6 +44,7 @@ from .tokens import TokenConfig, Tokens, iter_scan_tokens
 from .compatibility import check_crystal_matches_model
 from .confidence import FEATURES, Calibration, confidence_features, disk_agreement
 from .phases import formula
+from .workers import resolve_workers, split_interleaved, worker_pool
 
 __all__ = ["TransformerOrientationMap"]
 
@@ -80,10 +86,18 @@ class TransformerOrientationMap:
         by k * 180 / ``sparse_turns`` deg (k < ``sparse_turns``); each distinct answer is refined.
         ``sparse_turns=2`` maps ~25% faster and gets 1-3% fewer of the sparse patterns right
         (docs/benchmarks.md).
+    sparse_confidence : float
+        With a calibrated model, a sparse pattern is first mapped unturned, and turned only if that
+        answer's confidence is below this (1: always turn). Most sure answers stay right without
+        the turns; they cost a quarter of the time.
     calibrated_confidence : bool
         Report ``corr`` as the model's calibrated probability that the orientation is within 5 deg of
         the truth (:mod:`.confidence`), where the model file holds a calibration; otherwise, and with
         ``False``, ``corr`` is the raw correlation score of the best candidate.
+    workers : int, optional
+        CPU processes (one torch thread each) that map a scan's positions in parallel
+        (:mod:`.workers`; Linux). Default: ``torch.get_num_threads()`` (at most 8) for scans of at least
+        8192 positions on a CPU, else 1 (the calling process); on CUDA always 1.
 
     Examples
     --------
@@ -95,8 +109,9 @@ class TransformerOrientationMap:
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
                  refine_config: RefineConfig = RefineConfig(), polish_config: Optional[PolishConfig] = PolishConfig(),
-                 sparse_disks: int = 12, sparse_turns: int = 4,
-                 min_phase_probability: float = 0.02, calibrated_confidence: bool = True):
+                 sparse_disks: int = 12, sparse_turns: int = 4, sparse_confidence: float = 0.85,
+                 min_phase_probability: float = 0.02, calibrated_confidence: bool = True,
+                 workers: Optional[int] = None):
         if not isinstance(model, OrientationModel):
             model = OrientationModel.load(model)
         meta = model.metadata
@@ -116,7 +131,7 @@ class TransformerOrientationMap:
         self.corr_power = corr_power
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.refine_config, self.polish_config, self.sparse_disks = refine_config, polish_config, sparse_disks
-        self.sparse_turns = sparse_turns
+        self.sparse_turns, self.sparse_confidence, self.workers = sparse_turns, sparse_confidence, workers
         self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
@@ -229,19 +244,30 @@ class TransformerOrientationMap:
         B, P = peaks.num_positions, self.n_phases
         matrix, corr, probability = np.zeros((B, P, K, 3, 3)), np.zeros((B, P, K)), np.zeros((B, P))
         bar = tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar)
-        for start, tokens in iter_scan_tokens(peaks, self.token_config, chunk_size):
-            n = len(tokens)
-            m, c, prob = self.predict_phases(tokens, K, inversion_symmetry, batch_size, device, refine)
-            too_few = (peaks.counts[start:start + n] < min_number_peaks) | (tokens.counts.numpy() == 0)
-            c[too_few] = 0.0
-            matrix[start:start + n], corr[start:start + n] = m, c * prob[:, :, None]
-            probability[start:start + n] = prob
-            bar.update(n)
+        workers = resolve_workers(self.workers, device, B)
+        predict = functools.partial(self._predict_share, num_matches=K, inversion_symmetry=inversion_symmetry,
+                                    batch_size=batch_size, device=device, refine=refine)
+        with worker_pool(predict, workers) as imap:
+            for start, tokens in iter_scan_tokens(peaks, self.token_config, chunk_size):
+                shares = split_interleaved(len(tokens), workers)
+                parts = ((tokens.tokens[i].numpy(), tokens.mask[i].numpy(), tokens.counts[i].numpy()) for i in shares)
+                for i, (m, c, prob) in zip(shares, imap(parts)):
+                    rows = start + i
+                    too_few = (peaks.counts[rows] < min_number_peaks) | (tokens.counts[i].numpy() == 0)
+                    c[too_few] = 0.0
+                    matrix[rows], corr[rows] = m, c * prob[:, :, None]
+                    probability[rows] = prob
+                    bar.update(len(i))
         bar.close()
         Rx, Ry = peaks.scan_shape
         maps = [self._to_orientation_map(matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K), p)
                 for p in range(P)]
         return maps, probability.reshape(Rx, Ry, P)
+
+    def _predict_share(self, part, **kwargs):
+        """:meth:`predict_phases` of one worker's share ``(tokens, mask, counts)`` of a chunk (numpy arrays)."""
+        tokens = Tokens(*(torch.from_numpy(np.ascontiguousarray(a)) for a in part))
+        return self.predict_phases(tokens, **kwargs)
 
     def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                              inversion_symmetry: bool = True, **kwargs):
@@ -316,20 +342,23 @@ class TransformerOrientationMap:
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
         for subset, turns in ((~sparse, 1), (sparse, self.sparse_turns)):
+            # with a calibration, a sparse pattern is turned only if its first answer is not already sure
+            first = 1 if (self.calibration is not None and self.sparse_confidence < 1) else turns
             for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
-                hypotheses, prob = self._hypotheses(batch, device, turns)  # (b, H, 3, 3), (b, P)
+                hypotheses, prob = self._hypotheses(batch, device, first)  # (b, H, 3, 3), (b, P)
+                found = self._match_batch(batch, hypotheses, prob, partners, num_matches, refine, device)
+                if first < turns:
+                    unsure = (self._sureness(found, prob) < self.sparse_confidence).cpu()
+                    if unsure.any():
+                        sub = Tokens(batch.tokens[unsure], batch.mask[unsure], batch.counts[unsure])
+                        more, more_prob = self._hypotheses(sub, device, turns, first=1)
+                        on = unsure.to(prob.device)
+                        prob[on] = (prob[on] + (turns - 1) * more_prob) / turns
+                        again = self._match_batch(sub, torch.cat([hypotheses[on], more], 1), prob[on], partners,
+                                                  num_matches, refine, device, found.subset(unsure))
+                        found.assign(unsure, again)
                 probability[idx] = prob.cpu()
-                matrix[idx] = hypotheses[:, None, :1].cpu()  # phases left out keep the network's answer
-                for p in range(P):
-                    rows = prob[:, p].cpu() >= self.min_phase_probability  # always all rows for one phase
-                    if rows.all():
-                        m, c, f = self._best_candidates(batch, hypotheses, partners, num_matches, refine, device, p)
-                        matrix[idx, p], corr[idx, p], features[idx, p] = m, c, f
-                    elif rows.any():
-                        sub = Tokens(batch.tokens[rows], batch.mask[rows], batch.counts[rows])
-                        m, c, f = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners,
-                                                        num_matches, refine, device, p)
-                        matrix[idx[rows], p], corr[idx[rows], p], features[idx[rows], p] = m, c, f
+                matrix[idx], corr[idx], features[idx] = found.matrix, found.corr, found.features
         matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
         named = dict(zip(FEATURES, features.unbind(-1)))
         if return_features:
@@ -340,26 +369,63 @@ class TransformerOrientationMap:
             corr = torch.where(scored, self.calibration.probability(named), corr)
         return matrix.numpy(), corr.double().numpy(), probability.double().numpy()
 
+    def _match_batch(self, tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, partners: torch.Tensor,
+                     num_matches: int, refine: bool, device, refined: Optional["_Found"] = None) -> "_Found":
+        """The ranked matches of a batch for every phase the network finds likely enough (others keep the
+        network's answer with score 0). ``refined``: an earlier pass over the first hypotheses, whose
+        refined candidates are reused."""
+        b, P, K = len(tokens), self.n_phases, num_matches
+        C = hypotheses.shape[1] * len(partners)
+        found = _Found(hypotheses[:, None, :1].cpu().expand(b, P, K, 3, 3).clone(), torch.zeros(b, P, K),
+                       torch.zeros(b, P, K, len(FEATURES)), torch.zeros(b, P, C, 3, 3), torch.zeros(b, P, dtype=torch.bool))
+        for p in range(P):
+            rows = prob[:, p].cpu() >= self.min_phase_probability  # always all rows for one phase
+            if not rows.any():
+                continue
+            earlier = None
+            if refined is not None and bool(refined.done[rows, p].all()):
+                earlier = refined.candidates[rows, p]
+            sub = tokens if rows.all() else Tokens(tokens.tokens[rows], tokens.mask[rows], tokens.counts[rows])
+            m, c, f, cands = self._best_candidates(sub, hypotheses[rows.to(hypotheses.device)], partners, K, refine,
+                                                   device, p, earlier)
+            found.matrix[rows, p], found.corr[rows, p], found.features[rows, p] = m, c, f
+            found.candidates[rows, p], found.done[rows, p] = cands.cpu(), True
+        return found
+
+    def _sureness(self, found: "_Found", prob: torch.Tensor) -> torch.Tensor:
+        """(b,) calibrated confidence of each pattern's best match times its phase probability, best phase."""
+        named = dict(zip(FEATURES, found.features[:, :, 0].unbind(-1)))  # (b, P) each
+        confidence = torch.where(found.corr[:, :, 0] > 0, self.calibration.probability(named), 0.0)
+        return (confidence * prob.cpu()).max(1).values
+
     def _best_candidates(self, tokens: Tokens, hypotheses: torch.Tensor, partners: torch.Tensor, num_matches: int,
-                         refine: bool, device, phase: int):
+                         refine: bool, device, phase: int, refined: Optional[torch.Tensor] = None):
         """Candidates (hypotheses x partners), refined and scored against ``phase``'s disks, ranked:
-        ``(matrix (b, K, 3, 3), raw score (b, K), confidence features (b, K, F))``."""
+        ``(matrix (b, K, 3, 3), raw score (b, K), confidence features (b, K, F), candidates (b, C, 3, 3))``.
+        ``refined`` (b, C0, 3, 3): the first C0 candidates, refined before (they are not refined again)."""
         b, H = hypotheses.shape[:2]
         candidates = hypotheses[:, :, None] * partners.to(hypotheses.device)[None, None, :, None, :]
         candidates = candidates.reshape(b, H * len(partners), 3, 3)
         keep = None
         if refine:
             keep = self._distinct_hypotheses(hypotheses.cpu(), phase).repeat_interleave(len(partners), 1)  # (b, C)
-            candidates = self.refine(tokens, candidates, device, phase, keep=keep)
-        score = self.score(tokens, candidates, device, phase)  # (b, C)
+            todo = keep.clone()
+            if refined is not None:
+                candidates = torch.cat([refined.to(candidates), candidates[:, refined.shape[1]:]], 1)
+                todo[:, :refined.shape[1]] = False
+            if todo.any():
+                candidates = self.refine(tokens, candidates, device, phase, keep=todo)
+        score, disks = self.score(tokens, candidates, device, phase, return_disks=True)  # (b, C), ((b, C, M, 3), (b, C, M))
         if keep is not None:
             score = score.masked_fill(~keep, -1.0)  # a repeated hypothesis is not a candidate of its own
-        matrix, corr, alternative = self._rank_distinct(candidates.cpu(), score, num_matches, phase)
+        matrix, corr, alternative, pick = self._rank_distinct(candidates.cpu(), score, num_matches, phase)
         moved = torch.rad2deg(symmetry_min_angle(matrix, hypotheses[:, :1].cpu().float(), self._symmetry_tensor(phase),
                                                  allow_beam_flip=True))
-        named = confidence_features(corr, alternative, tokens.counts[:, None], self.agreement(tokens, matrix, device, phase),
-                                    moved)
-        return matrix, corr, torch.stack([named[k] for k in FEATURES], -1)
+        rows = torch.arange(b)[:, None].to(disks[0].device)
+        picked = tuple(d[rows, pick.to(d.device)] for d in disks)  # the picked candidates' disks, (b, K, M, ...)
+        named = confidence_features(corr, alternative, tokens.counts[:, None],
+                                    self.agreement(tokens, matrix, device, phase, disks=picked), moved)
+        return matrix, corr, torch.stack([named[k] for k in FEATURES], -1), candidates
 
     def _distinct_hypotheses(self, hypotheses: torch.Tensor, phase: int, min_angle_deg: float = 1.5) -> torch.Tensor:
         """(b, H) bool: hypotheses not within ``min_angle_deg`` (after symmetry and the beam flip, which the
@@ -379,23 +445,25 @@ class TransformerOrientationMap:
 
         Candidates within ``min_angle_deg`` (after crystal symmetry) of a better one are skipped, so
         hypotheses that converged to the same orientation are reported once. Returns
-        ``(matrix (b, K, 3, 3), score (b, K), alternative (b, K))``: ``alternative`` is the best score
-        of a candidate distinct from that match (0 if none), the margin's reference for the
-        confidence (:mod:`.confidence`). A slot with nothing distinct left gets score 0.
+        ``(matrix (b, K, 3, 3), score (b, K), alternative (b, K), pick (b, K))``: ``alternative`` is the best
+        score of a candidate distinct from that match (0 if none), the margin's reference for the
+        confidence (:mod:`.confidence`); ``pick`` the index of each match among the candidates. A slot
+        with nothing distinct left gets score 0.
         """
         b, C = score.shape
         sym = self._symmetry_tensor(phase)
         available = torch.ones(b, C, dtype=torch.bool)
         matrix, corr, alternative = torch.zeros(b, num_matches, 3, 3), torch.zeros(b, num_matches), torch.zeros(b, num_matches)
+        picks = torch.zeros(b, num_matches, dtype=torch.long)
         rows = torch.arange(b)
         for k in range(num_matches):
             masked = score.masked_fill(~available, -1.0)
-            pick = masked.argmax(1)
+            pick = picks[:, k] = masked.argmax(1)
             matrix[:, k], corr[:, k] = candidates[rows, pick], masked[rows, pick].clamp_min(0.0)
             near = symmetry_min_angle(matrix[:, k, None], candidates, sym, allow_beam_flip=False) < np.radians(min_angle_deg)
             alternative[:, k] = score.masked_fill(near, -1.0).max(1).values.clamp_min(0.0)  # (b, C) -> (b,)
             available &= ~near
-        return matrix, corr, alternative
+        return matrix, corr, alternative, picks
 
     def _symmetry(self, phase: int = 0) -> np.ndarray:
         if self.symmetries[phase] is None:
@@ -411,20 +479,20 @@ class TransformerOrientationMap:
         """(K, 3, 3) proper rotations of the (first) crystal."""
         return self._symmetry(0)
 
-    def _hypotheses(self, tokens: Tokens, device, turns: int):
-        """Network predictions for the input rotated by k * 180 / turns deg, un-rotated:
-        ``(matrix (b, turns, 3, 3), phase probability (b, n_phases) averaged over the turns)``.
+    def _hypotheses(self, tokens: Tokens, device, turns: int, first: int = 0):
+        """Network predictions for the input rotated by k * 180 / turns deg (``first <= k < turns``), un-rotated:
+        ``(matrix (b, turns - first, 3, 3), phase probability (b, n_phases) averaged over the turns)``.
 
         Half a turn is enough: a pattern turned by 180 deg is the same pattern (Friedel's law) and its
         answer the beam-flip partner, which is a candidate anyway."""
         out, prob = [], 0.0
-        for k in range(turns):
+        for k in range(first, turns):
             phi = np.pi * k / turns
             rotated = Tokens(_rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts)
             prediction, p = self._network(rotated, device)
             # a pattern rotated counter-clockwise by phi has label M @ Rz(-phi), so M = P @ Rz(phi)
             out.append(prediction @ rotation_about_z(torch.tensor(phi)).float().to(prediction.device))
-            prob = prob + p / turns
+            prob = prob + p / (turns - first)
         return torch.stack(out, 1), prob
 
     @torch.inference_mode()
@@ -449,7 +517,8 @@ class TransformerOrientationMap:
             if polish.any():
                 polished, _ = polish_orientations(refined[polish], obs[polish], mask[polish], reflections,
                                                   self.sigma_excitation_error, self.corr_kernel_size, self.corr_power,
-                                                  self._max_disks(tokens), config=config, **window)
+                                                  self._disk_limit(tokens)[rows][polish.cpu()].to(device),
+                                                  config=config, **window)
                 refined[polish] = polished
         out = candidates.reshape(b * C, 3, 3).to(device=device, dtype=torch.float32).clone()
         out[keep.flatten().to(device)] = refined
@@ -475,23 +544,28 @@ class TransformerOrientationMap:
         return matrix, torch.ones(len(matrix), 1, device=matrix.device)
 
     @torch.inference_mode()
-    def score(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
-        """Correlation (B, C) of the observed disks with the kinematic disks of (B, C, 3, 3) candidates."""
+    def score(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0, return_disks: bool = False):
+        """Correlation (B, C) of the observed disks with the kinematic disks of (B, C, 3, 3) candidates; with
+        ``return_disks`` also those disks, ``(disks (B, C, M, 3), mask (B, C, M))`` on ``device``."""
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
         sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
+        sim, sim_mask = sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1)
         obs = tokens_to_xy(tokens.tokens).to(device)
-        corr = correlation(obs, tokens.mask.to(device), sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1),
-                           self.corr_kernel_size, self.corr_power)
-        return corr.cpu()
+        corr = correlation(obs, tokens.mask.to(device), sim, sim_mask, self.corr_kernel_size, self.corr_power).cpu()
+        return (corr, (sim, sim_mask)) if return_disks else corr
 
     @torch.inference_mode()
-    def agreement(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0) -> torch.Tensor:
+    def agreement(self, tokens: Tokens, candidates: torch.Tensor, device=None, phase: int = 0, disks=None) -> torch.Tensor:
         """(B, C, 3) :func:`.confidence.disk_agreement` of the observed disks with those of (B, C, 3, 3)
-        candidates, within twice the score's kernel."""
+        candidates, within twice the score's kernel; ``disks``: their kinematic disks if already simulated,
+        ``(disks (B, C, M, 3), mask (B, C, M))``."""
         device = resolve_device(device) if device is not None else self.device
         B, C = candidates.shape[:2]
-        sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
+        if disks is None:
+            sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
+        else:
+            sim, sim_mask = disks[0].reshape(B * C, *disks[0].shape[2:]), disks[1].reshape(B * C, -1)
         obs = tokens_to_xy(tokens.tokens).to(device).repeat_interleave(C, 0)
         out = disk_agreement(obs, tokens.mask.to(device).repeat_interleave(C, 0), sim, sim_mask,
                              2 * self.corr_kernel_size, self.corr_power)
@@ -500,14 +574,17 @@ class TransformerOrientationMap:
     def _kinematic_disks(self, tokens: Tokens, candidates: torch.Tensor, device, phase: int):
         """The scored kinematic disks of (B, C, 3, 3) candidates: ``(disks (B * C, M, 3), mask (B * C, M))``."""
         return simulate_disks(candidates.reshape(-1, 3, 3).to(device), self._get_reflections(phase).to(device),
-                              self.sigma_excitation_error, max_disks=self._max_disks(tokens),
+                              self.sigma_excitation_error,
+                              max_disks=self._disk_limit(tokens).repeat_interleave(candidates.shape[1]).to(device),
                               k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
 
     # -- helpers ----------------------------------------------------------------------------
-    @staticmethod
-    def _max_disks(tokens: Tokens) -> int:
-        """Simulated disks scored per candidate: a few more than the batch's observed ones, 16 to 48."""
-        return min(max(tokens.tokens.shape[1] + 8, 16), 48)
+    def _disk_limit(self, tokens: Tokens) -> torch.Tensor:
+        """(B,) simulated disks scored per candidate, from the pattern's own disk count (so that its answer
+        does not depend on the patterns batched with it): 8 more than it has (16 to 48), and all 48 for a
+        sparse pattern, where the reflections a candidate predicts but the pattern lacks are most of the
+        evidence (docs/benchmarks.md)."""
+        return torch.where(tokens.counts <= self.sparse_disks, 48, (tokens.counts + 8).clamp(16, 48))
 
     def _get_reflections(self, phase: int = 0) -> Reflections:
         if self._reflections[phase] is None:
@@ -530,6 +607,26 @@ class TransformerOrientationMap:
         om = build_orientation_map(crystal, matrix, corr, self._symmetry(phase))
         crystal.orientation_map = om
         return om
+
+
+@dataclass
+class _Found:
+    """Ranked matches of a batch, per phase: matrix (b, P, K, 3, 3), corr (b, P, K) raw scores, features
+    (b, P, K, F), and the refined candidates (b, P, C, 3, 3) of the phases ``done`` (b, P)."""
+
+    matrix: torch.Tensor
+    corr: torch.Tensor
+    features: torch.Tensor
+    candidates: torch.Tensor
+    done: torch.Tensor
+
+    def subset(self, rows: torch.Tensor) -> "_Found":
+        return _Found(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def assign(self, rows: torch.Tensor, other: "_Found") -> None:
+        """Take ``other``'s matches for ``rows`` (the candidates stay: ``other`` may have more)."""
+        for name in ("matrix", "corr", "features"):
+            getattr(self, name)[rows] = getattr(other, name)
 
 
 def _count_sorted_batches(tokens: Tokens, batch_size: int, subset: Optional[torch.Tensor] = None):

@@ -50,7 +50,7 @@ class PolishConfig:
 
 def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
                         reflections: Reflections, sigma_excitation_error: float, kernel: float, power: float,
-                        max_disks: int, k_max: float = None, r_min: float = 0.0,
+                        max_disks, k_max: float = None, r_min: float = 0.0,
                         config: PolishConfig = PolishConfig()):
     """Maximize the correlation of (B, 3, 3) orientations with their observed disks.
 
@@ -61,7 +61,8 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     observed_mask : (B, N) bool tensor.
     reflections : Reflections of the crystal.
     sigma_excitation_error, kernel, power, max_disks, k_max, r_min
-        The score's settings, as in :func:`~.kinematics.simulate_disks` and :func:`~.score.correlation`.
+        The score's settings, as in :func:`~.kinematics.simulate_disks` and :func:`~.score.correlation`
+        (``max_disks``: an int, or each pattern's own (B,) limit).
 
     Returns
     -------
@@ -69,13 +70,14 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     (paired form). An orientation moves only where that raises its score.
     """
     margin = config.window_margin
-    kept = min(config.reflections, max_disks + config.extra_reflections)
+    limit = torch.as_tensor(max_disks, device=matrix.device).expand(len(matrix))  # (B,)
+    kept = min(config.reflections, int(limit.max()) + config.extra_reflections)
     _, sim_mask, index = simulate_disks(matrix, reflections, sigma_excitation_error + margin / 3, kept,
                                         None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
                                         return_index=True)
     g = reflections.g.to(matrix.device)[index]  # (B, K, 3) crystal frame
     term = _Score(g, torch.log(reflections.intensity.to(matrix.device)[index]), sim_mask, observed.float(),
-                  observed_mask, reflections.wavelength, sigma_excitation_error, kernel, power, max_disks, k_max, r_min)
+                  observed_mask, reflections.wavelength, sigma_excitation_error, kernel, power, limit, k_max, r_min)
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3) crystal -> lab
     g_lab = g @ matrix.float()  # (B, K, 3) rows of R g
     term.pair = torch.cdist(term.q, g_lab[..., :2]).masked_fill(~sim_mask[:, None, :], torch.inf).argmin(-1)  # (B, N)
@@ -105,14 +107,14 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
 class _Score:
     """The paired correlation of an orientation and of its six turns, from its lab-frame reflections."""
 
-    def __init__(self, g, log_f2, sim_mask, observed, observed_mask, wavelength, sigma, kernel, power, max_disks,
+    def __init__(self, g, log_f2, sim_mask, observed, observed_mask, wavelength, sigma, kernel, power, limit,
                  k_max, r_min):
         self.g2 = (g * g).sum(-1)  # (B, K)
         self.log_f2, self.sim_mask, self.wavelength = log_f2, sim_mask, wavelength
         self.q = observed[..., :2]  # (B, N, 2)
         self.wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask  # (B, N)
         self.aa = (self.wa * self.wa).sum(-1)  # (B,)
-        self.sigma, self.kernel, self.power, self.max_disks = sigma, kernel, power, max_disks
+        self.sigma, self.kernel, self.power, self.limit = sigma, kernel, power, limit  # limit: (B,) disks scored
         self.k_max, self.r_min = k_max, r_min
         self.pair = None  # (B, N) index of each observed disk's reflection
 
@@ -125,9 +127,11 @@ class _Score:
         x, y, z = g_lab.unbind(-1)  # (B, K)
         gz = torch.stack([z, y * s + z * c, z * c - x * s, z * c - y * s, z * c + x * s], 1)  # center, +x, +y, -x, -y
         log_w = self._log_weights(gz, g2, log_f2, sim_mask)  # (B, 5, K); a turn about z keeps every excitation error
-        if log_w.shape[-1] > self.max_disks and bool((torch.isfinite(log_w).sum(-1) > self.max_disks).any()):
-            cut = torch.kthvalue(log_w, log_w.shape[-1] - self.max_disks + 1, dim=-1, keepdim=True).values
-            log_w = log_w.masked_fill(log_w < cut, -torch.inf)  # the score keeps the brightest max_disks
+        limit = self.limit[rows, None, None]  # (A, 1, 1)
+        if bool((torch.isfinite(log_w).sum(-1, keepdim=True) > limit).any()):  # the score keeps the brightest `limit`
+            ranked = log_w.sort(-1, descending=True).values
+            cut = torch.gather(ranked, -1, (limit - 1).clamp_max(log_w.shape[-1] - 1).expand(-1, log_w.shape[1], 1))
+            log_w = log_w.masked_fill(log_w < cut, -torch.inf)
         log_w = log_w[:, [0, 1, 2, 0, 3, 4, 0]]  # (B, 7, K): center, then _AXES order
         wb = torch.exp(log_w.clamp_min(-80.0)) * torch.isfinite(log_w)
         bb = (wb * wb).sum(-1)  # (B, 7)

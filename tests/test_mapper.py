@@ -195,3 +195,34 @@ def test_repeated_hypotheses_are_refined_once(trained):
                               beam_flip(m), m @ tilt, sym[7] @ m @ tilt], 1)  # (6, 6, 3, 3)
     keep = mapper._distinct_hypotheses(hypotheses, 0)
     assert keep.tolist() == [[True, False, False, False, True, False]] * 6
+
+
+def _constant_calibration(p):
+    """A calibration that calls every answer right with probability ``p``."""
+    from py4dstem_transformer.confidence import FEATURES, Calibration
+
+    F = len(FEATURES)
+    return Calibration((0.0,) * F, (1.0,) * F, ((0.0,) * F,), (0.0,), (0.0,), float(np.log(p / (1 - p))), {}, FEATURES)
+
+
+def test_sure_sparse_patterns_are_not_turned(trained):
+    """With a calibration, a sparse pattern is turned only if its unturned answer is unsure; the unsure ones
+    reuse the first pass's refined candidates and end where turning every pattern ends."""
+    from conftest import kinematic_tokens
+
+    _, tokens, _ = kinematic_tokens(24, seed=8)
+    results, calls = {}, {}
+    for name, sure, threshold in (("sure", 0.9, 0.85), ("unsure", 0.8, 0.85), ("always", 0.9, 1.0)):
+        mapper = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=3, polish_config=None,
+                                           precision="fp32", sparse_confidence=threshold)
+        mapper.calibration = _constant_calibration(sure)
+        network, calls[name] = mapper._network, []
+        mapper._network = lambda t, d, network=network, log=calls[name]: log.append(len(t)) or network(t, d)
+        results[name] = mapper.predict_phases(tokens, num_matches=2, calibrated=False)  # raw scores
+    assert calls["sure"] == [24] and calls["unsure"] == [24, 24, 24] and calls["always"] == [24, 24, 24]
+    np.testing.assert_allclose(results["unsure"][0], results["always"][0], atol=1e-5)
+    np.testing.assert_allclose(results["unsure"][1], results["always"][1], atol=1e-5)
+    unturned = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=1, polish_config=None,
+                                         precision="fp32")
+    unturned.calibration = _constant_calibration(0.9)
+    np.testing.assert_allclose(results["sure"][0], unturned.predict_phases(tokens, num_matches=2)[0], atol=1e-5)
