@@ -109,7 +109,7 @@ class TransformerOrientationMap:
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
                  refine_config: RefineConfig = RefineConfig(), polish_config: Optional[PolishConfig] = PolishConfig(),
-                 sparse_disks: int = 12, sparse_turns: int = 4, sparse_confidence: float = 0.85,
+                 sparse_disks: int = 12, sparse_turns: int = 4, sparse_confidence: float = 0.9,
                  min_phase_probability: float = 0.02, calibrated_confidence: bool = True,
                  workers: Optional[int] = None):
         if not isinstance(model, OrientationModel):
