@@ -95,7 +95,7 @@ class TransformerOrientationMap:
         the truth (:mod:`.confidence`), where the model file holds a calibration; otherwise, and with
         ``False``, ``corr`` is the raw correlation score of the best candidate.
     workers : int, optional
-        CPU processes (one torch thread each) that map a scan's positions in parallel
+        CPU processes that map a scan's positions in parallel, sharing torch's threads
         (:mod:`.workers`; Linux). Default: ``torch.get_num_threads()`` (at most 8) for scans of at least
         8192 positions on a CPU, else 1 (the calling process); on CUDA always 1.
 

@@ -1,10 +1,10 @@
-"""Scan positions mapped by several single-threaded CPU processes at once.
+"""Scan positions mapped by several CPU processes at once.
 
 On a CPU, one process with ``n`` torch threads leaves cores idle: the refinement, the score and the
 ranking are many small tensor operations that torch does not split across threads (only the network's
-matrix products scale). ``n`` forked processes with one thread each, every one mapping its share of
-each chunk, keep all cores busy: ~1.2x the patterns/s of one 2-thread process on 2 cores
-(docs/benchmarks.md).
+matrix products scale). ``w`` forked processes with ``n // w`` threads each, every one mapping its
+share of each chunk, keep the cores busy: ~1.2x the patterns/s of one 2-thread process on 2 cores
+(two 1-thread workers; docs/benchmarks.md).
 
 The workers are forked (Linux), so they inherit the mapper, its model and its caches without pickling;
 only the tokens of each share and the results travel between processes, as numpy arrays. Elsewhere
@@ -35,8 +35,9 @@ _FUNCTION: Optional[Callable] = None  # what the forked workers call; set in the
 def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int) -> int:
     """The number of worker processes to use (1 = the calling process).
 
-    ``workers=None`` picks ``torch.get_num_threads()`` (at most 8) on a Linux CPU for scans of at
-    least 8192 positions, else 1. An explicit count is used as given on a CPU (1 elsewhere).
+    ``workers=None`` picks ``torch.get_num_threads()`` (at most 8; each worker then gets an equal share
+    of the threads) on a Linux CPU for scans of at least 8192 positions, else 1. An explicit count is
+    used as given on a CPU (1 elsewhere).
     """
     if workers is not None:
         if int(workers) < 1:
@@ -58,7 +59,7 @@ def _can_fork() -> bool:
 @contextlib.contextmanager
 def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
     """Yield ``imap(parts)``: ``function(part)`` for every part, in order, on ``workers`` forked
-    processes of one torch thread each (in this process when ``workers == 1``).
+    processes that share this process's torch threads (in this process when ``workers == 1``).
 
     ``function`` is inherited by the workers (not pickled); parts and results are pickled, so keep
     them to numpy arrays. The pool is closed when the block ends, also on errors and interrupts.
@@ -69,14 +70,12 @@ def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable
         return
     _FUNCTION = function
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_single_thread) as pool:
+        threads = max(1, torch.get_num_threads() // workers)
+        with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads,
+                                                      initargs=(threads,)) as pool:
             yield lambda parts: pool.imap(_call, parts)
     finally:
         _FUNCTION = None
-
-
-def _single_thread():
-    torch.set_num_threads(1)
 
 
 def _call(part):

@@ -32,13 +32,14 @@ def test_resolve_workers_defaults():
 
 
 @linux
-def test_pool_runs_in_other_processes_in_order():
+def test_pool_runs_in_other_processes_in_order_sharing_the_threads():
     import os
 
-    with worker_pool(lambda x: (x * x, os.getpid()), 2) as imap:
+    with worker_pool(lambda x: (x * x, os.getpid(), torch.get_num_threads()), 2) as imap:
         out = list(imap(range(6)))
-    assert [v for v, _ in out] == [0, 1, 4, 9, 16, 25]
-    assert os.getpid() not in {pid for _, pid in out}
+    assert [v for v, _, _ in out] == [0, 1, 4, 9, 16, 25]
+    assert os.getpid() not in {pid for _, pid, _ in out}
+    assert {threads for _, _, threads in out} == {max(1, torch.get_num_threads() // 2)}  # the threads are shared
 
 
 @linux
