@@ -339,9 +339,12 @@ class TransformerOrientationMap:
         matrix, corr = torch.zeros(B, P, num_matches, 3, 3), torch.zeros(B, P, num_matches)
         features = torch.zeros(B, P, num_matches, len(FEATURES))
         probability = torch.ones(B, P)
+        # a pattern without disks has nothing to read: identity, score 0, every phase as likely
+        empty = tokens.counts == 0
+        matrix[empty], probability[empty] = torch.eye(3), 1.0 / P
         # the wider search for sparse patterns only pays off when refinement follows
         sparse = (tokens.counts <= self.sparse_disks) & refine
-        for subset, turns in ((~sparse, 1), (sparse, self.sparse_turns)):
+        for subset, turns in ((~sparse & ~empty, 1), (sparse & ~empty, self.sparse_turns)):
             # with a calibration, a sparse pattern is turned only if its first answer is not already sure
             first = 1 if (self.calibration is not None and self.sparse_confidence < 1) else turns
             for idx, batch in _count_sorted_batches(tokens, batch_size, subset):
@@ -579,12 +582,13 @@ class TransformerOrientationMap:
                               k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _disk_limit(self, tokens: Tokens) -> torch.Tensor:
+    @staticmethod
+    def _disk_limit(tokens: Tokens) -> torch.Tensor:
         """(B,) simulated disks scored per candidate, from the pattern's own disk count (so that its answer
-        does not depend on the patterns batched with it): 8 more than it has (16 to 48), and all 48 for a
-        sparse pattern, where the reflections a candidate predicts but the pattern lacks are most of the
-        evidence (docs/benchmarks.md)."""
-        return torch.where(tokens.counts <= self.sparse_disks, 48, (tokens.counts + 8).clamp(16, 48))
+        does not depend on the patterns batched with it): 8 more than it has, 32 to 48. At least 32,
+        because for a sparse pattern the reflections a candidate predicts but the pattern lacks are most
+        of the evidence (docs/benchmarks.md)."""
+        return (tokens.counts + 8).clamp(32, 48)
 
     def _get_reflections(self, phase: int = 0) -> Reflections:
         if self._reflections[phase] is None:
