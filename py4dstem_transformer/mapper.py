@@ -582,13 +582,12 @@ class TransformerOrientationMap:
                               k_max=self.token_config.k_max, r_min=self.token_config.direct_beam_radius)
 
     # -- helpers ----------------------------------------------------------------------------
-    @staticmethod
-    def _disk_limit(tokens: Tokens) -> torch.Tensor:
+    def _disk_limit(self, tokens: Tokens) -> torch.Tensor:
         """(B,) simulated disks scored per candidate, from the pattern's own disk count (so that its answer
-        does not depend on the patterns batched with it): 8 more than it has, 32 to 48. At least 32,
-        because for a sparse pattern the reflections a candidate predicts but the pattern lacks are most
-        of the evidence (docs/benchmarks.md)."""
-        return (tokens.counts + 8).clamp(32, 48)
+        does not depend on the patterns batched with it): 8 more than it has (16 to 48), and all 48 for a
+        sparse pattern, where the reflections a candidate predicts but the pattern lacks are most of the
+        evidence (docs/benchmarks.md)."""
+        return torch.where(tokens.counts <= self.sparse_disks, 48, (tokens.counts + 8).clamp(16, 48))
 
     def _get_reflections(self, phase: int = 0) -> Reflections:
         if self._reflections[phase] is None:
