@@ -143,7 +143,7 @@ def _cmd_calibrate(args) -> int:
 
     mapper = load_mapper(args.model)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
-                    progress_bar=not args.no_progress)
+                    progress_bar=not args.no_progress, passes=args.passes)
     attach_calibration(mapper.model, cal)
     mapper.model.save(args.out)
     info = cal.fitted_on
@@ -159,6 +159,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--n", type=int, default=4000, help="simulated patterns per phase (default 4000)")
     p.add_argument("--seed", type=int, default=1000, help="keep it apart from the benchmarks' seeds 0-199")
     p.add_argument("--damaged-fraction", type=float, default=0.5)
+    p.add_argument("--passes", type=int, default=2,
+                   help="fits, each mapping the patterns under the one before (the calibration decides which "
+                        "sparse patterns are turned); default 2")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

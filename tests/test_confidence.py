@@ -80,7 +80,10 @@ def test_calibrate_end_to_end_on_simulated_patterns():
     from py4dstem_transformer.mapper import TransformerOrientationMap
 
     mapper = TransformerOrientationMap(make_cu(), load_pretrained("Cu"))
+    shipped = mapper.calibration
     cal = calibrate(mapper, n=160, seed=4321, progress_bar=False)
+    assert mapper.calibration is shipped  # the second pass ran under the first's calibration, then it was put back
+    assert cal.fitted_on["passes"] == 2 and cal != shipped
     assert cal.fitted_on["patterns"] == 160 and 0.5 < cal.fitted_on["fraction_right"] < 1
     assert cal.fitted_on["auc_on_fit_set"] > 0.7  # the mapper's own features do flag its errors
 
