@@ -253,8 +253,7 @@ class TransformerOrientationMap:
                 parts = ((tokens.tokens[i].numpy(), tokens.mask[i].numpy(), tokens.counts[i].numpy()) for i in shares)
                 for i, (m, c, prob) in zip(shares, imap(parts)):
                     rows = start + i
-                    too_few = (peaks.counts[rows] < min_number_peaks) | (tokens.counts[i].numpy() == 0)
-                    c[too_few] = 0.0
+                    c[peaks.counts[rows] < min_number_peaks] = 0.0  # patterns without disks come with score 0
                     matrix[rows], corr[rows] = m, c * prob[:, :, None]
                     probability[rows] = prob
                     bar.update(len(i))
@@ -368,8 +367,7 @@ class TransformerOrientationMap:
             return (matrix.numpy(), corr.double().numpy(), {k: v.double().numpy() for k, v in named.items()},
                     probability.double().numpy())
         if calibrated and self.calibration is not None:
-            scored = corr > 0  # phases left out (score 0) stay at 0
-            corr = torch.where(scored, self.calibration.probability(named), corr)
+            corr = self._calibrated(corr, named)
         return matrix.numpy(), corr.double().numpy(), probability.double().numpy()
 
     def _match_batch(self, tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, partners: torch.Tensor,
@@ -398,8 +396,12 @@ class TransformerOrientationMap:
     def _sureness(self, found: "_Found", prob: torch.Tensor) -> torch.Tensor:
         """(b,) calibrated confidence of each pattern's best match times its phase probability, best phase."""
         named = dict(zip(FEATURES, found.features[:, :, 0].unbind(-1)))  # (b, P) each
-        confidence = torch.where(found.corr[:, :, 0] > 0, self.calibration.probability(named), 0.0)
-        return (confidence * prob.cpu()).max(1).values
+        return (self._calibrated(found.corr[:, :, 0], named) * prob.cpu()).max(1).values
+
+    def _calibrated(self, corr: torch.Tensor, named: dict) -> torch.Tensor:
+        """The calibrated probability for raw scores ``corr`` and their named features (same shape); a match
+        without a score (phases left out, patterns without disks: 0) stays at 0."""
+        return torch.where(corr > 0, self.calibration.probability(named), corr)
 
     def _best_candidates(self, tokens: Tokens, hypotheses: torch.Tensor, partners: torch.Tensor, num_matches: int,
                          refine: bool, device, phase: int, refined: Optional[torch.Tensor] = None):
