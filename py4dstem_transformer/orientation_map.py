@@ -64,25 +64,33 @@ def reduce_to_zone_axis_triangle(matrix: np.ndarray, rotations: np.ndarray, zone
     m = matrix.reshape(-1, 3, 3)
     corners = zone_axis_range / np.linalg.norm(zone_axis_range, axis=1, keepdims=True)
     to_weights = np.linalg.inv(corners.T)  # v = corners.T @ w; inside iff w >= 0
-    z = np.einsum("kij,nj->nki", rotations, m[:, :, 2])  # (n, K, 3): beam direction after each S
-    w = np.einsum("ij,nkj->nki", to_weights, z)
+    z = np.tensordot(m[:, :, 2], rotations, axes=([1], [2]))  # (n, K, 3): beam direction after each S
+    w = z @ to_weights.T
     tol = -1e-9
-    inside, inside_neg = (w >= tol).all(-1), (w <= -tol).all(-1)  # (n, K)
+    inside, inside_neg = _smallest(w) >= tol, _smallest(-w) >= tol  # (n, K)
     use_neg = ~inside.any(1) & inside_neg.any(1)
     found = inside.any(1) | use_neg
     pick = np.where(use_neg, inside_neg.argmax(1), inside.argmax(1))
     pick = np.where(found, pick, 0)  # rotations[0] is the identity
-    reduced = np.einsum("nij,njk->nik", rotations[pick], m)
+    reduced = np.matmul(rotations[pick], m)
     return reduced.reshape(matrix.shape), use_neg.reshape(shape)
+
+
+def _smallest(w: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (...) smallest component (three elementwise minima: faster than a reduction over 3)."""
+    return np.minimum(np.minimum(w[..., 0], w[..., 1]), w[..., 2])
 
 
 def _family(crystal, m: np.ndarray) -> np.ndarray:
     """Vectorized ``crystal.symmetry_reduce_directions``: each column reduced into the triangle."""
+    reduction = np.asarray(crystal.symmetry_reduction)  # (S, 3, 3)
+    operators = np.asarray(crystal.symmetry_operators)
     fam = np.zeros_like(m)
     for axis in range(3):
         v = m[:, :, axis]  # (n, 3)
-        in_range = np.all(np.einsum("sij,ni->nsj", crystal.symmetry_reduction, v) >= 0, axis=2)
-        fam[:, :, axis] = np.einsum("nij,nj->ni", crystal.symmetry_operators[np.argmax(in_range, 1)], v)
+        weights = np.tensordot(v, reduction, axes=([1], [1]))  # (n, S, 3): v @ reduction[s], one GEMM
+        first = np.argmax(_smallest(weights) >= 0, axis=1)  # the first operator that brings v into the triangle
+        fam[:, :, axis] = np.matmul(operators[first], v[:, :, None])[:, :, 0]
     return fam
 
 

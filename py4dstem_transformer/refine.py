@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kinematics import Reflections, simulate_disks
+from .kinematics import Reflections, simulate_disks, simulate_disks_among
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]
 
@@ -50,6 +50,8 @@ class RefineConfig:
     candidate_sigma: float = 0.05  # wider window for the reflections disks may be assigned to
 
     max_reflections: int = 64
+    subset_reflections: int = 128  # reflections kept per candidate for the whole fit (0: all, every iteration)
+    subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
     damping: float = 1e-3
     max_step_deg: float = 3.0
 
@@ -94,13 +96,22 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     q = observed[..., :2].float()  # (B, N, 2)
     log_i = torch.log(observed[..., 2].float().clamp_min(1e-6))  # (B, N)
     g_all, f2_all = reflections.g.to(matrix.device), reflections.intensity.to(matrix.device)
+    subset, subset_mask = _subset(matrix, reflections, config, k_max, r_min)  # (B, S) each, or None
     law = torch.zeros(len(rot), 2, device=matrix.device)  # (ln c, tau): I = c |F|^2 exp(-tau s^2)
     law[:, 1] = 1 / (2 * config.sigma_excitation**2)
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
+    if subset is not None:
+        subset_g, subset_log_f2 = g_all[subset], torch.log(f2_all)[subset].masked_fill(~subset_mask, -torch.inf)
     for it in range(config.iterations):
         radius = config.radii[min(it, len(config.radii) - 1)]
-        _, sim_mask, index = simulate_disks(rot.transpose(-1, -2), reflections, config.candidate_sigma,
-                                            config.max_reflections, k_max, r_min, return_index=True)
+        if subset is None:
+            _, sim_mask, index = simulate_disks(rot.transpose(-1, -2), reflections, config.candidate_sigma,
+                                                config.max_reflections, k_max, r_min, return_index=True)
+        else:
+            _, sim_mask, local = simulate_disks_among(rot.transpose(-1, -2), subset_g, subset_log_f2,
+                                                      reflections.wavelength, config.candidate_sigma,
+                                                      config.max_reflections, k_max, r_min, return_index=True)
+            index = torch.gather(subset, 1, local)
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
         d2 = torch.cdist(q, g_lab[..., :2]).square().masked_fill(~sim_mask[:, None, :], torch.inf)  # (B, N, K)
         best, j = d2.min(-1)  # nearest candidate reflection of every observed disk
@@ -116,6 +127,21 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
     return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
+
+
+def _subset(matrix: torch.Tensor, reflections: Reflections, config: RefineConfig, k_max, r_min):
+    """``(index (B, S), mask (B, S))`` of the reflections each of (B, 3, 3) orientations can be assigned to
+    over the whole fit: the brightest ``subset_reflections`` it excites in a window widened by
+    ``subset_margin`` (how far excitation errors move while it converges). ``(None, None)`` when the
+    subset would not be smaller than all reflections."""
+    S = config.subset_reflections
+    if not S or S >= len(reflections.g):
+        return None, None
+    margin = config.subset_margin
+    _, mask, index = simulate_disks(matrix, reflections, config.candidate_sigma + margin / 3, S,
+                                    None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
+                                    return_index=True)
+    return index, mask
 
 
 def _position_noise(p: "_Pairs", config: RefineConfig) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from py4dstem_transformer.refine import _exp_so3, refine_orientations, skew
+from py4dstem_transformer.refine import RefineConfig, _exp_so3, refine_orientations, skew
 from py4dstem_transformer.rotations import symmetry_min_angle
 from py4dstem_transformer.score import tokens_to_xy
 from py4dstem_transformer.symmetry import point_group_rotations
@@ -41,6 +41,20 @@ def test_damaged_disks_still_improve_the_start(setup):
     before = torch.rad2deg(symmetry_min_angle(start.double(), true, s))
     after = torch.rad2deg(symmetry_min_angle(refined.double(), true, s))
     assert float(after.median()) < 0.5 * float(before.median())
+
+
+def test_reflections_chosen_once_give_the_fit_of_all_reflections(setup):
+    """The fit keeps each candidate's reflections from its start (``subset_reflections``); from 1-3 deg off,
+    on damaged disks, it ends where re-simulating from all reflections at every iteration ends."""
+    ks, tokens, reflections = setup
+    s = point_group_rotations(make_cu())
+    obs = damaged_disks(tokens, seed=4)
+    start = perturb(torch.as_tensor(ks.orientation_matrices), 1.0, 3.0, seed=2).float()
+    every = refine_orientations(start, obs, tokens.mask, reflections, RefineConfig(subset_reflections=0), k_max=2.1, r_min=0.1)
+    once = refine_orientations(start, obs, tokens.mask, reflections, RefineConfig(), k_max=2.1, r_min=0.1)
+    assert RefineConfig().subset_reflections < len(reflections.g)  # the subset is really a subset here
+    apart = torch.rad2deg(symmetry_min_angle(once.double(), every.double(), s))
+    assert (apart < 0.01).float().mean() > 0.97
 
 
 def test_patterns_without_disks_stay_put(setup):
