@@ -70,7 +70,7 @@ def disk_agreement(observed: torch.Tensor, observed_mask: torch.Tensor, simulate
     """
     d = torch.cdist(observed[..., :2].float(), simulated[..., :2].float())  # (B, N, M)
     d = d.masked_fill(~simulated_mask[:, None, :], torch.inf).masked_fill(~observed_mask[..., None], torch.inf)
-    near_obs, near_sim = d.min(-1).values, d.min(1).values  # (B, N), (B, M)
+    near_obs, near_sim = d.amin(-1), d.amin(1)  # (B, N), (B, M)
     wa = observed[..., 2].float().clamp_min(0).pow(power) * observed_mask
     wb = simulated[..., 2].float().clamp_min(0).pow(power) * simulated_mask
     hit = (near_obs < radius) & observed_mask

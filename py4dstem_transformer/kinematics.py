@@ -52,6 +52,26 @@ class Reflections:
         return cls(torch.as_tensor(g, dtype=torch.float32), torch.as_tensor(intensity / intensity.max(), dtype=torch.float32),
                    float(fresh.wavelength))
 
+    def min_disk_separation(self, sigma_excitation_error: float, max_reflections: int = 20000) -> float:
+        """A lower bound (1/A) on the in-plane distance between two disks of one simulated pattern.
+
+        Two reflections excited together (``|s_g| <= 3 sigma`` each) differ along the beam by at most
+        ``dz = 6 sigma + lambda |g|max^2 / 2`` (``s_g ~ g_z - lambda |g|^2 / 2``, 1% margin for the
+        exact form), so their disks lie at least ``sqrt(d_min^2 - dz^2)`` apart, ``d_min`` the
+        shortest distance between two reflections. 0 when that bound is void, or for more than
+        ``max_reflections`` reflections (not computed)."""
+        g = self.g.double()
+        if len(g) < 2 or len(g) > max_reflections:
+            return 0.0
+        d_min = torch.inf
+        for start in range(0, len(g), 2048):  # shortest distance between two reflections, in blocks
+            d = torch.cdist(g[start:start + 2048], g)
+            d[torch.arange(len(d)), start + torch.arange(len(d))] = torch.inf  # not to itself
+            d_min = min(d_min, float(d.min()))
+        d2 = d_min**2
+        dz = 1.01 * (6 * sigma_excitation_error + self.wavelength * float((g * g).sum(-1).max()) / 2)
+        return float(np.sqrt(d2 - dz**2)) if d2 > dz**2 else 0.0
+
     def to(self, device) -> "Reflections":
         return Reflections(self.g.to(device), self.intensity.to(device), self.wavelength)
 

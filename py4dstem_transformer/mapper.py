@@ -137,6 +137,7 @@ class TransformerOrientationMap:
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
         self.symmetries = [np.asarray(p["symmetry"]) if "symmetry" in p else None for p in phases]
         self._reflections = [None] * len(phases)
+        self._separations = [None] * len(phases)
 
     @property
     def n_phases(self) -> int:
@@ -557,7 +558,8 @@ class TransformerOrientationMap:
         sim, sim_mask = self._kinematic_disks(tokens, candidates, device, phase)
         sim, sim_mask = sim.view(B, C, *sim.shape[1:]), sim_mask.view(B, C, -1)
         obs = tokens_to_xy(tokens.tokens).to(device)
-        corr = correlation(obs, tokens.mask.to(device), sim, sim_mask, self.corr_kernel_size, self.corr_power).cpu()
+        corr = correlation(obs, tokens.mask.to(device), sim, sim_mask, self.corr_kernel_size, self.corr_power,
+                           self._disk_separation(phase)).cpu()
         return (corr, (sim, sim_mask)) if return_disks else corr
 
     @torch.inference_mode()
@@ -596,6 +598,12 @@ class TransformerOrientationMap:
             self._reflections[phase] = Reflections.from_crystal(self.crystals[phase], self.token_config.k_max,
                                                                 self.accel_voltage)
         return self._reflections[phase]
+
+    def _disk_separation(self, phase: int = 0) -> float:
+        """Lower bound (1/A) on the distance between two scored disks of one candidate (cached per phase)."""
+        if self._separations[phase] is None:
+            self._separations[phase] = self._get_reflections(phase).min_disk_separation(self.sigma_excitation_error)
+        return self._separations[phase]
 
     def _check_num_matches(self, num_matches_return: int, inversion_symmetry: bool) -> int:
         available = 4 if inversion_symmetry else 2

@@ -87,7 +87,11 @@ def geodesic_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Uses ``atan2(|vee(D - D^T)| / 2, (tr D - 1) / 2)`` with ``D = a^T b``, accurate near 0 and pi
     (``arccos`` of the trace loses all precision there). Broadcasts over leading dimensions.
     """
-    d = a.transpose(-1, -2) @ b
+    return _angle_of(a.transpose(-1, -2) @ b)
+
+
+def _angle_of(d: torch.Tensor) -> torch.Tensor:
+    """Rotation angle (radians) of (..., 3, 3) rotations ``d``, by the atan2 form of :func:`geodesic_angle`."""
     sin = 0.5 * torch.stack(
         [d[..., 2, 1] - d[..., 1, 2], d[..., 0, 2] - d[..., 2, 0], d[..., 1, 0] - d[..., 0, 1]],
         dim=-1,
@@ -134,17 +138,25 @@ def symmetry_min_angle(
         symmetry = torch.eye(3, dtype=true.dtype, device=true.device)[None]
     symmetry = symmetry.to(dtype=true.dtype, device=true.device)
     candidates = symmetry @ true[..., None, :, :]  # (..., K, 3, 3)
-    angles = geodesic_angle(pred[..., None, :, :], candidates)  # (..., K)
+    d = pred[..., None, :, :].transpose(-1, -2) @ candidates  # (..., K, 3, 3): pred^T S true
+    # the smallest angle has the largest trace (cos = (tr - 1) / 2): pick it there, then take the
+    # accurate angle of that one only; the flipped prediction (pred F)^T S true = F d has rows 0, 1 negated
+    trace = d[..., 0, 0] + d[..., 1, 1] + d[..., 2, 2]  # (..., K)
     flipped = None
     if allow_beam_flip:
-        flip_angles = geodesic_angle(beam_flip(pred)[..., None, :, :], candidates)
-        flipped = flip_angles < angles
-        angles = torch.minimum(angles, flip_angles)
-    best, index = angles.min(dim=-1)
+        flip_trace = 2 * d[..., 2, 2] - trace
+        flipped = flip_trace > trace
+        trace = torch.maximum(trace, flip_trace)
+    index = trace.argmax(-1)  # (...)
+    best_d = torch.gather(d, -3, index[..., None, None, None].expand(*index.shape, 1, 3, 3))[..., 0, :, :]
+    if flipped is not None:
+        flip = flipped.gather(-1, index[..., None])[..., 0]  # (...)
+        best_d = torch.where(flip[..., None, None], best_d * best_d.new_tensor(BEAM_FLIP)[:, None], best_d)
+    best = _angle_of(best_d)
     if not return_index:
         return best
     if flipped is not None:
-        return best, index, flipped.gather(-1, index[..., None])[..., 0]
+        return best, index, flip
     return best, index
 
 

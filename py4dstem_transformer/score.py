@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["correlation", "tokens_to_xy"]
+__all__ = ["correlation", "tokens_to_xy", "SEPARATED_KERNELS"]
 
 
 def tokens_to_xy(tokens: torch.Tensor) -> torch.Tensor:
@@ -32,8 +32,13 @@ def _overlap(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tenso
     return torch.einsum("bn,bnm,bm->b", wa, k, wb)
 
 
+#: Disks further apart than this many kernels add less than e^-16 (1e-7) of their weights to an overlap.
+SEPARATED_KERNELS = 8.0
+
+
 def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: torch.Tensor,
-                simulated_mask: torch.Tensor, kernel: float = 0.04, power: float = 0.5) -> torch.Tensor:
+                simulated_mask: torch.Tensor, kernel: float = 0.04, power: float = 0.5,
+                separation: float = 0.0) -> torch.Tensor:
     """Normalised correlation of observed and simulated disks.
 
     Parameters
@@ -47,6 +52,11 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
         Gaussian width (1/A) of each disk: the positional tolerance of the comparison.
     power : float
         Intensities enter as ``I ** power``.
+    separation : float
+        A lower bound (1/A) on the distance between two disks of one simulated pattern (e.g.
+        :meth:`~py4dstem_transformer.kinematics.Reflections.min_disk_separation`). Where it exceeds
+        ``SEPARATED_KERNELS`` kernels, ``<sim, sim>`` is its diagonal ``sum_j wb_j^2`` (the pairs add
+        less than 1e-7 of it), which saves the (M, M) self-overlap of every candidate.
 
     Returns
     -------
@@ -62,6 +72,6 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
     a, b = observed[..., :2], simulated[..., :2].reshape(B * C, M, 2)
     aa = _overlap(a, wa, a, wa, kernel)  # (B,) once per observed pattern
     ab = _overlap(a.repeat_interleave(C, 0), wa.repeat_interleave(C, 0), b, wb, kernel)  # (B * C,)
-    bb = _overlap(b, wb, b, wb, kernel)
+    bb = (wb * wb).sum(-1) if separation > SEPARATED_KERNELS * kernel else _overlap(b, wb, b, wb, kernel)
     corr = (ab / torch.sqrt(aa.repeat_interleave(C, 0) * bb).clamp_min(1e-30)).clamp(0, 1).view(B, C)
     return corr[:, 0] if single else corr
