@@ -220,7 +220,11 @@ def test_sure_sparse_patterns_are_not_turned(trained):
         mapper._network = lambda t, d, network=network, log=calls[name]: log.append(len(t)) or network(t, d)
         results[name] = mapper.predict_phases(tokens, num_matches=2, calibrated=False)  # raw scores
     assert calls["sure"] == [24] and calls["unsure"] == [24, 24, 24] and calls["always"] == [24, 24, 24]
-    np.testing.assert_allclose(results["unsure"][0], results["always"][0], atol=1e-5)
+    # the same orientations (candidates that converge together tie to float noise and may swap, as
+    # symmetry-equivalent matrices or within a hundredth of a degree) and the same scores
+    s = torch.as_tensor(TransformerOrientationMap(make_cu(), trained).symmetry)
+    apart = torch.rad2deg(symmetry_min_angle(torch.as_tensor(results["unsure"][0]), torch.as_tensor(results["always"][0]), s))
+    assert float(apart.max()) < 0.02
     np.testing.assert_allclose(results["unsure"][1], results["always"][1], atol=1e-5)
     unturned = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=1, polish_config=None,
                                          precision="fp32")
