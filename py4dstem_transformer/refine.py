@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .kinematics import Reflections, simulate_disks, simulate_disks_among
+from .score import square_distances
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]
 
@@ -54,6 +55,9 @@ class RefineConfig:
     subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
     damping: float = 1e-3
     max_step_deg: float = 3.0
+
+
+_FAR = 1e4  # 1/A: where a reflection that is not excited is put, so that no disk is assigned to it
 
 
 def skew(v: torch.Tensor) -> torch.Tensor:
@@ -113,7 +117,8 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
                                                       config.max_reflections, k_max, r_min, return_index=True)
             index = torch.gather(subset, 1, local)
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
-        d2 = torch.cdist(q, g_lab[..., :2]).square().masked_fill(~sim_mask[:, None, :], torch.inf)  # (B, N, K)
+        far = g_lab[..., :2].masked_fill(~sim_mask[..., None], _FAR)  # reflections not excited: out of reach
+        d2 = square_distances(q, far)  # (B, N, K)
         best, j = d2.min(-1)  # nearest candidate reflection of every observed disk
         w = (observed_mask & (best < radius**2)).float()  # (B, N) assigned disks
         pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q,
