@@ -90,6 +90,9 @@ class TransformerOrientationMap:
         With a calibrated model, a sparse pattern is first mapped unturned, and turned only if that
         answer's confidence is below this (1: always turn). Most sure answers stay right without
         the turns; they cost a quarter of the time.
+    sparse_min_disks : int
+        Patterns with fewer disks are never turned: from three disks, the turned predictions find no
+        better answer (docs/benchmarks.md).
     calibrated_confidence : bool
         Report ``corr`` as the model's calibrated probability that the orientation is within 5 deg of
         the truth (:mod:`.confidence`), where the model file holds a calibration; otherwise, and with
@@ -109,7 +112,7 @@ class TransformerOrientationMap:
     def __init__(self, crystal, model, device=None, precision: Optional[str] = None,
                  sigma_excitation_error: float = 0.04, corr_kernel_size: float = 0.03, corr_power: float = 0.25,
                  refine_config: RefineConfig = RefineConfig(), polish_config: Optional[PolishConfig] = PolishConfig(),
-                 sparse_disks: int = 12, sparse_turns: int = 4, sparse_confidence: float = 0.9,
+                 sparse_disks: int = 12, sparse_turns: int = 4, sparse_confidence: float = 0.85, sparse_min_disks: int = 4,
                  min_phase_probability: float = 0.02, calibrated_confidence: bool = True,
                  workers: Optional[int] = None):
         if not isinstance(model, OrientationModel):
@@ -132,6 +135,7 @@ class TransformerOrientationMap:
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.refine_config, self.polish_config, self.sparse_disks = refine_config, polish_config, sparse_disks
         self.sparse_turns, self.sparse_confidence, self.workers = sparse_turns, sparse_confidence, workers
+        self.sparse_min_disks = sparse_min_disks
         self.min_phase_probability = min_phase_probability
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", 300e3))
@@ -343,7 +347,7 @@ class TransformerOrientationMap:
         empty = tokens.counts == 0
         matrix[empty], probability[empty] = torch.eye(3), 1.0 / P
         # the wider search for sparse patterns only pays off when refinement follows
-        sparse = (tokens.counts <= self.sparse_disks) & refine
+        sparse = (tokens.counts >= self.sparse_min_disks) & (tokens.counts <= self.sparse_disks) & refine
         for subset, turns in ((~sparse & ~empty, 1), (sparse & ~empty, self.sparse_turns)):
             # with a calibration, a sparse pattern is turned only if its first answer is not already sure
             first = 1 if (self.calibration is not None and self.sparse_confidence < 1) else turns

@@ -205,6 +205,22 @@ def _constant_calibration(p):
     return Calibration((0.0,) * F, (1.0,) * F, ((0.0,) * F,), (0.0,), (0.0,), float(np.log(p / (1 - p))), {}, FEATURES)
 
 
+def test_patterns_with_too_few_disks_are_not_turned(trained):
+    """Below ``sparse_min_disks`` a pattern is mapped once, however unsure its answer."""
+    from conftest import kinematic_tokens
+
+    _, tokens, _ = kinematic_tokens(24, seed=8)
+    least = int(np.median(tokens.counts.numpy()))
+    mapper = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=3, sparse_min_disks=least,
+                                       polish_config=None, precision="fp32", sparse_confidence=0.85)
+    mapper.calibration = _constant_calibration(0.5)  # every answer unsure
+    network, calls = mapper._network, []
+    mapper._network = lambda t, d: calls.append(sorted(t.counts.tolist())) or network(t, d)
+    mapper.predict_phases(tokens)
+    few, enough = sorted(c for c in tokens.counts.tolist() if c < least), sorted(c for c in tokens.counts.tolist() if c >= least)
+    assert few and enough and calls == [few, enough, enough, enough]
+
+
 def test_sure_sparse_patterns_are_not_turned(trained):
     """With a calibration, a sparse pattern is turned only if its unturned answer is unsure; the unsure ones
     reuse the first pass's refined candidates and end where turning every pattern ends."""
