@@ -77,8 +77,10 @@ class Reflections:
 
 
 def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitation_error: float = 0.02,
-                   max_disks=48, k_max: float = None, r_min: float = 0.0, return_index: bool = False):
-    """Kinematic disks of ``B`` orientations, strongest first.
+                   max_disks=48, k_max: float = None, r_min: float = 0.0, return_index: bool = False,
+                   ordered: bool = True):
+    """Kinematic disks of ``B`` orientations, strongest first (``ordered=False``: in no particular order,
+    faster; only with an int ``max_disks``).
 
     Parameters
     ----------
@@ -102,21 +104,22 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     g = reflections.g.to(matrix.device)
     g_lab = torch.einsum("gi,bij->bgj", g, matrix.float())  # (B, G, 3): rows of (M.T g).T = g.T M, as one GEMM
     return _brightest(g_lab, (g * g).sum(-1), torch.log(reflections.intensity.to(matrix.device)),
-                      reflections.wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index)
+                      reflections.wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index, ordered)
 
 
 def simulate_disks_among(matrix: torch.Tensor, g: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
                          sigma_excitation_error: float = 0.02, max_disks=48, k_max: float = None, r_min: float = 0.0,
-                         return_index: bool = False):
+                         return_index: bool = False, ordered: bool = True):
     """:func:`simulate_disks` among each orientation's own reflections: ``g`` (B, K, 3) crystal frame (1/A) and
     ``log_f2`` (B, K) their ``ln |F|^2`` (-inf: not a reflection), e.g. a subset kept with ``return_index``.
     ``index`` (with ``return_index``) points into those K."""
     g_lab = g @ matrix.float()  # (B, K, 3): rows of (M.T g).T = g.T M
     return _brightest(g_lab, (g * g).sum(-1), log_f2, wavelength, sigma_excitation_error, max_disks, k_max, r_min,
-                      return_index)
+                      return_index, ordered)
 
 
-def _brightest(g_lab, g2, log_f2, wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index):
+def _brightest(g_lab, g2, log_f2, wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index,
+               ordered=True):
     """The brightest excited of (B, G, 3) lab-frame reflections (``g2`` their |g|^2, ``log_f2`` their
     ln |F|^2, broadcastable to (B, G)), as :func:`simulate_disks` returns them."""
     device = g_lab.device
@@ -125,7 +128,9 @@ def _brightest(g_lab, g2, log_f2, wavelength, sigma_excitation_error, max_disks,
                                   sigma_excitation_error, k_max, r_min)  # (B, G)
     limit = torch.as_tensor(max_disks, device=device)
     K = min(int(limit.max()), g_lab.shape[1])
-    top, index = torch.topk(log_i, K, dim=-1)  # (B, K), brightest first
+    if limit.ndim and not ordered:
+        raise ValueError("per-pattern disk limits need the disks ordered")
+    top, index = torch.topk(log_i, K, dim=-1, sorted=ordered)  # (B, K), brightest first if ordered
     xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
     if limit.ndim:

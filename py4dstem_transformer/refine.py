@@ -110,11 +110,12 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         radius = config.radii[min(it, len(config.radii) - 1)]
         if subset is None:
             _, sim_mask, index = simulate_disks(rot.transpose(-1, -2), reflections, config.candidate_sigma,
-                                                config.max_reflections, k_max, r_min, return_index=True)
+                                                config.max_reflections, k_max, r_min, return_index=True, ordered=False)
         else:
             _, sim_mask, local = simulate_disks_among(rot.transpose(-1, -2), subset_g, subset_log_f2,
                                                       reflections.wavelength, config.candidate_sigma,
-                                                      config.max_reflections, k_max, r_min, return_index=True)
+                                                      config.max_reflections, k_max, r_min, return_index=True,
+                                                      ordered=False)
             index = torch.gather(subset, 1, local)
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
         far = g_lab[..., :2].masked_fill(~sim_mask[..., None], _FAR)  # reflections not excited: out of reach
@@ -145,7 +146,7 @@ def _subset(matrix: torch.Tensor, reflections: Reflections, config: RefineConfig
     margin = config.subset_margin
     _, mask, index = simulate_disks(matrix, reflections, config.candidate_sigma + margin / 3, S,
                                     None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
-                                    return_index=True)
+                                    return_index=True, ordered=False)
     return index, mask
 
 
