@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Reflections", "simulate_disks", "simulate_disks_among", "excited_log_intensity"]
+__all__ = ["Reflections", "simulate_disks", "excited_log_intensity"]
 
 
 @dataclass
@@ -103,38 +103,19 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     """
     g = reflections.g.to(matrix.device)
     g_lab = torch.einsum("gi,bij->bgj", g, matrix.float())  # (B, G, 3): rows of (M.T g).T = g.T M, as one GEMM
-    return _brightest(g_lab, (g * g).sum(-1), torch.log(reflections.intensity.to(matrix.device)),
-                      reflections.wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index, ordered)
-
-
-def simulate_disks_among(matrix: torch.Tensor, g: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
-                         sigma_excitation_error: float = 0.02, max_disks=48, k_max: float = None, r_min: float = 0.0,
-                         return_index: bool = False, ordered: bool = True):
-    """:func:`simulate_disks` among each orientation's own reflections: ``g`` (B, K, 3) crystal frame (1/A) and
-    ``log_f2`` (B, K) their ``ln |F|^2`` (-inf: not a reflection), e.g. a subset kept with ``return_index``.
-    ``index`` (with ``return_index``) points into those K."""
-    g_lab = g @ matrix.float()  # (B, K, 3): rows of (M.T g).T = g.T M
-    return _brightest(g_lab, (g * g).sum(-1), log_f2, wavelength, sigma_excitation_error, max_disks, k_max, r_min,
-                      return_index, ordered)
-
-
-def _brightest(g_lab, g2, log_f2, wavelength, sigma_excitation_error, max_disks, k_max, r_min, return_index,
-               ordered=True):
-    """The brightest excited of (B, G, 3) lab-frame reflections (``g2`` their |g|^2, ``log_f2`` their
-    ln |F|^2, broadcastable to (B, G)), as :func:`simulate_disks` returns them."""
-    device = g_lab.device
     # rank by log-intensity (no exp over all B x G reflections), exponentiate only the kept ones
-    log_i = excited_log_intensity(g_lab[..., 2], g2, g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2, log_f2, wavelength,
+    log_i = excited_log_intensity(g_lab[..., 2], (g * g).sum(-1), g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2,
+                                  torch.log(reflections.intensity.to(matrix.device)), reflections.wavelength,
                                   sigma_excitation_error, k_max, r_min)  # (B, G)
-    limit = torch.as_tensor(max_disks, device=device)
-    K = min(int(limit.max()), g_lab.shape[1])
+    limit = torch.as_tensor(max_disks, device=matrix.device)
     if limit.ndim and not ordered:
         raise ValueError("per-pattern disk limits need the disks ordered")
+    K = min(int(limit.max()), g.shape[0])
     top, index = torch.topk(log_i, K, dim=-1, sorted=ordered)  # (B, K), brightest first if ordered
     xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
     if limit.ndim:
-        mask &= torch.arange(K, device=device) < limit[:, None]
+        mask &= torch.arange(K, device=matrix.device) < limit[:, None]
     return (disks, mask, index) if return_index else (disks, mask)
 
 

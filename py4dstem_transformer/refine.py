@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kinematics import Reflections, simulate_disks, simulate_disks_among
+from .kinematics import Reflections, excited_log_intensity, simulate_disks
 from .score import square_distances
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]
@@ -99,31 +99,31 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3): crystal -> lab
     q = observed[..., :2].float()  # (B, N, 2)
     log_i = torch.log(observed[..., 2].float().clamp_min(1e-6))  # (B, N)
-    g_all, f2_all = reflections.g.to(matrix.device), reflections.intensity.to(matrix.device)
+    g_all, log_f2_all = reflections.g.to(matrix.device), torch.log(reflections.intensity.to(matrix.device))
     subset, subset_mask = _subset(matrix, reflections, config, k_max, r_min)  # (B, S) each, or None
+    if subset is None:  # every reflection, every iteration
+        table_g, table_log_f2 = g_all, log_f2_all.expand(len(rot), -1)  # (G, 3), (B, G)
+        selectable = table_log_f2
+    else:
+        table_g, table_log_f2 = g_all[subset], log_f2_all[subset]  # (B, S, 3), (B, S)
+        selectable = table_log_f2.masked_fill(~subset_mask, -torch.inf)  # slots the subset did not fill: never
+    table_g2 = (table_g * table_g).sum(-1)
     law = torch.zeros(len(rot), 2, device=matrix.device)  # (ln c, tau): I = c |F|^2 exp(-tau s^2)
     law[:, 1] = 1 / (2 * config.sigma_excitation**2)
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
-    if subset is not None:
-        subset_g, subset_log_f2 = g_all[subset], torch.log(f2_all)[subset].masked_fill(~subset_mask, -torch.inf)
     for it in range(config.iterations):
         radius = config.radii[min(it, len(config.radii) - 1)]
-        if subset is None:
-            _, sim_mask, index = simulate_disks(rot.transpose(-1, -2), reflections, config.candidate_sigma,
-                                                config.max_reflections, k_max, r_min, return_index=True, ordered=False)
-        else:
-            _, sim_mask, local = simulate_disks_among(rot.transpose(-1, -2), subset_g, subset_log_f2,
-                                                      reflections.wavelength, config.candidate_sigma,
-                                                      config.max_reflections, k_max, r_min, return_index=True,
-                                                      ordered=False)
-            index = torch.gather(subset, 1, local)
-        g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
+        table_lab = (torch.einsum("gi,bji->bgj", table_g, rot) if subset is None
+                     else table_g @ rot.transpose(-1, -2))  # (B, T, 3): rows of (R g)
+        sim_mask, local = _excited(table_lab, table_g2, selectable, reflections.wavelength, config, k_max, r_min)
+        g_lab = torch.gather(table_lab, 1, local[..., None].expand(-1, -1, 3))  # (B, K, 3)
+        log_f2 = torch.gather(table_log_f2, 1, local)  # (B, K)
         far = g_lab[..., :2].masked_fill(~sim_mask[..., None], _FAR)  # reflections not excited: out of reach
         d2 = square_distances(q, far)  # (B, N, K)
         best, j = d2.min(-1)  # nearest candidate reflection of every observed disk
         w = (observed_mask & (best < radius**2)).float()  # (B, N) assigned disks
         pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q,
-                      log_i - torch.log(torch.gather(f2_all[index], 1, j)), w,
+                      log_i - torch.gather(log_f2, 1, j), w,
                       w * torch.exp(config.intensity_weight_power * log_i))
         sigma_xy = _position_noise(pair, config)  # (B,)
         step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy)  # (B, 5)
@@ -133,6 +133,17 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
     return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
+
+
+def _excited(table_lab: torch.Tensor, table_g2: torch.Tensor, table_log_f2: torch.Tensor, wavelength: float,
+             config: RefineConfig, k_max, r_min):
+    """``(mask (B, K), index (B, K))``: the ``max_reflections`` brightest reflections of each candidate's
+    table (lab frame (B, T, 3), ``|g|^2`` and ``ln |F|^2`` broadcastable to (B, T)) excited within the
+    ``candidate_sigma`` window, in no particular order (the assignment does not need one)."""
+    log_i = excited_log_intensity(table_lab[..., 2], table_g2, table_lab[..., 0] ** 2 + table_lab[..., 1] ** 2,
+                                  table_log_f2, wavelength, config.candidate_sigma, k_max, r_min)  # (B, T)
+    top, index = torch.topk(log_i, min(config.max_reflections, log_i.shape[-1]), dim=-1, sorted=False)
+    return torch.isfinite(top), index
 
 
 def _subset(matrix: torch.Tensor, reflections: Reflections, config: RefineConfig, k_max, r_min):

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from py4dstem_transformer.kinematics import Reflections, simulate_disks, simulate_disks_among
+from py4dstem_transformer.kinematics import Reflections, simulate_disks
 from py4dstem_transformer.rotations import beam_flip, random_rotations
 from py4dstem_transformer.score import correlation
 
@@ -26,24 +26,6 @@ def test_simulated_disks_match_py4dstem():
         assert len(got) == len(ref)
         key = lambda a: a[np.lexsort(np.round(a[:, :2], 4).T)]  # noqa: E731
         np.testing.assert_allclose(key(got), key(ref), atol=2e-6)
-
-
-def test_disks_among_a_subset_are_the_disks_of_that_subset():
-    reflections = Reflections.from_crystal(make_cu(), 2.0, 300e3)
-    m = random_rotations(30, seed=3)
-    limit = torch.arange(30) % 20 + 8  # each pattern its own number of disks
-    disks, mask, index = simulate_disks(m, reflections, 0.02, max_disks=limit, k_max=2.0, r_min=0.1, return_index=True)
-    # among every reflection: the same disks
-    g, log_f2 = reflections.g.expand(30, -1, -1), reflections.intensity.log().expand(30, -1)
-    same, same_mask = simulate_disks_among(m, g, log_f2, reflections.wavelength, 0.02, limit, 2.0, 0.1)
-    assert torch.equal(same_mask, mask) and torch.allclose(same[mask], disks[mask], atol=1e-6)
-    # among a wider selection (a wider window, more disks): still the same disks, indices into the selection
-    _, wide_mask, wide = simulate_disks(m, reflections, 0.05, max_disks=64, k_max=2.1, return_index=True)
-    sub_f2 = reflections.intensity.log()[wide].masked_fill(~wide_mask, -torch.inf)
-    among, among_mask, local = simulate_disks_among(m, reflections.g[wide], sub_f2, reflections.wavelength, 0.02,
-                                                    limit, 2.0, 0.1, return_index=True)
-    assert torch.equal(among_mask, mask) and torch.allclose(among[mask], disks[mask], atol=1e-6)
-    assert torch.equal(torch.gather(wide, 1, local)[mask], index[mask])
 
 
 def test_correlation_properties():
