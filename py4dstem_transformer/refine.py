@@ -190,18 +190,23 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     ``(ln c, tau)``; tau is pulled towards ``1 / 2 sigma_excitation^2`` by a weak prior, so the
     effective excitation width can follow the foil thickness.
     """
-    jac = -skew(p.g_lab)  # (B, N, 3, 3): d g_lab / d omega, rows x, y, z
-    e_xy = p.g_lab[..., :2] - p.q  # (B, N, 2)
-    s = p.g_lab[..., 2] - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)  # (B, N) excitation error
-    ds = jac[..., 2, :] - lam * torch.einsum("bnk,bnkj->bnj", p.g_lab, jac)  # (B, N, 3)
+    x, y, z = p.g_lab.unbind(-1)  # (B, N) each
+    zero = torch.zeros_like(x)
+    # d g_lab / d omega = -[g_lab]x, row by row; |g| does not change, so d s / d omega = d g_z / d omega
+    d_x, d_y, d_z = torch.stack([zero, z, -y], -1), torch.stack([-z, zero, x], -1), torch.stack([y, -x, zero], -1)
+    s = z - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)  # (B, N) excitation error
     log_c, tau = law[:, :1], law[:, 1:]
     e_i = p.log_ratio - log_c + tau * s**2  # (B, N)
-    j_i = torch.cat([(2 * tau * s)[..., None] * ds, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
-    j_xy = torch.cat([jac[..., :2, :], torch.zeros_like(jac[..., :2, :2])], -1)  # (B, N, 2, 5)
+    # the three residuals of every disk (x, y, intensity) as rows of one (B, 3N, 5) Jacobian
+    j_i = torch.cat([(2 * tau * s)[..., None] * d_z, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
+    pad = torch.zeros_like(d_x[..., :2])
+    jac = torch.stack([torch.cat([d_x, pad], -1), torch.cat([d_y, pad], -1), j_i], 2).flatten(1, 2)  # (B, 3N, 5)
+    e = torch.stack([x - p.q[..., 0], y - p.q[..., 1], e_i], 2).flatten(1, 2)  # (B, 3N)
     wx = p.weight / sigma_xy[:, None] ** 2
-    wi = p.intensity_weight / config.sigma_log_intensity**2
-    a = torch.einsum("bn,bnki,bnkj->bij", wx, j_xy, j_xy) + torch.einsum("bn,bni,bnj->bij", wi, j_i, j_i)
-    b = torch.einsum("bn,bnki,bnk->bi", wx, j_xy, e_xy) + torch.einsum("bn,bni,bn->bi", wi, j_i, e_i)
+    w = torch.stack([wx, wx, p.intensity_weight / config.sigma_log_intensity**2], 2).flatten(1, 2)  # (B, 3N)
+    weighted = (jac * w[..., None]).transpose(1, 2)  # (B, 5, 3N)
+    a = weighted @ jac  # (B, 5, 5)
+    b = (weighted @ e[..., None])[..., 0]  # (B, 5)
     tau0 = 1 / (2 * config.sigma_excitation**2)
     prior = config.tau_prior_weight / tau0**2  # weak prior on tau, in units of one disk's residual
     a[:, 4, 4] += prior
