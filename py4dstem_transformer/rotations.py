@@ -137,18 +137,21 @@ def symmetry_min_angle(
     if symmetry is None:
         symmetry = torch.eye(3, dtype=true.dtype, device=true.device)[None]
     symmetry = symmetry.to(dtype=true.dtype, device=true.device)
-    candidates = symmetry @ true[..., None, :, :]  # (..., K, 3, 3)
-    d = pred[..., None, :, :].transpose(-1, -2) @ candidates  # (..., K, 3, 3): pred^T S true
-    # the smallest angle has the largest trace (cos = (tr - 1) / 2): pick it there, then take the
-    # accurate angle of that one only; the flipped prediction (pred F)^T S true = F d has rows 0, 1 negated
-    trace = d[..., 0, 0] + d[..., 1, 1] + d[..., 2, 2]  # (..., K)
+    # the smallest angle has the largest trace (cos = (tr - 1) / 2): rank the K symmetry copies by trace
+    # alone, as one matrix product, and take the accurate angle of the best only.
+    # tr(pred^T S true) = sum_ij S_ij X_ji with X = true pred^T; the flipped prediction (pred F)^T S true =
+    # F d has the trace 2 d_22 - tr(d), with d_22 = pred[:, 2] . S true[:, 2]
+    pred, true = torch.broadcast_tensors(pred, true)
+    flat = symmetry.reshape(-1, 9)  # (K, 9): S_ij at 3 i + j
+    trace = ((true @ pred.transpose(-1, -2)).transpose(-1, -2).reshape(*pred.shape[:-2], 9) @ flat.T)  # (..., K)
     flipped = None
     if allow_beam_flip:
-        flip_trace = 2 * d[..., 2, 2] - trace
+        d22 = (pred[..., :, 2, None] * true[..., None, :, 2]).reshape(*pred.shape[:-2], 9) @ flat.T  # (..., K)
+        flip_trace = 2 * d22 - trace
         flipped = flip_trace > trace
         trace = torch.maximum(trace, flip_trace)
     index = trace.argmax(-1)  # (...)
-    best_d = torch.gather(d, -3, index[..., None, None, None].expand(*index.shape, 1, 3, 3))[..., 0, :, :]
+    best_d = pred.transpose(-1, -2) @ symmetry[index] @ true  # (..., 3, 3)
     if flipped is not None:
         flip = flipped.gather(-1, index[..., None])[..., 0]  # (...)
         best_d = torch.where(flip[..., None, None], best_d * best_d.new_tensor(BEAM_FLIP)[:, None], best_d)
