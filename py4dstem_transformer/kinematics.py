@@ -102,17 +102,19 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     index : (B, K) int64 tensor into ``reflections.g``, only with ``return_index``.
     """
     g = reflections.g.to(matrix.device)
-    g_lab = torch.einsum("gi,bij->bgj", g, matrix.float())  # (B, G, 3): rows of (M.T g).T = g.T M, as one GEMM
-    # rank by log-intensity (no exp over all B x G reflections), exponentiate only the kept ones
-    log_i = excited_log_intensity(g_lab[..., 2], (g * g).sum(-1), g_lab[..., 0] ** 2 + g_lab[..., 1] ** 2,
-                                  torch.log(reflections.intensity.to(matrix.device)), reflections.wavelength,
-                                  sigma_excitation_error, k_max, r_min)  # (B, G)
+    matrix = matrix.float()
+    # which reflections are excited, and how strongly, depends on the beam direction alone (a rotation keeps
+    # |g|): rank them from g_z = g . M[:, 2] and r^2 = |g|^2 - g_z^2, then place only the kept ones
+    g2 = (g * g).sum(-1)  # (G,)
+    gz = matrix[:, :, 2] @ g.T  # (B, G)
+    log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), torch.log(reflections.intensity.to(matrix.device)),
+                                  reflections.wavelength, sigma_excitation_error, k_max, r_min)  # (B, G)
     limit = torch.as_tensor(max_disks, device=matrix.device)
     if limit.ndim and not ordered:
         raise ValueError("per-pattern disk limits need the disks ordered")
     K = min(int(limit.max()), g.shape[0])
     top, index = torch.topk(log_i, K, dim=-1, sorted=ordered)  # (B, K), brightest first if ordered
-    xy = torch.gather(g_lab[..., :2], 1, index[..., None].expand(-1, -1, 2))
+    xy = (g[index] @ matrix)[..., :2]  # (B, K, 2): rows of (M.T g).T = g.T M
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
     if limit.ndim:
         mask &= torch.arange(K, device=matrix.device) < limit[:, None]
