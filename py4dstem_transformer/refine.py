@@ -113,10 +113,11 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
     for it in range(config.iterations):
         radius = config.radii[min(it, len(config.radii) - 1)]
-        table_lab = (torch.einsum("gi,bji->bgj", table_g, rot) if subset is None
-                     else table_g @ rot.transpose(-1, -2))  # (B, T, 3): rows of (R g)
-        sim_mask, local = _excited(table_lab, table_g2, selectable, reflections.wavelength, config, k_max, r_min)
-        g_lab = torch.gather(table_lab, 1, local[..., None].expand(-1, -1, 3))  # (B, K, 3)
+        beam = rot[:, 2]  # (B, 3): lab z in the crystal frame; the excitations depend on it alone
+        table_z = beam @ table_g.T if subset is None else (table_g @ beam[:, :, None])[..., 0]  # (B, T)
+        sim_mask, local = _excited(table_z, table_g2, selectable, reflections.wavelength, config, k_max, r_min)
+        index = local if subset is None else torch.gather(subset, 1, local)  # (B, K) into all reflections
+        g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
         log_f2 = torch.gather(table_log_f2, 1, local)  # (B, K)
         far = g_lab[..., :2].masked_fill(~sim_mask[..., None], _FAR)  # reflections not excited: out of reach
         d2 = square_distances(q, far)  # (B, N, K)
@@ -135,13 +136,13 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
 
 
-def _excited(table_lab: torch.Tensor, table_g2: torch.Tensor, table_log_f2: torch.Tensor, wavelength: float,
+def _excited(table_z: torch.Tensor, table_g2: torch.Tensor, table_log_f2: torch.Tensor, wavelength: float,
              config: RefineConfig, k_max, r_min):
     """``(mask (B, K), index (B, K))``: the ``max_reflections`` brightest reflections of each candidate's
-    table (lab frame (B, T, 3), ``|g|^2`` and ``ln |F|^2`` broadcastable to (B, T)) excited within the
+    table (lab z (B, T), ``|g|^2`` and ``ln |F|^2`` broadcastable to (B, T)) excited within the
     ``candidate_sigma`` window, in no particular order (the assignment does not need one)."""
-    log_i = excited_log_intensity(table_lab[..., 2], table_g2, table_lab[..., 0] ** 2 + table_lab[..., 1] ** 2,
-                                  table_log_f2, wavelength, config.candidate_sigma, k_max, r_min)  # (B, T)
+    log_i = excited_log_intensity(table_z, table_g2, (table_g2 - table_z * table_z).clamp_min(0.0), table_log_f2,
+                                  wavelength, config.candidate_sigma, k_max, r_min)  # (B, T)
     top, index = torch.topk(log_i, min(config.max_reflections, log_i.shape[-1]), dim=-1, sorted=False)
     return torch.isfinite(top), index
 
