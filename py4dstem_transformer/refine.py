@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kinematics import Reflections, excited_log_intensity, simulate_disks
+from .kinematics import Reflections, excited_log_intensity
 from .score import square_distances
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]
@@ -156,10 +156,13 @@ def _subset(matrix: torch.Tensor, reflections: Reflections, config: RefineConfig
     if not S or S >= len(reflections.g):
         return None, None
     margin = config.subset_margin
-    _, mask, index = simulate_disks(matrix, reflections, config.candidate_sigma + margin / 3, S,
-                                    None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
-                                    return_index=True, ordered=False)
-    return index, mask
+    g = reflections.g.to(matrix.device)
+    g2, gz = (g * g).sum(-1), matrix[:, :, 2].float() @ g.T  # (G,), (B, G): the excitations need the beam alone
+    log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), torch.log(reflections.intensity.to(g.device)),
+                                  reflections.wavelength, config.candidate_sigma + margin / 3,
+                                  None if k_max is None else k_max + margin, max(r_min - margin, 0.0))  # (B, G)
+    top, index = torch.topk(log_i, S, dim=-1, sorted=False)
+    return index, torch.isfinite(top)
 
 
 def _position_noise(p: "_Pairs", config: RefineConfig) -> torch.Tensor:
