@@ -51,7 +51,7 @@ class RefineConfig:
     candidate_sigma: float = 0.05  # wider window for the reflections disks may be assigned to
 
     max_reflections: int = 64
-    subset_reflections: int = 128  # reflections kept per candidate for the whole fit (0: all, every iteration)
+    subset_reflections: int = 96  # reflections kept per candidate for the whole fit (0: all, every iteration)
     subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
     damping: float = 1e-3
     max_step_deg: float = 3.0
