@@ -5,9 +5,9 @@ import torch
 
 from py4dstem_transformer.kinematics import Reflections, simulate_disks
 from py4dstem_transformer.rotations import beam_flip, random_rotations
-from py4dstem_transformer.score import correlation
+from py4dstem_transformer.score import SEPARATED_KERNELS, correlation
 
-from conftest import make_cu
+from conftest import make_cu, make_cu2o
 
 
 def test_simulated_disks_match_py4dstem():
@@ -45,3 +45,25 @@ def test_correlation_properties():
     assert torch.allclose(both, torch.stack([near, far], 1), atol=1e-6)
     empty = torch.zeros_like(mask)
     assert (correlation(disks, empty, disks, mask) == 0).all()
+
+
+def test_disk_separation_bound_holds_and_makes_the_self_overlap_shortcut_exact():
+    """Cu's disks in one pattern lie at least ``min_disk_separation`` apart (checked on 300 orientations),
+    far enough that ``<sim, sim>`` is its diagonal; Cu2O's can crowd, and it keeps the full sum."""
+    sigma, kernel, power = 0.04, 0.03, 0.25  # the mapper's defaults
+    reflections = Reflections.from_crystal(make_cu(), 2.1, 300e3)
+    bound = reflections.min_disk_separation(sigma)
+    assert bound > SEPARATED_KERNELS * kernel
+    m = random_rotations(300, seed=4)
+    disks, mask = simulate_disks(m, reflections, sigma, max_disks=48, k_max=2.1)
+    for b in range(300):
+        xy = disks[b][mask[b], :2].double()
+        d = torch.cdist(xy, xy) + torch.eye(len(xy), dtype=torch.float64) * 1e9
+        assert float(d.min()) >= bound
+    observed = disks + torch.randn(disks.shape, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.01, 0.01, 0.0])
+    candidates = torch.stack([disks, simulate_disks(beam_flip(m), reflections, sigma, 48, 2.1)[0]], 1)
+    candidate_mask = torch.stack([mask, simulate_disks(beam_flip(m), reflections, sigma, 48, 2.1)[1]], 1)
+    full = correlation(observed, mask, candidates, candidate_mask, kernel, power)
+    short = correlation(observed, mask, candidates, candidate_mask, kernel, power, separation=bound)
+    assert torch.allclose(full, short, atol=1e-6)
+    assert Reflections.from_crystal(make_cu2o(), 2.1, 300e3).min_disk_separation(sigma) <= SEPARATED_KERNELS * kernel
