@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Reflections", "simulate_disks", "excited_log_intensity"]
+__all__ = ["Reflections", "simulate_disks", "brightest_excited", "excited_log_intensity"]
 
 
 @dataclass
@@ -103,22 +103,34 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     """
     g = reflections.g.to(matrix.device)
     matrix = matrix.float()
-    # which reflections are excited, and how strongly, depends on the beam direction alone (a rotation keeps
-    # |g|): rank them from g_z = g . M[:, 2] and r^2 = |g|^2 - g_z^2, then place only the kept ones
-    g2 = (g * g).sum(-1)  # (G,)
-    gz = matrix[:, :, 2] @ g.T  # (B, G)
-    log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), torch.log(reflections.intensity.to(matrix.device)),
-                                  reflections.wavelength, sigma_excitation_error, k_max, r_min)  # (B, G)
     limit = torch.as_tensor(max_disks, device=matrix.device)
     if limit.ndim and not ordered:
         raise ValueError("per-pattern disk limits need the disks ordered")
-    K = min(int(limit.max()), g.shape[0])
-    top, index = torch.topk(log_i, K, dim=-1, sorted=ordered)  # (B, K), brightest first if ordered
+    # rank from the beam direction alone, then place only the kept ones
+    top, index = brightest_excited(matrix[:, :, 2] @ g.T, (g * g).sum(-1), torch.log(reflections.intensity.to(g.device)),
+                                   reflections.wavelength, sigma_excitation_error, int(limit.max()), k_max, r_min,
+                                   ordered)  # (B, K), brightest first if ordered
+    K = top.shape[-1]
     xy = (g[index] @ matrix)[..., :2]  # (B, K, 2): rows of (M.T g).T = g.T M
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
     if limit.ndim:
         mask &= torch.arange(K, device=matrix.device) < limit[:, None]
     return (disks, mask, index) if return_index else (disks, mask)
+
+
+def brightest_excited(gz: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
+                      sigma_excitation_error: float, count: int, k_max: float = None, r_min: float = 0.0,
+                      ordered: bool = True):
+    """``(log intensity (B, K), index (B, K))`` of the ``count`` (at most) brightest excited reflections.
+
+    Which reflections are excited, and how strongly, depends on the beam direction alone (a rotation keeps
+    ``|g|``): ``gz`` (B, T) is their lab z (``g . M[:, 2]``), ``g2`` their ``|g|^2`` and ``log_f2`` their
+    ``ln |F|^2`` (broadcastable to (B, T)); the in-plane radius follows as ``r^2 = |g|^2 - g_z^2``. The log
+    intensity is -inf where fewer are excited; ``ordered=False`` leaves them in no particular order (faster).
+    """
+    log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), log_f2, wavelength, sigma_excitation_error,
+                                  k_max, r_min)  # (B, T)
+    return torch.topk(log_i, min(count, log_i.shape[-1]), dim=-1, sorted=ordered)
 
 
 def excited_log_intensity(gz: torch.Tensor, g2: torch.Tensor, r2: torch.Tensor, log_f2: torch.Tensor,

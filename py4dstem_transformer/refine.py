@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kinematics import Reflections, excited_log_intensity
+from .kinematics import Reflections, brightest_excited
 from .score import square_distances
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]
@@ -100,14 +100,14 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     q = observed[..., :2].float()  # (B, N, 2)
     log_i = torch.log(observed[..., 2].float().clamp_min(1e-6))  # (B, N)
     g_all, log_f2_all = reflections.g.to(matrix.device), torch.log(reflections.intensity.to(matrix.device))
-    subset, subset_mask = _subset(matrix, reflections, config, k_max, r_min)  # (B, S) each, or None
+    g2_all = (g_all * g_all).sum(-1)  # (G,)
+    subset, subset_mask = _subset(matrix, g_all, g2_all, log_f2_all, reflections.wavelength, config, k_max, r_min)
     if subset is None:  # every reflection, every iteration
-        table_g, table_log_f2 = g_all, log_f2_all.expand(len(rot), -1)  # (G, 3), (B, G)
+        table_g, table_g2, table_log_f2 = g_all, g2_all, log_f2_all.expand(len(rot), -1)  # (G, 3), (G,), (B, G)
         selectable = table_log_f2
-    else:
-        table_g, table_log_f2 = g_all[subset], log_f2_all[subset]  # (B, S, 3), (B, S)
+    else:  # (B, S, 3), (B, S), (B, S)
+        table_g, table_g2, table_log_f2 = g_all[subset], g2_all[subset], log_f2_all[subset]
         selectable = table_log_f2.masked_fill(~subset_mask, -torch.inf)  # slots the subset did not fill: never
-    table_g2 = (table_g * table_g).sum(-1)
     law = torch.zeros(len(rot), 2, device=matrix.device)  # (ln c, tau): I = c |F|^2 exp(-tau s^2)
     law[:, 1] = 1 / (2 * config.sigma_excitation**2)
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
@@ -115,7 +115,10 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         radius = config.radii[min(it, len(config.radii) - 1)]
         beam = rot[:, 2]  # (B, 3): lab z in the crystal frame; the excitations depend on it alone
         table_z = beam @ table_g.T if subset is None else (table_g @ beam[:, :, None])[..., 0]  # (B, T)
-        sim_mask, local = _excited(table_z, table_g2, selectable, reflections.wavelength, config, k_max, r_min)
+        # the max_reflections brightest within the candidate window, in no order (the assignment needs none)
+        top, local = brightest_excited(table_z, table_g2, selectable, reflections.wavelength, config.candidate_sigma,
+                                       config.max_reflections, k_max, r_min, ordered=False)  # (B, K)
+        sim_mask = torch.isfinite(top)
         index = local if subset is None else torch.gather(subset, 1, local)  # (B, K) into all reflections
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
         log_f2 = torch.gather(table_log_f2, 1, local)  # (B, K)
@@ -136,32 +139,19 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
 
 
-def _excited(table_z: torch.Tensor, table_g2: torch.Tensor, table_log_f2: torch.Tensor, wavelength: float,
-             config: RefineConfig, k_max, r_min):
-    """``(mask (B, K), index (B, K))``: the ``max_reflections`` brightest reflections of each candidate's
-    table (lab z (B, T), ``|g|^2`` and ``ln |F|^2`` broadcastable to (B, T)) excited within the
-    ``candidate_sigma`` window, in no particular order (the assignment does not need one)."""
-    log_i = excited_log_intensity(table_z, table_g2, (table_g2 - table_z * table_z).clamp_min(0.0), table_log_f2,
-                                  wavelength, config.candidate_sigma, k_max, r_min)  # (B, T)
-    top, index = torch.topk(log_i, min(config.max_reflections, log_i.shape[-1]), dim=-1, sorted=False)
-    return torch.isfinite(top), index
-
-
-def _subset(matrix: torch.Tensor, reflections: Reflections, config: RefineConfig, k_max, r_min):
-    """``(index (B, S), mask (B, S))`` of the reflections each of (B, 3, 3) orientations can be assigned to
-    over the whole fit: the brightest ``subset_reflections`` it excites in a window widened by
-    ``subset_margin`` (how far excitation errors move while it converges). ``(None, None)`` when the
-    subset would not be smaller than all reflections."""
+def _subset(matrix: torch.Tensor, g: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
+            config: RefineConfig, k_max, r_min):
+    """``(index (B, S), mask (B, S))`` of the reflections (``g`` (G, 3), ``|g|^2`` and ``ln |F|^2`` (G,)) each
+    of (B, 3, 3) orientations can be assigned to over the whole fit: the brightest ``subset_reflections`` it
+    excites in a window widened by ``subset_margin`` (how far excitation errors move while it converges).
+    ``(None, None)`` when the subset would not be smaller than all reflections."""
     S = config.subset_reflections
-    if not S or S >= len(reflections.g):
+    if not S or S >= len(g):
         return None, None
     margin = config.subset_margin
-    g = reflections.g.to(matrix.device)
-    g2, gz = (g * g).sum(-1), matrix[:, :, 2].float() @ g.T  # (G,), (B, G): the excitations need the beam alone
-    log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), torch.log(reflections.intensity.to(g.device)),
-                                  reflections.wavelength, config.candidate_sigma + margin / 3,
-                                  None if k_max is None else k_max + margin, max(r_min - margin, 0.0))  # (B, G)
-    top, index = torch.topk(log_i, S, dim=-1, sorted=False)
+    top, index = brightest_excited(matrix[:, :, 2].float() @ g.T, g2, log_f2, wavelength,
+                                   config.candidate_sigma + margin / 3, S, None if k_max is None else k_max + margin,
+                                   max(r_min - margin, 0.0), ordered=False)
     return index, torch.isfinite(top)
 
 

@@ -139,11 +139,11 @@ def symmetry_min_angle(
     symmetry = symmetry.to(dtype=true.dtype, device=true.device)
     # the smallest angle has the largest trace (cos = (tr - 1) / 2): rank the K symmetry copies by trace
     # alone, as one matrix product, and take the accurate angle of the best only.
-    # tr(pred^T S true) = sum_ij S_ij X_ji with X = true pred^T; the flipped prediction (pred F)^T S true =
-    # F d has the trace 2 d_22 - tr(d), with d_22 = pred[:, 2] . S true[:, 2]
+    # tr(pred^T S true) = sum_ij S_ij (pred true^T)_ij; the flipped prediction (pred F)^T S true = F d has
+    # the trace 2 d_22 - tr(d), with d_22 = pred[:, 2] . S true[:, 2]
     pred, true = torch.broadcast_tensors(pred, true)
     flat = symmetry.reshape(-1, 9)  # (K, 9): S_ij at 3 i + j
-    trace = ((true @ pred.transpose(-1, -2)).transpose(-1, -2).reshape(*pred.shape[:-2], 9) @ flat.T)  # (..., K)
+    trace = (pred @ true.transpose(-1, -2)).reshape(*pred.shape[:-2], 9) @ flat.T  # (..., K)
     flipped = None
     if allow_beam_flip:
         d22 = (pred[..., :, 2, None] * true[..., None, :, 2]).reshape(*pred.shape[:-2], 9) @ flat.T  # (..., K)
