@@ -8,13 +8,13 @@ Public names: :class:`TransformerOrientationMap` (the drop-in for ``crystal.matc
 """
 
 from ._version import __version__
-from .mapper import TransformerOrientationMap
-from .model import ModelConfig, OrientationModel
+from .mapping.mapper import TransformerOrientationMap
+from .model.model import ModelConfig, OrientationModel
 from .pretrained import list_pretrained
-from .scan import simulate_scan
-from .simulate import generate_training_set, register as _register
-from .trainer import train
-from .training_set import TrainingSet
+from .simulation.scan import simulate_scan
+from .simulation.simulate import generate_training_set, register as _register
+from .training.trainer import train
+from .simulation.training_set import TrainingSet
 
 _register()
 

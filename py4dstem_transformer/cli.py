@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from ._version import __version__
 from .benchmarks.bench import add_bench_command
-from .simulate import add_simulate_command
+from .simulation.simulate import add_simulate_command
 
 __all__ = ["main", "build_parser", "environment_info"]
 
@@ -25,7 +25,7 @@ def environment_info() -> dict:
     import numpy
     import torch
 
-    from .device import cpu_has_fast_bf16, resolve_device
+    from .core.device import cpu_has_fast_bf16, resolve_device
 
     info = {
         "py4dstem_transformer": __version__,
@@ -80,10 +80,10 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .model import ModelConfig
-    from .trainer import train
-    from .phases import PhaseTrainingSet
-    from .training_set import TrainingSet
+    from .model.model import ModelConfig
+    from .training.trainer import train
+    from .simulation.phases import PhaseTrainingSet
+    from .simulation.training_set import TrainingSet
 
     sets = [TrainingSet.load(path) for path in args.training_set]
     training_set = sets[0] if len(sets) == 1 else PhaseTrainingSet(sets, names=args.names.split(",") if args.names else None)
@@ -139,7 +139,7 @@ def _add_train(sub) -> None:
 
 def _cmd_calibrate(args) -> int:
     from .benchmarks.common import load_mapper
-    from .confidence import attach_calibration, calibrate
+    from .mapping.confidence import attach_calibration, calibrate
 
     mapper = load_mapper(args.model)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
@@ -167,7 +167,7 @@ def _add_calibrate(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .evaluation.demo import run_demo
 
     run_demo(size=args.size, num_grains=args.grains, out=args.out, acom=not args.no_acom, seed=args.seed,
              progress_bar=not args.no_progress)

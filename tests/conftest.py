@@ -54,7 +54,7 @@ class KinematicSet:
     def __init__(self, n, seed=0, k_max=2.0, sigma=0.02, make=make_cu):
         from types import SimpleNamespace
 
-        from py4dstem_transformer.rotations import random_rotations
+        from py4dstem_transformer.core.rotations import random_rotations
 
         self._make = make
         crystal = make()
@@ -87,9 +87,9 @@ class KinematicSet:
 
 def kinematic_tokens(n, seed):
     """``(KinematicSet, tokens, Cu reflections out to 2.1 1/A)``: n kinematic Cu patterns as tokens."""
-    from py4dstem_transformer.data import PatternStore
-    from py4dstem_transformer.kinematics import Reflections
-    from py4dstem_transformer.tokens import TokenConfig, tokenize
+    from py4dstem_transformer.training.data import PatternStore
+    from py4dstem_transformer.core.kinematics import Reflections
+    from py4dstem_transformer.model.tokens import TokenConfig, tokenize
 
     ks = KinematicSet(n, seed=seed)
     batch = PatternStore(ks).gather(torch.arange(n))
@@ -99,7 +99,7 @@ def kinematic_tokens(n, seed):
 
 def damaged_disks(tokens, seed):
     """(B, N, 3) ``(qx, qy, I)`` of the tokens with 0.01 1/A position jitter and 20% intensity noise."""
-    from py4dstem_transformer.score import tokens_to_xy
+    from py4dstem_transformer.mapping.score import tokens_to_xy
 
     g = torch.Generator().manual_seed(seed)
     obs = tokens_to_xy(tokens.tokens).clone()
@@ -110,7 +110,7 @@ def damaged_disks(tokens, seed):
 
 def perturb(m, low_deg, high_deg, seed):
     """(B, 3, 3) float64 rotations turned about random axes by angles uniform in [low_deg, high_deg]."""
-    from py4dstem_transformer.refine import _exp_so3
+    from py4dstem_transformer.mapping.refine import _exp_so3
 
     g = torch.Generator().manual_seed(seed)
     axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
@@ -128,9 +128,9 @@ def kset():
 @pytest.fixture(scope="session")
 def trained(kset):
     """A tiny Cu model trained for ~10 s on ``kset``; good to ~7 deg median (beam flip allowed)."""
-    from py4dstem_transformer.augment import AugmentConfig
-    from py4dstem_transformer.model import ModelConfig
-    from py4dstem_transformer.trainer import train
+    from py4dstem_transformer.training.augment import AugmentConfig
+    from py4dstem_transformer.model.model import ModelConfig
+    from py4dstem_transformer.training.trainer import train
 
     light = AugmentConfig(p_drop_weak=0.2, p_drop_random=0.1, p_jitter=0.3, jitter_max=0.005, p_spurious=0.1)
     return train(kset, epochs=20, batch_size=128, lr=3e-3, warmup=50, val_fraction=0.1, seed=0, progress_bar=False,
@@ -140,7 +140,7 @@ def trained(kset):
 
 def scan_from_patterns(lists, scan_shape, origin=(127.3, 129.1), q_pixel_size=0.0125, direct_beam=10.0):
     """BraggVectors in raw detector pixels from calibrated (qx, qy, I) patterns, direct beam added."""
-    from py4dstem_transformer.peaks import Peaks, peaks_to_braggvectors
+    from py4dstem_transformer.io.peaks import Peaks, peaks_to_braggvectors
 
     raw = []
     for p in lists:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.augment import AugmentConfig, augment, rotate_in_plane
-from py4dstem_transformer.data import Batch, PatternStore, bucketed_batches, split_by_zone_axis
+from py4dstem_transformer.training.augment import AugmentConfig, augment, rotate_in_plane
+from py4dstem_transformer.training.data import Batch, PatternStore, bucketed_batches, split_by_zone_axis
 
 from conftest import KinematicSet
 

@@ -114,7 +114,7 @@ def test_update_docs_needs_the_markers(tmp_path):
 def test_staged_run_computes_what_match_orientations_computes():
     from py4dstem_transformer.benchmarks.common import load_mapper
     from py4dstem_transformer.benchmarks.stages import STAGES, staged_transformer_map
-    from py4dstem_transformer.scan import simulate_scan
+    from py4dstem_transformer.simulation.scan import simulate_scan
 
     mapper = load_mapper("Cu")
     bragg, truth = simulate_scan([mapper.crystal], scan_shape=(6, 6), num_grains=3, seed=3, progress_bar=False)

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from py4dstem_transformer.compare import misorientation_deg, roc_auc, summarize_errors
-from py4dstem_transformer.rotations import random_rotations, rotation_about_z
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.evaluation.compare import misorientation_deg, roc_auc, summarize_errors
+from py4dstem_transformer.core.rotations import random_rotations, rotation_about_z
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import make_cu
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.compare import roc_auc
-from py4dstem_transformer.confidence import (Calibration, attach_calibration, calibrate, confidence_features,
+from py4dstem_transformer.evaluation.compare import roc_auc
+from py4dstem_transformer.mapping.confidence import (Calibration, attach_calibration, calibrate, confidence_features,
                                              fit_calibration)
 
 from conftest import make_cu
@@ -54,10 +54,10 @@ def test_calibration_survives_a_weights_only_round_trip(tmp_path, trained):
 
 def test_mapper_reports_the_calibrated_probability():
     from py4dstem_transformer.pretrained import load_pretrained
-    from py4dstem_transformer.mapper import TransformerOrientationMap
-    from py4dstem_transformer.scan import simulate_orientations
-    from py4dstem_transformer.rotations import random_rotations
-    from py4dstem_transformer.tokens import braggvectors_to_tokens
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+    from py4dstem_transformer.simulation.scan import simulate_orientations
+    from py4dstem_transformer.core.rotations import random_rotations
+    from py4dstem_transformer.model.tokens import braggvectors_to_tokens
 
     model = load_pretrained("Cu")
     assert "confidence_calibration" in model.metadata  # the shipped model is calibrated
@@ -77,7 +77,7 @@ def test_mapper_reports_the_calibrated_probability():
 
 def test_calibrate_end_to_end_on_simulated_patterns():
     from py4dstem_transformer.pretrained import load_pretrained
-    from py4dstem_transformer.mapper import TransformerOrientationMap
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
 
     mapper = TransformerOrientationMap(make_cu(), load_pretrained("Cu"))
     shipped = mapper.calibration
@@ -89,7 +89,7 @@ def test_calibrate_end_to_end_on_simulated_patterns():
 
 
 def test_disk_agreement_by_hand():
-    from py4dstem_transformer.confidence import disk_agreement
+    from py4dstem_transformer.mapping.confidence import disk_agreement
 
     sim = torch.tensor([[[0.5, 0.0, 1.0], [0.0, 0.5, 1.0], [-0.5, 0.0, 1.0], [0.0, -0.5, 1.0]]])  # (1, 4, 3)
     sim_mask = torch.tensor([[True, True, True, False]])  # the last is not excited

@@ -28,7 +28,7 @@ def test_demo_command_runs_and_writes_pictures(tmp_path, capsys):
 
 
 def test_demo_accuracy_on_a_small_scan():
-    from py4dstem_transformer.demo import run_demo
+    from py4dstem_transformer.evaluation.demo import run_demo
 
     results = run_demo(size=12, num_grains=4, out="/tmp/_demo_test", acom=False, seed=1, progress_bar=False)
     r = results["transformer"]

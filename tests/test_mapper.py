@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.mapper import TransformerOrientationMap
-from py4dstem_transformer.model import ModelConfig, OrientationModel
-from py4dstem_transformer.rotations import beam_flip, symmetry_min_angle
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+from py4dstem_transformer.model.model import ModelConfig, OrientationModel
+from py4dstem_transformer.core.rotations import beam_flip, symmetry_min_angle
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import KinematicSet, kinematic_scan, make_cu, scan_from_patterns
 
@@ -47,7 +47,7 @@ def test_native_orientation_map(mapped):
 
 
 def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
-    from py4dstem_transformer.tokens import braggvectors_to_tokens
+    from py4dstem_transformer.model.tokens import braggvectors_to_tokens
 
     mapper, om, truth = mapped
     assert np.median(errors(om, truth, flip=True)) < 12
@@ -88,7 +88,7 @@ class LookupModel(OrientationModel):
 
 def test_true_orientation_beats_its_beam_flip():
     """With the network's answer replaced by the flipped truth, the arbiter must put the truth first."""
-    from py4dstem_transformer.tokens import braggvectors_to_tokens
+    from py4dstem_transformer.model.tokens import braggvectors_to_tokens
 
     truth = KinematicSet(30, seed=8)
     scan = kinematic_scan(truth, (5, 6))
@@ -184,8 +184,8 @@ def test_wrong_crystal_or_voltage_is_refused(trained):
 def test_repeated_hypotheses_are_refined_once(trained):
     """Test-time rotations of a sparse pattern often give the same orientation back: symmetry-equivalent,
     beam-flipped or within 1.5 deg of an earlier hypothesis, it is not refined again; a distinct one is."""
-    from py4dstem_transformer.refine import _exp_so3
-    from py4dstem_transformer.rotations import random_rotations, rotation_about_z
+    from py4dstem_transformer.mapping.refine import _exp_so3
+    from py4dstem_transformer.core.rotations import random_rotations, rotation_about_z
 
     mapper = TransformerOrientationMap(make_cu(), trained)
     m = random_rotations(6, seed=3).float()
@@ -199,7 +199,7 @@ def test_repeated_hypotheses_are_refined_once(trained):
 
 def _constant_calibration(p):
     """A calibration that calls every answer right with probability ``p``."""
-    from py4dstem_transformer.confidence import FEATURES, Calibration
+    from py4dstem_transformer.mapping.confidence import FEATURES, Calibration
 
     F = len(FEATURES)
     return Calibration((0.0,) * F, (1.0,) * F, ((0.0,) * F,), (0.0,), (0.0,), float(np.log(p / (1 - p))), {}, FEATURES)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from py4dstem_transformer.loss import orientation_loss, total_loss
-from py4dstem_transformer.model import ModelConfig, OrientationModel
-from py4dstem_transformer.rotations import random_rotations
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.model.loss import orientation_loss, total_loss
+from py4dstem_transformer.model.model import ModelConfig, OrientationModel
+from py4dstem_transformer.core.rotations import random_rotations
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import make_cu
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from py4dstem_transformer.orientation_map import build_orientation_map, ensure_plan, reduce_to_zone_axis_triangle
-from py4dstem_transformer.rotations import random_rotations
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.io.orientation_map import build_orientation_map, ensure_plan, reduce_to_zone_axis_triangle
+from py4dstem_transformer.core.rotations import random_rotations
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import KinematicSet, kinematic_scan, make_cu
 

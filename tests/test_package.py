@@ -57,7 +57,7 @@ def test_import_registers_generate_training_set_on_crystal():
 
     from conftest import make_cu
 
-    assert Crystal.generate_training_set.__module__ == "py4dstem_transformer.simulate"
+    assert Crystal.generate_training_set.__module__ == "py4dstem_transformer.simulation.simulate"
     ts = make_cu().generate_training_set(angle_step_zone_axis=15, thickness=[50.0], progress_bar=False)
     assert isinstance(ts, py4dstem_transformer.TrainingSet) and len(ts) > 0
     assert np.isclose(ts.config.accel_voltage, 300e3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import KinematicSet, kinematic_scan, make_cu, make_cu2o, make_mg
 
-from py4dstem_transformer.loss import orientation_loss
-from py4dstem_transformer.phases import PhaseTrainingSet, formula, padded_symmetry, phase_symmetries
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.model.loss import orientation_loss
+from py4dstem_transformer.simulation.phases import PhaseTrainingSet, formula, padded_symmetry, phase_symmetries
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,9 @@ def two_sets():
 @pytest.fixture(scope="module")
 def joint(two_sets):
     """A tiny Cu + Cu2O model, ~20 s of training."""
-    from py4dstem_transformer.augment import AugmentConfig
-    from py4dstem_transformer.model import ModelConfig
-    from py4dstem_transformer.trainer import train
+    from py4dstem_transformer.training.augment import AugmentConfig
+    from py4dstem_transformer.model.model import ModelConfig
+    from py4dstem_transformer.training.trainer import train
 
     both = PhaseTrainingSet(two_sets, names=["Cu", "Cu2O"])
     light = AugmentConfig(p_drop_weak=0.2, p_drop_random=0.1, p_jitter=0.3, jitter_max=0.005, p_spurious=0.1)
@@ -94,8 +94,8 @@ def test_joint_model_learns_phase_and_orientation(joint, two_sets):
 
 
 def test_a_list_of_sets_trains_the_same_as_a_phase_training_set(two_sets):
-    from py4dstem_transformer.model import ModelConfig
-    from py4dstem_transformer.trainer import train
+    from py4dstem_transformer.model.model import ModelConfig
+    from py4dstem_transformer.training.trainer import train
 
     kw = dict(epochs=None, max_minutes=None, batch_size=64, progress_bar=False, val_fraction=0.1, seed=3,
               model_config=ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_phases=2), precision="fp32")
@@ -133,7 +133,7 @@ def test_match_phases_gives_native_maps_per_crystal(joint, two_sets):
     from py4DSTEM.process.diffraction import CrystalPhase
 
     from py4dstem_transformer import TransformerOrientationMap
-    from py4dstem_transformer.phase_map import PhaseMap
+    from py4dstem_transformer.io.phase_map import PhaseMap
 
     scan, phase, _ = _two_phase_scan(two_sets)
     crystals = [make_cu(), make_cu2o()]
@@ -172,8 +172,8 @@ def test_the_wrong_number_of_crystals_is_refused(joint):
 
 def test_init_weights_copies_a_single_phase_model_into_a_joint_one(two_sets):
     """Fine-tuning start: every weight but the new phase head comes from the source model."""
-    from py4dstem_transformer.model import ModelConfig, OrientationModel
-    from py4dstem_transformer.trainer import train
+    from py4dstem_transformer.model.model import ModelConfig, OrientationModel
+    from py4dstem_transformer.training.trainer import train
 
     small = [KinematicSet(40, seed=7, make=make_cu), KinematicSet(40, seed=8, make=make_cu2o)]
     arch = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, k_max=2.1)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from py4dstem_transformer.kinematics import simulate_disks
-from py4dstem_transformer.polish import PolishConfig, polish_orientations
-from py4dstem_transformer.rotations import symmetry_min_angle
-from py4dstem_transformer.score import correlation, tokens_to_xy
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.core.kinematics import simulate_disks
+from py4dstem_transformer.mapping.polish import PolishConfig, polish_orientations
+from py4dstem_transformer.core.rotations import symmetry_min_angle
+from py4dstem_transformer.mapping.score import correlation, tokens_to_xy
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import damaged_disks, kinematic_tokens, make_cu, perturb
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from py4dstem_transformer.refine import RefineConfig, _exp_so3, refine_orientations, skew
-from py4dstem_transformer.rotations import symmetry_min_angle
-from py4dstem_transformer.score import tokens_to_xy
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.mapping.refine import RefineConfig, _exp_so3, refine_orientations, skew
+from py4dstem_transformer.core.rotations import symmetry_min_angle
+from py4dstem_transformer.mapping.score import tokens_to_xy
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import damaged_disks, kinematic_tokens, make_cu, perturb
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from py4dstem_transformer.rotations import (
+from py4dstem_transformer.core.rotations import (
     beam_flip,
     geodesic_angle,
     random_rotations,
@@ -16,7 +16,7 @@ from py4dstem_transformer.rotations import (
     symmetric_orthogonalization,
     symmetry_min_angle,
 )
-from py4dstem_transformer.symmetry import point_group_rotations
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import make_cu
 

@@ -5,9 +5,9 @@ import pytest
 from scipy.spatial import cKDTree
 
 from conftest import make_cu, make_cu2o, oracle_crystal
-from py4dstem_transformer.peaks import peaks_from_braggvectors
-from py4dstem_transformer.scan import simulate_scan, voronoi_grains
-from py4dstem_transformer.simulator import single_blas_thread
+from py4dstem_transformer.io.peaks import peaks_from_braggvectors
+from py4dstem_transformer.simulation.scan import simulate_scan, voronoi_grains
+from py4dstem_transformer.simulation.simulator import single_blas_thread
 
 K_MAX = 2.1
 
@@ -133,7 +133,7 @@ def test_same_seed_same_scan_and_crystals_untouched():
 
 
 def test_scan_feeds_the_tokenizer():
-    from py4dstem_transformer.tokens import TokenConfig, braggvectors_to_tokens
+    from py4dstem_transformer.model.tokens import TokenConfig, braggvectors_to_tokens
 
     bv, truth = simulate_scan(make_cu(), scan_shape=(10, 10), num_grains=2, dynamical=False, seed=0,
                               progress_bar=False)

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from py4dstem_transformer.kinematics import Reflections, simulate_disks
-from py4dstem_transformer.rotations import beam_flip, random_rotations
-from py4dstem_transformer.score import SEPARATED_KERNELS, correlation
+from py4dstem_transformer.core.kinematics import Reflections, simulate_disks
+from py4dstem_transformer.core.rotations import beam_flip, random_rotations
+from py4dstem_transformer.mapping.score import SEPARATED_KERNELS, correlation
 
 from conftest import make_cu, make_cu2o
 

@@ -6,11 +6,11 @@ import pytest
 from scipy.spatial import cKDTree
 
 from conftest import make_cu, make_cu2o, make_zns, oracle_crystal
-from py4dstem_transformer import simulate
-from py4dstem_transformer.rotations import random_rotations
-from py4dstem_transformer.simulate import generate_training_set
-from py4dstem_transformer.simulator import is_collinear, single_blas_thread
-from py4dstem_transformer.training_set import in_plane_rotation
+from py4dstem_transformer.simulation import simulate
+from py4dstem_transformer.core.rotations import random_rotations
+from py4dstem_transformer.simulation.simulate import generate_training_set
+from py4dstem_transformer.simulation.simulator import is_collinear, single_blas_thread
+from py4dstem_transformer.simulation.training_set import in_plane_rotation
 
 K_MAX = 2.1
 
@@ -117,7 +117,7 @@ def test_dedup_of_identical_thicknesses():
 
 
 def test_systematic_rows_are_dropped():
-    from py4dstem_transformer.zone_axes import fundamental_zone, pattern_symmetry
+    from py4dstem_transformer.core.zone_axes import fundamental_zone, pattern_symmetry
 
     directions = fundamental_zone(pattern_symmetry(make_cu())).grid(2.0)[200:210]  # rows appear here
     ts = generate_training_set(make_cu(), zone_axes=directions, progress_bar=False)
@@ -196,7 +196,7 @@ def test_register_adds_crystal_method():
 def test_cli_simulate_writes_a_loadable_set(tmp_path):
     import argparse
 
-    from py4dstem_transformer.training_set import TrainingSet
+    from py4dstem_transformer.simulation.training_set import TrainingSet
 
     parser = argparse.ArgumentParser()
     simulate.add_simulate_command(parser.add_subparsers())

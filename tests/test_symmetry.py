@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.symmetry import check_structure_factor_invariance, point_group_rotations
+from py4dstem_transformer.core.symmetry import check_structure_factor_invariance, point_group_rotations
 
 from conftest import make_cu, make_cu2o, make_mg, make_zns
 

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from py4dstem_transformer.calibration import DetectorCalibration
-from py4dstem_transformer.peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors, read_peaks
-from py4dstem_transformer.tokens import TokenConfig, braggvectors_to_tokens, scan_tokens, tokenize
+from py4dstem_transformer.io.detector import DetectorCalibration
+from py4dstem_transformer.io.peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors, read_peaks
+from py4dstem_transformer.model.tokens import TokenConfig, braggvectors_to_tokens, scan_tokens, tokenize
 
 
 def random_braggvectors(seed, shape=(5, 4), max_peaks=40, ellipse=True, rotate=True, flip=False):

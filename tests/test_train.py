@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer import trainer as train_module
-from py4dstem_transformer.augment import rotate_in_plane
-from py4dstem_transformer.data import PatternStore
-from py4dstem_transformer.model import ModelConfig, OrientationModel
-from py4dstem_transformer.rotations import random_rotations, rotation_about_z, symmetry_min_angle
-from py4dstem_transformer.symmetry import point_group_rotations
-from py4dstem_transformer.tokens import TokenConfig, tokenize
-from py4dstem_transformer.trainer import train
+from py4dstem_transformer.training import trainer as train_module
+from py4dstem_transformer.training.augment import rotate_in_plane
+from py4dstem_transformer.training.data import PatternStore
+from py4dstem_transformer.model.model import ModelConfig, OrientationModel
+from py4dstem_transformer.core.rotations import random_rotations, rotation_about_z, symmetry_min_angle
+from py4dstem_transformer.core.symmetry import point_group_rotations
+from py4dstem_transformer.model.tokens import TokenConfig, tokenize
+from py4dstem_transformer.training.trainer import train
 
 from conftest import KinematicSet, make_cu
 
@@ -106,7 +106,7 @@ def test_metadata_describes_the_training_data(trained):
 def test_history_plot(trained):
     import matplotlib.pyplot as plt
 
-    from py4dstem_transformer.trainer import plot_history
+    from py4dstem_transformer.training.trainer import plot_history
 
     fig, (ax_loss, ax_val) = plot_history(trained, returnfig=True)
     assert len(ax_val.lines[0].get_xdata()) == len(trained.history["val_step"])

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_cu, make_zns
-from py4dstem_transformer.simulate import generate_training_set
-from py4dstem_transformer.training_set import (
+from py4dstem_transformer.simulation.simulate import generate_training_set
+from py4dstem_transformer.simulation.training_set import (
     TrainingSet,
     TrainingSetConfig,
     in_plane_rotation,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.mapper import TransformerOrientationMap
-from py4dstem_transformer.workers import resolve_workers, split_interleaved, worker_pool
+from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+from py4dstem_transformer.mapping.workers import resolve_workers, split_interleaved, worker_pool
 
 from conftest import KinematicSet, kinematic_scan, make_cu
 
@@ -47,7 +47,7 @@ def test_workers_give_the_same_map(trained):
     """Each position's answer lands in its own place. Shares batch differently (padding, one thread), so a
     near-tie between a candidate and its flip partner may rank the other way: compare the best matches up
     to symmetry, and demand all but a few of them equal."""
-    from py4dstem_transformer.rotations import symmetry_min_angle
+    from py4dstem_transformer.core.rotations import symmetry_min_angle
 
     truth = KinematicSet(40, seed=11)
     scan = kinematic_scan(truth, (5, 8))

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_cu, make_cu2o, make_mg, make_zns
-from py4dstem_transformer.simulator import PatternSimulator
-from py4dstem_transformer.symmetry import point_group_rotations
-from py4dstem_transformer.zone_axes import (
+from py4dstem_transformer.simulation.simulator import PatternSimulator
+from py4dstem_transformer.core.symmetry import point_group_rotations
+from py4dstem_transformer.core.zone_axes import (
     fundamental_zone,
     pattern_symmetry,
     point_group_operations,

@@ -4,7 +4,7 @@
 
 Test patterns: orientations uniform on SO(3), Bloch-wave, thickness uniform in 20-500 A, 300 kV,
 given as raw detector pixels + calibration with the direct beam present
-(:func:`~py4dstem_transformer.scan.simulate_orientations`), clean and damaged (0.01 1/A jitter, 20%
+(:func:`~py4dstem_transformer.simulation.scan.simulate_orientations`), clean and damaged (0.01 1/A jitter, 20%
 intensity noise, weakest 20% of disks dropped, one spurious disk). Errors are symmetry-reduced
 misorientations, strict and with the beam flip allowed; ``corr AUC`` is the ROC AUC of the
 confidence for right (< 5 deg strict) vs wrong. ACOM is py4DSTEM's ``match_orientations`` with its
@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from ..compare import acom_default, evaluate_orientation_map, summarize_errors
-from ..scan import simulate_random_orientations
+from ..evaluation.compare import acom_default, evaluate_orientation_map, summarize_errors
+from ..simulation.scan import simulate_random_orientations
 
 
 def test_set(crystal, n: int, seed: int, damaged: bool):
@@ -52,8 +52,8 @@ def by_disk_count(errors: np.ndarray, counts: np.ndarray, bins=((0, 6), (7, 12),
 
 
 def main(argv=None) -> dict:
-    from ..mapper import crystal_from_metadata
-    from ..tokens import braggvectors_to_tokens
+    from ..io.crystal import crystal_from_metadata
+    from ..model.tokens import braggvectors_to_tokens
     from .common import load_mapper
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

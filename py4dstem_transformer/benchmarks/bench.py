@@ -1,6 +1,6 @@
 """``py4dstem-transformer bench``: py4DSTEM's ACOM and the transformer side by side on the same scans.
 
-For every scan size N, one simulated Cu polycrystal (:func:`~py4dstem_transformer.scan.simulate_scan`:
+For every scan size N, one simulated Cu polycrystal (:func:`~py4dstem_transformer.simulation.scan.simulate_scan`:
 Voronoi grains with random orientations, Bloch-wave patterns 20-500 A thick, one-pixel vacuum grain
 boundaries, raw detector pixels with a drifting origin) goes as the same in-memory ``BraggVectors``
 to both methods:
@@ -111,7 +111,7 @@ def _pyxem_note(skip: Optional[str]) -> str:
 
 def bench_size(config: BenchConfig, size: int, seed: int, pyxem: bool = False, keep_maps: bool = False):
     """One N x N scan through every method: ``(row, accuracy per method, maps or None)``."""
-    from ..scan import simulate_scan
+    from ..simulation.scan import simulate_scan
 
     grains = config.grains or grains_for(size)
     (bragg, truth), simulate_s = timed(simulate_scan, [_crystal(config)], scan_shape=(size, size), num_grains=grains,
@@ -134,7 +134,7 @@ def bench_size(config: BenchConfig, size: int, seed: int, pyxem: bool = False, k
 def _accuracy(om, om_acom, truth, pick: np.ndarray, symmetry) -> dict:
     """Each method against the truth on crystalline positions: the transformer on all of them and on
     ACOM's, ACOM on its own (``om_acom`` holds exactly the positions ``pick``)."""
-    from ..compare import evaluate_orientation_map
+    from ..evaluation.compare import evaluate_orientation_map
 
     crystalline = truth.phase >= 0
     truth_at, mask_at = _truth_at(truth, pick)
@@ -150,7 +150,7 @@ def _truth_at(truth, pick: np.ndarray):
 
 def _crystal(config: BenchConfig):
     """A fresh py4DSTEM Crystal of the model's material (nothing computed on it yet)."""
-    from ..mapper import crystal_from_metadata
+    from ..io.crystal import crystal_from_metadata
 
     return crystal_from_metadata(_model_metadata(config.model))
 
@@ -177,7 +177,7 @@ def _run_transformer(config: BenchConfig, bragg):
 
 def _run_acom(config: BenchConfig, bragg, pick: np.ndarray):
     """ACOM with its default plan on the positions ``pick``; extrapolated per pattern to the whole scan."""
-    from ..compare import acom_match, acom_plan
+    from ..evaluation.compare import acom_match, acom_plan
 
     n = int(np.prod(bragg.Rshape))
     extrapolated = len(pick) < n
@@ -194,7 +194,7 @@ def _run_acom(config: BenchConfig, bragg, pick: np.ndarray):
 
 def _run_pyxem(config: BenchConfig, bragg, pick, truth, symmetry):
     """pyxem on ACOM's positions: (speed row, accuracy); a failure is reported, not raised."""
-    from ..compare import evaluate_orientation_map
+    from ..evaluation.compare import evaluate_orientation_map
     from .pyxem_matching import pyxem_match
 
     n = int(np.prod(bragg.Rshape))
@@ -220,7 +220,7 @@ def _run_file(config: BenchConfig, bragg, mapper, om_memory, acom_row: dict) -> 
 
     import py4DSTEM
 
-    from ..peaks import read_peaks
+    from ..io.peaks import read_peaks
 
     quiet = contextlib.redirect_stderr(io.StringIO()) if not config.progress_bar else contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as folder, quiet:
@@ -255,7 +255,7 @@ def _accuracy_row(evaluation: dict) -> dict:
 
 def pooled_accuracy(errors: dict) -> dict:
     """Per method, the errors of every scan together: strict and flip summaries and corr ROC AUC."""
-    from ..compare import roc_auc, summarize_errors
+    from ..evaluation.compare import roc_auc, summarize_errors
 
     pooled = {}
     for method, parts in errors.items():
@@ -270,7 +270,7 @@ def pooled_accuracy(errors: dict) -> dict:
 
 def _maps(mapper, truth, om, om_acom, pick, size: int) -> dict:
     """The maps the figure shows; ACOM's positions outside ``pick`` are left empty (corr 0)."""
-    from ..orientation_map import build_orientation_map
+    from ..io.orientation_map import build_orientation_map
 
     n = size * size
     label = "ACOM" if len(pick) == n else f"ACOM ({len(pick)} of {n} positions)"
@@ -285,8 +285,8 @@ def _maps(mapper, truth, om, om_acom, pick, size: int) -> dict:
 def _warm_up(config: BenchConfig) -> None:
     """Both methods once on an 8 x 8 scan of 32 grains, so first-call costs (imports, torch kernels for
     each padded length) stay out of the timings."""
-    from ..compare import acom_default
-    from ..scan import simulate_scan
+    from ..evaluation.compare import acom_default
+    from ..simulation.scan import simulate_scan
 
     bragg, _ = simulate_scan([_crystal(config)], scan_shape=(8, 8), num_grains=32, seed=12345, vacuum_boundaries=False,
                              progress_bar=False)
@@ -301,7 +301,7 @@ def machine_info(config: BenchConfig) -> dict:
     import torch
 
     from ..cli import environment_info
-    from ..device import autocast_dtype, resolve_device
+    from ..core.device import autocast_dtype, resolve_device
 
     info = environment_info()
     device = resolve_device(config.device)

@@ -18,7 +18,7 @@ __all__ = ["plot_all", "plot_scaling", "plot_stages", "plot_errors"]
 
 def plot_all(report: dict, raw: dict, folder) -> list:
     """Every figure into ``folder`` as ``bench_{scaling,stages,errors,maps}.png``; returns the paths."""
-    from ..demo import plot_comparison
+    from ..evaluation.demo import plot_comparison
 
     folder = Path(folder)
     paths = [plot_scaling(report, folder / "bench_scaling.png"), plot_stages(report, folder / "bench_stages.png"),

@@ -15,8 +15,9 @@ __all__ = ["load_mapper", "timed", "random_positions", "subset_braggvectors"]
 
 def load_mapper(model: str = "Cu", device=None, precision: Optional[str] = None):
     """A fresh ``TransformerOrientationMap`` for a pretrained name or a model file, with its own crystal(s)."""
-    from ..mapper import TransformerOrientationMap, crystals_from_metadata
-    from ..model import OrientationModel
+    from ..io.crystal import crystals_from_metadata
+    from ..mapping.mapper import TransformerOrientationMap
+    from ..model.model import OrientationModel
     from ..pretrained import list_pretrained, load_pretrained
 
     loaded = load_pretrained(model) if model in list_pretrained() else OrientationModel.load(model)
@@ -44,7 +45,7 @@ def subset_braggvectors(bragg, pick: np.ndarray):
     Raw vectors, per-position origin and Q pixel size are carried over, so the subset is mapped
     exactly as those positions of the full scan would be.
     """
-    from ..peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors
+    from ..io.peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors
 
     peaks = peaks_from_braggvectors(bragg)
     o = peaks.offsets

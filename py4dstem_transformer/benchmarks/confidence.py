@@ -14,8 +14,8 @@ Scores compared, each as a flag for "strict error >= 5 deg":
 * ``(s1 - s2) (1 - exp(-n / 8))``: the margin, discounted for sparse patterns;
 * ``explained``, ``-unmatched``, ``-residual``, ``-moved``: how the reported orientation's disks pair
   with the observed ones, and how far it lies from the network's prediction (the other features
-  of the calibration, :mod:`~py4dstem_transformer.confidence`), each signed so that higher means right;
-* ``calibrated``: the model's calibrated probability (:mod:`~py4dstem_transformer.confidence`), the
+  of the calibration, :mod:`~py4dstem_transformer.mapping.confidence`), each signed so that higher means right;
+* ``calibrated``: the model's calibrated probability (:mod:`~py4dstem_transformer.mapping.confidence`), the
   shipped ``corr`` where the model file holds a calibration; with its mean against the fraction right.
 """
 
@@ -26,7 +26,7 @@ import argparse
 import numpy as np
 import torch
 
-from ..compare import misorientation_deg, roc_auc
+from ..evaluation.compare import misorientation_deg, roc_auc
 from .accuracy import test_set
 
 
@@ -43,8 +43,8 @@ def confidence_scores(s1: np.ndarray, s2: np.ndarray, n_disks: np.ndarray, named
 
 
 def main(argv=None) -> dict:
-    from ..mapper import crystal_from_metadata
-    from ..tokens import braggvectors_to_tokens
+    from ..io.crystal import crystal_from_metadata
+    from ..model.tokens import braggvectors_to_tokens
     from .common import load_mapper
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

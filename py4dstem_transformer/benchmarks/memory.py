@@ -2,7 +2,7 @@
 
 ``python -m py4dstem_transformer.benchmarks.memory [--size 1024] [--disks 40] [--no-refine]``
 
-Maps flat peaks (what :func:`~py4dstem_transformer.peaks.read_peaks` returns for a file) with the
+Maps flat peaks (what :func:`~py4dstem_transformer.io.peaks.read_peaks` returns for a file) with the
 shipped Cu model and prints the process's resident memory before and at its peak (Linux
 ``/proc/self/status``). The peaks are synthetic (:func:`.tokens.synthetic_peaks`); memory does not
 depend on what they are.
@@ -23,7 +23,7 @@ def _status_gb(key: str) -> float:
 
 
 def main(argv=None) -> dict:
-    from ..mapper import TransformerOrientationMap
+    from ..mapping.mapper import TransformerOrientationMap
     from .tokens import synthetic_peaks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,7 +5,7 @@
 
 The scan is the paper's (method.md section 6): N x N positions, Voronoi grains (one-pixel vacuum
 boundaries), each grain Cu or Cu2O at random, uniformly random orientations, Bloch-wave patterns,
-300 kV, raw detector pixels + calibration (:func:`~py4dstem_transformer.scan.simulate_scan`); its
+300 kV, raw detector pixels + calibration (:func:`~py4dstem_transformer.simulation.scan.simulate_scan`); its
 orientations are drawn fresh, never used in training. Compared, on the same BraggVectors:
 
 * the joint model: ``match_phases`` on every position (phase = largest corr);
@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 
-from ..compare import _quiet, acom_match, acom_plan, misorientation_deg, roc_auc, summarize_errors
+from ..evaluation.compare import _quiet, acom_match, acom_plan, misorientation_deg, roc_auc, summarize_errors
 from .common import random_positions, subset_braggvectors
 
 
 def make_scan(size: int, grains: int, thickness, seed: int):
-    from ..scan import simulate_scan
-    from ..simulate import example_crystal
+    from ..simulation.scan import simulate_scan
+    from ..simulation.simulate import example_crystal
 
     return simulate_scan([example_crystal("Cu"), example_crystal("Cu2O")], (size, size), num_grains=grains,
                          thickness=thickness, seed=seed, progress_bar=False)
@@ -96,7 +96,7 @@ def run_acom_phases(bragg, truth, n: int, seed: int, symmetry) -> dict:
     """ACOM with both plans on ``n`` random crystalline positions, then CrystalPhase on them."""
     from py4DSTEM.process.diffraction import CrystalPhase
 
-    from ..simulate import example_crystal
+    from ..simulation.simulate import example_crystal
 
     crystalline = np.flatnonzero(truth.phase.ravel() >= 0)
     pick = crystalline[random_positions(len(crystalline), n, seed)]
@@ -153,8 +153,8 @@ def main(argv=None) -> dict:
               "phase_fraction_truth": float((truth.phase == 1).sum() / max((truth.phase >= 0).sum(), 1)),
               "joint": joint, "single_phase_cu": run_single_phase(args.single, bragg, truth)}
     if args.acom_n:
-        from ..symmetry import point_group_rotations
-        from ..simulate import example_crystal
+        from ..core.symmetry import point_group_rotations
+        from ..simulation.simulate import example_crystal
 
         symmetry = point_group_rotations(example_crystal("Cu")).numpy()  # m-3m, both phases
         acom = run_acom_phases(bragg, truth, args.acom_n, args.seed, symmetry)

@@ -82,7 +82,7 @@ def _draw_images(bragg_peaks, k_max: float, shape: int, sigma_px: float = 1.0) -
     """(B, shape, shape) float32 images of the diffracted disks, beam at the centre; and the scale (1/A per px)."""
     import torch
 
-    from ..peaks import peaks_from_braggvectors
+    from ..io.peaks import peaks_from_braggvectors
 
     peaks = peaks_from_braggvectors(bragg_peaks)
     qx, qy = (t.numpy() for t in peaks.calibration.apply(torch.from_numpy(peaks.qx), torch.from_numpy(peaks.qy),

@@ -20,9 +20,9 @@ import os
 import tempfile
 import time
 
-from ..simulate import generate_training_set
-from ..simulator import example_crystal
-from ..training_set import TrainingSet
+from ..simulation.simulate import generate_training_set
+from ..simulation.simulator import example_crystal
+from ..simulation.training_set import TrainingSet
 
 
 def run(crystal_name: str, dynamical: bool, n_jobs: int, angle_step: float):

@@ -2,7 +2,7 @@
 
 ``python -m py4dstem_transformer.benchmarks.speed [--size 256] [--acom-n 500] [--model Cu]``
 
-A Cu polycrystal (:func:`~py4dstem_transformer.scan.simulate_scan`, 60 Voronoi grains, Bloch-wave,
+A Cu polycrystal (:func:`~py4dstem_transformer.simulation.scan.simulate_scan`, 60 Voronoi grains, Bloch-wave,
 20-500 A; ``--no-vacuum``: no vacuum grain boundaries) as in-memory ``BraggVectors``; each method is timed from the BraggVectors to the finished
 ``OrientationMap``. ACOM (default plan) runs on ``--acom-n`` random positions of the same scan and is
 extrapolated per pattern; every ACOM figure derived that way is labelled "extrapolated".
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ..compare import acom_default
+from ..evaluation.compare import acom_default
 from .common import load_mapper, random_positions, subset_braggvectors, timed
 
 
@@ -28,8 +28,8 @@ def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
 
 
 def main(argv=None) -> dict:
-    from ..mapper import crystal_from_metadata
-    from ..scan import simulate_scan
+    from ..io.crystal import crystal_from_metadata
+    from ..simulation.scan import simulate_scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)

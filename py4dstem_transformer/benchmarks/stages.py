@@ -78,8 +78,8 @@ def staged_transformer_map(mapper, bragg_peaks, refine: bool = True, chunk_size:
     sets their corr to 0, which costs nothing measurable). Returns ``(OrientationMap, seconds per
     stage)`` with the keys of :data:`STAGES`.
     """
-    from ..peaks import peaks_from_braggvectors
-    from ..tokens import iter_scan_tokens
+    from ..io.peaks import peaks_from_braggvectors
+    from ..model.tokens import iter_scan_tokens
 
     clock = StageClock(cuda=mapper.device.type == "cuda")
     with clock("flatten"):

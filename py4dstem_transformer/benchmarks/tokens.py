@@ -20,9 +20,9 @@ import time
 import numpy as np
 import torch
 
-from ..calibration import DetectorCalibration
-from ..peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors, read_peaks
-from ..tokens import TokenConfig, scan_tokens
+from ..io.detector import DetectorCalibration
+from ..io.peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors, read_peaks
+from ..model.tokens import TokenConfig, scan_tokens
 
 
 def synthetic_peaks(size: int, disks: int, seed: int = 0) -> Peaks:

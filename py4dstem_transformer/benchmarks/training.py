@@ -17,12 +17,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..data import bucketed_batches, seeded_generator
-from ..model import ModelConfig, OrientationModel
-from ..rotations import random_rotations
-from ..tokens import TokenConfig, tokenize
-from ..trainer import TrainConfig, _Run
-from ..augment import AugmentConfig
+from ..training.data import bucketed_batches, seeded_generator
+from ..model.model import ModelConfig, OrientationModel
+from ..core.rotations import random_rotations
+from ..model.tokens import TokenConfig, tokenize
+from ..training.trainer import TrainConfig, _Run
+from ..training.augment import AugmentConfig
 
 
 class RandomSet:
@@ -66,8 +66,8 @@ def training_throughput(data, precision: str, steps: int, batch_size: int, model
 
 @torch.inference_mode()
 def inference_throughput(data, precision: str, batch_size: int, model_config: ModelConfig, n: int = 8192) -> float:
-    from ..data import PatternStore
-    from ..device import autocast
+    from ..training.data import PatternStore
+    from ..core.device import autocast
 
     model = OrientationModel(model_config).eval()
     store = PatternStore(data)

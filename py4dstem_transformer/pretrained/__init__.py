@@ -32,7 +32,7 @@ def pretrained_path(name: str) -> Path:
 
 
 def load_pretrained(name: str):
-    """The shipped :class:`~py4dstem_transformer.model.OrientationModel` called ``name``."""
-    from ..model import OrientationModel
+    """The shipped :class:`~py4dstem_transformer.model.model.OrientationModel` called ``name``."""
+    from ..model.model import OrientationModel
 
     return OrientationModel.load(pretrained_path(name))

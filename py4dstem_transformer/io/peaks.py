@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .calibration import DetectorCalibration
+from .detector import DetectorCalibration
 
 __all__ = ["Peaks", "peaks_from_braggvectors", "peaks_to_braggvectors", "read_peaks"]
 

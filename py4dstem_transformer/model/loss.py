@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .rotations import beam_flip, geodesic_angle
+from ..core.rotations import beam_flip, geodesic_angle
 
 __all__ = ["orientation_loss", "total_loss", "PHASE_WEIGHT"]
 

@@ -1,6 +1,6 @@
 """``py4dstem-transformer demo``: a synthetic Cu polycrystal mapped by the transformer and by ACOM.
 
-Simulates a scan (:func:`~py4dstem_transformer.scan.simulate_scan`: Voronoi grains, random
+Simulates a scan (:func:`~py4dstem_transformer.simulation.scan.simulate_scan`: Voronoi grains, random
 orientations, Bloch-wave patterns 20-500 A thick, raw detector pixels + calibration), maps it with
 the shipped Cu model and with py4DSTEM's ``match_orientations`` (default plan), prints a side-by-side
 table and writes PNGs of the ground truth and both orientation maps.
@@ -18,8 +18,9 @@ def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = 
              progress_bar: bool = True) -> dict:
     """Run the comparison; returns the figures it prints (and writes ``out``/demo_*.png)."""
     from .compare import acom_default, evaluate_orientation_map
-    from .mapper import TransformerOrientationMap, crystal_from_metadata
-    from .scan import simulate_scan
+    from ..io.crystal import crystal_from_metadata
+    from ..mapping.mapper import TransformerOrientationMap
+    from ..simulation.scan import simulate_scan
 
     mapper = TransformerOrientationMap.pretrained("Cu")
     crystal = crystal_from_metadata(mapper.model.metadata)
@@ -68,8 +69,8 @@ def plot_comparison(mapper, truth, maps: dict, path, figsize=None):
     """One PNG: out-of-plane orientation maps of the ground truth and each method, and the transformer's corr."""
     import matplotlib.pyplot as plt
 
-    from .orientation_map import build_orientation_map
-    from .phase_map import out_of_plane_image
+    from ..io.orientation_map import build_orientation_map
+    from ..io.phase_map import out_of_plane_image
 
     crystal = mapper.crystal  # carries the plan the plots need
     true_om = build_orientation_map(crystal, truth.orientation_matrices[:, :, None], (truth.phase >= 0)[..., None] * 1.0,

@@ -3,7 +3,7 @@
 Geometric augmentations change the label exactly:
 
 * in-plane rotation by a continuous angle phi: disks rotate counter-clockwise by phi, the label
-  becomes ``M @ Rz(-phi)`` (:func:`~py4dstem_transformer.rotations.rotation_about_z`);
+  becomes ``M @ Rz(-phi)`` (:func:`~py4dstem_transformer.core.rotations.rotation_about_z`);
 * mirror ``qx -> -qx``: label ``M @ diag(1, -1, -1)``, valid for centrosymmetric crystals only
   (dynamical intensities included; see docs/).
 
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data import Batch
-from .rotations import MIRROR, rotation_about_z
+from ..core.rotations import MIRROR, rotation_about_z
 
 __all__ = ["AugmentConfig", "augment", "rotate_in_plane"]
 

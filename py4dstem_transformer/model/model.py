@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rotations import symmetric_orthogonalization
+from ..core.rotations import symmetric_orthogonalization
 
 __all__ = ["ModelConfig", "OrientationModel"]
 
@@ -222,7 +222,7 @@ class OrientationModel(nn.Module):
 
     def save(self, path) -> None:
         """Write weights, config and metadata; loadable with ``torch.load(weights_only=True)``."""
-        from .checkpoint import save_checkpoint
+        from ..io.checkpoint import save_checkpoint
 
         save_checkpoint(path, kind="model", model_config=asdict(self.config), state_dict=self.state_dict(),
                         metadata=self.metadata, history=self.history)
@@ -230,7 +230,7 @@ class OrientationModel(nn.Module):
     @classmethod
     def load(cls, path, map_location="cpu") -> "OrientationModel":
         """Rebuild a model written by :meth:`save` (never unpickles code)."""
-        from .checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, kind="model", map_location=map_location)
         return cls.from_checkpoint(ckpt)

@@ -3,7 +3,7 @@
 The crystal frame is py4DSTEM's: ``crystal.lat_real`` holds the lattice vectors a, b, c as rows
 (Angstrom, Cartesian, a along x), and reciprocal vectors are ``g = hkl @ crystal.lat_inv`` (1/A).
 The rotations returned here act on those Cartesian vectors and multiply orientation matrices on
-the left (``S @ M``, see :mod:`py4dstem_transformer.rotations`).
+the left (``S @ M``, see :mod:`py4dstem_transformer.core.rotations`).
 
 The space group is found with spglib (installed with pymatgen, which py4DSTEM needs for its own
 symmetry features). Every rotation is then checked to map the crystal's kinematic structure-factor

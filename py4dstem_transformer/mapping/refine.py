@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kinematics import Reflections, brightest_excited
+from ..core.kinematics import Reflections, brightest_excited
 from .score import square_distances
 
 __all__ = ["RefineConfig", "refine_orientations", "skew"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint"]
 

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .peaks import Peaks, peaks_from_braggvectors
+from ..io.peaks import Peaks, peaks_from_braggvectors
 
 __all__ = ["TokenConfig", "Tokens", "tokenize", "iter_scan_tokens", "scan_tokens", "braggvectors_to_tokens"]
 

@@ -5,7 +5,7 @@ How it is fast without being approximate
 Kinematic and Bloch-wave intensities depend on the orientation only through the beam direction
 ``M[:, 2]`` (excitation errors and foil normal); an in-plane rotation only rotates (qx, qy). So each
 beam direction is simulated once, at in-plane angle 0, and the training loader applies continuous
-in-plane angles and mirror copies (:mod:`py4dstem_transformer.training_set`). A Bloch solve is
+in-plane angles and mirror copies (:mod:`py4dstem_transformer.simulation.training_set`). A Bloch solve is
 one eigen-decomposition for the whole thickness list. ``tol_structure_factor=1e-4`` in the
 dynamical structure factors drops the forbidden reflections that py4DSTEM otherwise keeps as
 uncoupled beams (7x faster for Cu, same intensities). Beam directions run in ``n_jobs`` processes.
@@ -39,7 +39,7 @@ import numpy as np
 from .simulator import (DEFAULT_THICKNESS, SIGMA_DYNAMICAL, SIGMA_KINEMATIC, PatternSimulator, example_crystal,
                         is_collinear, training_disks)
 from .training_set import TrainingSet, TrainingSetConfig
-from .zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
+from ..core.zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
 
 __all__ = ["generate_training_set", "register", "add_simulate_command"]
 
@@ -134,7 +134,7 @@ def generate_training_set(
 
     Each beam direction is simulated once (in-plane angle 0) at every thickness; the in-plane
     rotation, and for centrosymmetric crystals the mirror (label ``M @ diag(1, -1, -1)``), are
-    left to the training loader (see :mod:`py4dstem_transformer.training_set`). The crystal is read
+    left to the training loader (see :mod:`py4dstem_transformer.simulation.training_set`). The crystal is read
     only (simulations run on a private copy).
 
     Parameters
@@ -182,7 +182,7 @@ def generate_training_set(
 
     Examples
     --------
-    >>> from py4dstem_transformer.simulate import example_crystal, generate_training_set
+    >>> from py4dstem_transformer.simulation.simulate import example_crystal, generate_training_set
     >>> ts = generate_training_set(example_crystal("Cu"), angle_step_zone_axis=15,
     ...                            thickness=[50, 200], progress_bar=False)
     >>> qx, qy, intensity = ts.pattern(0)

@@ -96,7 +96,7 @@ def as_phase_sets(training_set) -> list:
 
 def phase_symmetries(training_sets: Sequence) -> list:
     """Per phase, the (K_i, 3, 3) float64 proper rotations that leave its patterns unchanged."""
-    from .symmetry import point_group_rotations
+    from ..core.symmetry import point_group_rotations
 
     out = []
     for ts in training_sets:

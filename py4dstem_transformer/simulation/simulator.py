@@ -110,7 +110,7 @@ class PatternSimulator:
 
     @classmethod
     def from_config(cls, config) -> "PatternSimulator":
-        """From a :class:`~py4dstem_transformer.training_set.TrainingSetConfig`."""
+        """From a :class:`~py4dstem_transformer.simulation.training_set.TrainingSetConfig`."""
         from py4DSTEM.process.diffraction import Crystal
 
         crystal = Crystal(np.array(config.positions, dtype=np.float64), np.array(config.numbers),

@@ -1,7 +1,7 @@
 """Training data in torch: flat disk arrays, a split by zone axis, and batches bucketed by disk count.
 
 A :class:`PatternStore` holds a training set's disks as flat tensors (CSR layout, like
-:class:`~py4dstem_transformer.peaks.Peaks`) so a batch of any patterns is gathered with array
+:class:`~py4dstem_transformer.io.peaks.Peaks`) so a batch of any patterns is gathered with array
 operations. Validation patterns come from zone axes never seen in training: neighbouring in-plane
 angles and thicknesses of one zone axis are near-duplicates, and a split by pattern would leak
 them (the published model's validation error was optimistic for this reason).

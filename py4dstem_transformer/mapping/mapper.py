@@ -31,19 +31,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .device import autocast, autocast_dtype, resolve_device
-from .kinematics import Reflections, simulate_disks
-from .model import OrientationModel
-from .orientation_map import build_orientation_map, ensure_plan
-from .peaks import Peaks, peaks_from_braggvectors
+from ..core.device import autocast, autocast_dtype, resolve_device
+from ..core.kinematics import Reflections, simulate_disks
+from ..model.model import OrientationModel
+from ..io.orientation_map import build_orientation_map, ensure_plan
+from ..io.peaks import Peaks, peaks_from_braggvectors
 from .polish import PolishConfig, polish_orientations
 from .refine import RefineConfig, refine_orientations
-from .rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonalization, symmetry_min_angle
+from ..core.rotations import BEAM_FLIP, MIRROR, rotation_about_z, symmetric_orthogonalization, symmetry_min_angle
 from .score import correlation, tokens_to_xy
-from .tokens import TokenConfig, Tokens, iter_scan_tokens
-from .compatibility import check_crystal_matches_model
+from ..model.tokens import TokenConfig, Tokens, iter_scan_tokens
+from ..io.compatibility import check_crystal_matches_model
+from ..io.crystal import crystals_from_metadata, phase_metadata
 from .confidence import FEATURES, Calibration, confidence_features, disk_agreement
-from .phases import formula
+from ..simulation.phases import formula
 from .workers import resolve_workers, split_interleaved, worker_pool
 
 __all__ = ["TransformerOrientationMap"]
@@ -119,7 +120,7 @@ class TransformerOrientationMap:
             model = OrientationModel.load(model)
         meta = model.metadata
         self.crystals = list(crystal) if isinstance(crystal, (list, tuple)) else [crystal]
-        phases = _phase_metadata(meta)
+        phases = phase_metadata(meta)
         if len(self.crystals) != len(phases):
             names = [p.get("name", "?") for p in phases]
             raise ValueError(f"the model maps {len(phases)} phase(s) {names} but {len(self.crystals)} crystal(s) were "
@@ -151,7 +152,7 @@ class TransformerOrientationMap:
     def pretrained(cls, name: str, crystal=None, **kwargs) -> "TransformerOrientationMap":
         """A shipped model by name (see :func:`list_pretrained`); ``crystal=None`` builds the model's
         crystal (a list of crystals for a multi-phase model such as ``"Cu+Cu2O"``)."""
-        from .pretrained import load_pretrained
+        from ..pretrained import load_pretrained
 
         model = load_pretrained(name)
         if crystal is None:
@@ -213,15 +214,15 @@ class TransformerOrientationMap:
         reads the phase from them; the phase is the one with the largest ``corr``.
 
         Parameters are those of :meth:`match_orientations`; ``bragg_peaks`` may also be flat
-        :class:`~py4dstem_transformer.peaks.Peaks` (from ``read_peaks``).
+        :class:`~py4dstem_transformer.io.peaks.Peaks` (from ``read_peaks``).
 
         Returns
         -------
-        :class:`~py4dstem_transformer.phase_map.PhaseMap` with ``phase_index`` (Rx, Ry) (-1 where
+        :class:`~py4dstem_transformer.io.phase_map.PhaseMap` with ``phase_index`` (Rx, Ry) (-1 where
         nothing matched), ``phase_probability`` (Rx, Ry, n) and ``orientation_maps`` (one per
         crystal, each also set as that crystal's ``orientation_map``).
         """
-        from .phase_map import PhaseMap
+        from ..io.phase_map import PhaseMap
 
         peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
         maps, probability = self._match(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
@@ -231,8 +232,8 @@ class TransformerOrientationMap:
     def match_peaks(self, peaks: Peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                     inversion_symmetry: bool = True, progress_bar: bool = True, batch_size: Optional[int] = None,
                     device=None, chunk_size: int = 16384, refine: bool = True):
-        """:meth:`match_orientations` on flat :class:`~py4dstem_transformer.peaks.Peaks` (e.g. from
-        :func:`~py4dstem_transformer.peaks.read_peaks`, the fast file reader)."""
+        """:meth:`match_orientations` on flat :class:`~py4dstem_transformer.io.peaks.Peaks` (e.g. from
+        :func:`~py4dstem_transformer.io.peaks.read_peaks`, the fast file reader)."""
         maps, _ = self._match(peaks, num_matches_return, min_number_peaks, inversion_symmetry, progress_bar,
                               batch_size, device, chunk_size, refine)
         return maps[0] if self.n_phases == 1 else maps
@@ -666,25 +667,6 @@ def _rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:
 
 
 def _point_group(crystal) -> np.ndarray:
-    from .symmetry import point_group_rotations
+    from ..core.symmetry import point_group_rotations
 
     return point_group_rotations(crystal).numpy()
-
-
-def _phase_metadata(metadata: dict) -> list:
-    """Per-phase entries of a model's metadata (one for a single-phase model)."""
-    return list(metadata["phases"]) if "phases" in metadata else [metadata]
-
-
-def crystals_from_metadata(metadata: dict) -> list:
-    """The py4DSTEM Crystals a model was trained for (one per phase), rebuilt from its metadata."""
-    return [crystal_from_metadata(p) for p in _phase_metadata(metadata)]
-
-
-def crystal_from_metadata(metadata: dict):
-    """The py4DSTEM Crystal a model was trained for, rebuilt from its metadata."""
-    from py4DSTEM.process.diffraction import Crystal
-
-    c = metadata["crystal"]
-    return Crystal(np.asarray(c["positions"]), np.asarray(c["numbers"]), np.asarray(c["lat_real"]),
-                   occupancy=np.asarray(c["occupancy"]) if c.get("occupancy") is not None else None)

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from .rotations import MIRROR
+from ..core.rotations import MIRROR
 
 __all__ = ["ensure_plan", "build_orientation_map", "reduce_to_zone_axis_triangle"]
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment, rotate_in_plane
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..io.checkpoint import load_checkpoint, save_checkpoint
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
-from .device import autocast, autocast_dtype, resolve_device
-from .loss import orientation_loss, total_loss
-from .model import ModelConfig, OrientationModel
-from .phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
-from .tokens import TokenConfig, tokenize
+from ..core.device import autocast, autocast_dtype, resolve_device
+from ..model.loss import orientation_loss, total_loss
+from ..model.model import ModelConfig, OrientationModel
+from ..simulation.phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
+from ..model.tokens import TokenConfig, tokenize
 
 __all__ = ["TrainConfig", "train", "model_metadata", "plot_history"]
 
@@ -77,7 +77,7 @@ def train(
     ----------
     training_set : TrainingSet, PhaseTrainingSet or list of TrainingSet
         From ``crystal.generate_training_set(...)`` or ``TrainingSet.load(path)``. Several phases
-        (a :class:`~py4dstem_transformer.phases.PhaseTrainingSet` or a list, one set per phase)
+        (a :class:`~py4dstem_transformer.simulation.phases.PhaseTrainingSet` or a list, one set per phase)
         train a joint model with a phase head; each phase's loss uses its own point group.
     epochs, max_minutes : optional
         Stop after this many passes over the training patterns, or this much wall time (the

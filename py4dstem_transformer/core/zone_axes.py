@@ -1,6 +1,6 @@
 """Beam directions for simulated training sets: pattern symmetry, fundamental zone, sampling.
 
-Frames and conventions (see :mod:`py4dstem_transformer.rotations`): directions are unit vectors
+Frames and conventions (see :mod:`py4dstem_transformer.core.rotations`): directions are unit vectors
 in the crystal's Cartesian frame (py4DSTEM's, ``g = hkl @ crystal.lat_inv``); an orientation
 matrix ``M`` maps lab to crystal and ``M[:, 2]`` is the beam direction.
 

@@ -52,7 +52,7 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
     observed : (B, N, 3) tensor of ``(qx, qy, I)`` (1/A), e.g. :func:`tokens_to_xy` of the tokens.
     observed_mask : (B, N) bool tensor.
     simulated : (B, C, M, 3) or (B, M, 3) tensor of ``(qx, qy, I)``: C candidate patterns per observed
-        one (from :func:`~py4dstem_transformer.kinematics.simulate_disks`).
+        one (from :func:`~py4dstem_transformer.core.kinematics.simulate_disks`).
     simulated_mask : (B, C, M) or (B, M) bool tensor.
     kernel : float
         Gaussian width (1/A) of each disk: the positional tolerance of the comparison.
@@ -60,7 +60,7 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
         Intensities enter as ``I ** power``.
     separation : float
         A lower bound (1/A) on the distance between two disks of one simulated pattern (e.g.
-        :meth:`~py4dstem_transformer.kinematics.Reflections.min_disk_separation`). Where it exceeds
+        :meth:`~py4dstem_transformer.core.kinematics.Reflections.min_disk_separation`). Where it exceeds
         ``SEPARATED_KERNELS`` kernels, ``<sim, sim>`` is its diagonal ``sum_j wb_j^2`` (the pairs add
         less than 1e-7 of it), which saves the (M, M) self-overlap of every candidate.
 

@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .calibration import DetectorCalibration
-from .peaks import Peaks, peaks_to_braggvectors
+from ..io.detector import DetectorCalibration
+from ..io.peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
 
 __all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "simulate_random_orientations",
@@ -114,7 +114,7 @@ def simulate_scan(
     thickness : float or (min, max)
         A; a range draws one uniform thickness per grain (dynamical only matters).
     dynamical, accel_voltage, k_max, sigma_excitation_error :
-        Simulation, as in :class:`~py4dstem_transformer.simulator.PatternSimulator`.
+        Simulation, as in :class:`~py4dstem_transformer.simulation.simulator.PatternSimulator`.
     min_relative_intensity : float
         Disks fainter than this fraction of the brightest diffracted disk are not detected.
     q_pixel_size : float
@@ -220,7 +220,7 @@ def simulate_random_orientations(crystal, n: int, seed: int, damaged: bool = Fal
     (e.g. ``accel_voltage``, ``k_max``). Returns ``(bragg_peaks, truth)``; the orientations are
     ``truth.orientation_matrices[0]``.
     """
-    from .rotations import random_rotations
+    from ..core.rotations import random_rotations
 
     rng = np.random.default_rng(seed)
     m = random_rotations(n, seed=seed).numpy()
@@ -248,7 +248,7 @@ def _render(grains, grain_phase, grain_m, grain_t, sims, rng, detector: _Detecto
 
 
 def _grain_properties(num_grains, num_phases, phase_fraction, thickness, num_vacuum_grains, rng):
-    from .rotations import random_rotations
+    from ..core.rotations import random_rotations
 
     p = None if phase_fraction is None else np.asarray(phase_fraction, float) / np.sum(phase_fraction)
     phase = rng.choice(num_phases, size=num_grains, p=p).astype(np.int64)

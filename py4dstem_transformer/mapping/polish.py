@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .kinematics import Reflections, excited_log_intensity, simulate_disks
+from ..core.kinematics import Reflections, excited_log_intensity, simulate_disks
 from .refine import _exp_so3
 
 __all__ = ["PolishConfig", "polish_orientations"]

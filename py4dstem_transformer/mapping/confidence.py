@@ -174,8 +174,8 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
     a spurious disk). Use other seeds than the benchmarks' (0-199) so they stay a fair test.
     Attach the result with :func:`attach_calibration`.
     """
-    from .scan import simulate_random_orientations
-    from .tokens import braggvectors_to_tokens
+    from ..simulation.scan import simulate_random_orientations
+    from ..model.tokens import braggvectors_to_tokens
 
     sets = []  # (phase, tokens, true matrices) per simulated set
     for p, crystal in enumerate(mapper.crystals):
@@ -201,8 +201,8 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
 
 def _fit_on(mapper, sets) -> Calibration:
     """A calibration fitted to the mapper's answers on ``sets`` ((phase, tokens, true matrices) each)."""
-    from .compare import roc_auc
-    from .rotations import symmetry_min_angle
+    from ..evaluation.compare import roc_auc
+    from ..core.rotations import symmetry_min_angle
 
     feats, right = [], []
     for p, tokens, true in sets:

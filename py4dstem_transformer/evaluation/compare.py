@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .rotations import symmetry_min_angle
+from ..core.rotations import symmetry_min_angle
 
 __all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default", "acom_plan",
            "acom_match"]

@@ -1,7 +1,7 @@
 """A simulated training set: disks of many patterns in flat arrays, their labels and their recipe.
 
 Every pattern is stored once, at in-plane angle 0 of its beam direction. The in-plane rotation and
-the mirror are free augmentations (exact identities, see :mod:`py4dstem_transformer.zone_axes`):
+the mirror are free augmentations (exact identities, see :mod:`py4dstem_transformer.core.zone_axes`):
 
 * rotating the disks counter-clockwise by ``angle`` in (qx, qy) gives the pattern of
   ``M @ in_plane_rotation(angle)``, with ``in_plane_rotation(t) = [[c, s, 0], [-s, c, 0], [0, 0, 1]]``
@@ -26,7 +26,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = [
     "TrainingSetConfig",
@@ -153,7 +153,7 @@ class TrainingSetConfig:
 def in_plane_rotation(angle) -> np.ndarray:
     """``(..., 3, 3)``: ``M @ in_plane_rotation(angle)`` is the orientation whose pattern is the
     pattern of ``M`` rotated counter-clockwise by ``angle`` (radians) in (qx, qy)."""
-    from .rotations import rotation_about_z
+    from ..core.rotations import rotation_about_z
 
     return rotation_about_z(torch.as_tensor(-np.asarray(angle, dtype=np.float64))).numpy()
 

@@ -1,0 +1,1 @@
+"""Comparing against ground truth and ACOM, and the demo."""

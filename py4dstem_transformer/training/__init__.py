@@ -1,0 +1,1 @@
+"""Training: batches from stored patterns, augmentation, the training loop."""
