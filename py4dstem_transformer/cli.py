@@ -138,10 +138,10 @@ def _add_train(sub) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from .benchmarks.common import load_mapper
     from .mapping.confidence import attach_calibration, calibrate
+    from .mapping.mapper import TransformerOrientationMap
 
-    mapper = load_mapper(args.model)
+    mapper = TransformerOrientationMap.from_model(args.model)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes)
     attach_calibration(mapper.model, cal)

@@ -110,13 +110,13 @@ def damaged_disks(tokens, seed):
 
 def perturb(m, low_deg, high_deg, seed):
     """(B, 3, 3) float64 rotations turned about random axes by angles uniform in [low_deg, high_deg]."""
-    from py4dstem_transformer.mapping.refine import _exp_so3
+    from py4dstem_transformer.core.rotations import exp_so3
 
     g = torch.Generator().manual_seed(seed)
     axis = torch.randn(len(m), 3, generator=g, dtype=torch.float64)
     axis = axis / axis.norm(dim=1, keepdim=True)
     angle = torch.deg2rad(low_deg + (high_deg - low_deg) * torch.rand(len(m), generator=g, dtype=torch.float64))
-    return m @ _exp_so3(axis * angle[:, None])
+    return m @ exp_so3(axis * angle[:, None])
 
 
 @pytest.fixture(scope="session")

@@ -184,13 +184,13 @@ def test_wrong_crystal_or_voltage_is_refused(trained):
 def test_repeated_hypotheses_are_refined_once(trained):
     """Test-time rotations of a sparse pattern often give the same orientation back: symmetry-equivalent,
     beam-flipped or within 1.5 deg of an earlier hypothesis, it is not refined again; a distinct one is."""
-    from py4dstem_transformer.mapping.refine import _exp_so3
+    from py4dstem_transformer.core.rotations import exp_so3
     from py4dstem_transformer.core.rotations import random_rotations, rotation_about_z
 
     mapper = TransformerOrientationMap(make_cu(), trained)
     m = random_rotations(6, seed=3).float()
     sym = torch.as_tensor(mapper.symmetry, dtype=torch.float32)
-    tilt = _exp_so3(torch.tensor([[np.radians(10.0), 0.0, 0.0]]).float())[0]
+    tilt = exp_so3(torch.tensor([[np.radians(10.0), 0.0, 0.0]]).float())[0]
     hypotheses = torch.stack([m, m @ rotation_about_z(torch.tensor(np.radians(0.8))).float(), sym[5] @ m,
                               beam_flip(m), m @ tilt, sym[7] @ m @ tilt], 1)  # (6, 6, 3, 3)
     keep = mapper._distinct_hypotheses(hypotheses, 0)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from py4dstem_transformer.mapping.refine import RefineConfig, _exp_so3, refine_orientations, skew
+from py4dstem_transformer.core.rotations import exp_so3, skew
+from py4dstem_transformer.mapping.refine import RefineConfig, refine_orientations
 from py4dstem_transformer.core.rotations import symmetry_min_angle
 from py4dstem_transformer.mapping.score import tokens_to_xy
 from py4dstem_transformer.core.symmetry import point_group_rotations
@@ -68,5 +69,5 @@ def test_patterns_without_disks_stay_put(setup):
 def test_skew_is_the_cross_product():
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     assert torch.allclose((skew(a) @ b[..., None])[..., 0], torch.cross(a, b, dim=-1))
-    r = _exp_so3(a)
+    r = exp_so3(a)
     assert torch.allclose(r.transpose(1, 2) @ r, torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-12)

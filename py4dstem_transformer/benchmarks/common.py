@@ -15,15 +15,9 @@ __all__ = ["load_mapper", "timed", "random_positions", "subset_braggvectors"]
 
 def load_mapper(model: str = "Cu", device=None, precision: Optional[str] = None):
     """A fresh ``TransformerOrientationMap`` for a pretrained name or a model file, with its own crystal(s)."""
-    from ..io.crystal import crystals_from_metadata
     from ..mapping.mapper import TransformerOrientationMap
-    from ..model.model import OrientationModel
-    from ..pretrained import list_pretrained, load_pretrained
 
-    loaded = load_pretrained(model) if model in list_pretrained() else OrientationModel.load(model)
-    crystals = crystals_from_metadata(loaded.metadata)
-    return TransformerOrientationMap(crystals[0] if len(crystals) == 1 else crystals, loaded, device=device,
-                                     precision=precision)
+    return TransformerOrientationMap.from_model(model, device=device, precision=precision)
 
 
 def timed(fn: Callable, *args, **kwargs) -> Tuple[object, float]:

@@ -32,6 +32,8 @@ __all__ = [
     "random_rotations",
     "rotation_about_z",
     "beam_flip",
+    "skew",
+    "exp_so3",
     "as_tensor",
 ]
 
@@ -217,3 +219,19 @@ def _quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
         torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
     ]
     return torch.stack(rows, dim=-2)
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) vectors -> (..., 3, 3) cross-product matrices ``[v]x``."""
+    x, y, z = v.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                        torch.stack([-y, x, zero], -1)], -2)
+
+
+def exp_so3(omega: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: (..., 3) rotation vectors -> (..., 3, 3) rotations."""
+    theta = omega.norm(dim=-1, keepdim=True).clamp_min(1e-12)[..., None]  # (..., 1, 1)
+    k = skew(omega) / theta
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
+    return eye + torch.sin(theta) * k + (1 - torch.cos(theta)) * (k @ k)

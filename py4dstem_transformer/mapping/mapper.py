@@ -160,6 +160,21 @@ class TransformerOrientationMap:
             crystal = crystal[0] if len(crystal) == 1 else crystal
         return cls(crystal, model, **kwargs)
 
+    @classmethod
+    def from_model(cls, model="Cu", crystal=None, **kwargs) -> "TransformerOrientationMap":
+        """A mapper for a shipped model's name (:func:`list_pretrained`) or a model file, with the model's
+        own crystal(s) unless ``crystal`` is given."""
+        from ..pretrained import list_pretrained
+
+        if isinstance(model, str) and model in list_pretrained():
+            return cls.pretrained(model, crystal, **kwargs)
+        if not isinstance(model, OrientationModel):
+            model = OrientationModel.load(model)
+        if crystal is None:
+            crystal = crystals_from_metadata(model.metadata)
+            crystal = crystal[0] if len(crystal) == 1 else crystal
+        return cls(crystal, model, **kwargs)
+
     # -- public API, mirroring py4DSTEM ---------------------------------------------------
     def match_orientations(self, bragg_peaks, num_matches_return: int = 1, min_number_peaks: int = 3,
                            inversion_symmetry: bool = True, progress_bar: bool = True,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..core.kinematics import Reflections, excited_log_intensity, simulate_disks
-from .refine import _exp_so3
+from ..core.rotations import exp_so3
 
 __all__ = ["PolishConfig", "polish_orientations"]
 
@@ -97,7 +97,7 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
             better = value > best[active]
             active, which = active[better], which[better]
             best[active] = value[better]
-            rot[active] = _exp_so3(axes[which] * float(np.radians(step))) @ rot[active]
+            rot[active] = exp_so3(axes[which] * float(np.radians(step))) @ rot[active]
     if best is None:
         rows = torch.arange(len(rot), device=rot.device)
         best = term.trials(g @ rot.transpose(-1, -2), g_pair @ rot.transpose(-1, -2), 1.0, 0.0, rows)[0]

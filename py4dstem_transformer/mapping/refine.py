@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import torch
 
 from ..core.kinematics import Reflections, brightest_excited
+from ..core.rotations import exp_so3
 from .score import square_distances
 
-__all__ = ["RefineConfig", "refine_orientations", "skew"]
+__all__ = ["RefineConfig", "refine_orientations"]
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,6 @@ class RefineConfig:
 
 
 _FAR = 1e4  # 1/A: where a reflection that is not excited is put, so that no disk is assigned to it
-
-
-def skew(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) vectors -> (..., 3, 3) cross-product matrices ``[v]x``."""
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    return torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
-                        torch.stack([-y, x, zero], -1)], -2)
-
-
-def _exp_so3(omega: torch.Tensor) -> torch.Tensor:
-    """Rodrigues: (..., 3) rotation vectors -> (..., 3, 3) rotations."""
-    theta = omega.norm(dim=-1, keepdim=True).clamp_min(1e-12)[..., None]  # (..., 1, 1)
-    k = skew(omega) / theta
-    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
-    return eye + torch.sin(theta) * k + (1 - torch.cos(theta)) * (k @ k)
 
 
 def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
@@ -133,7 +118,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy)  # (B, 5)
         omega = step[:, :3] * (max_step / step[:, :3].norm(dim=-1, keepdim=True).clamp_min(max_step))
         enough = (w.sum(-1) >= 2)[:, None]
-        rot = _exp_so3(omega * enough) @ rot
+        rot = exp_so3(omega * enough) @ rot
         law = law + step[:, 3:] * enough
         law[:, 1].clamp_(min=0.0)
     return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)

@@ -80,6 +80,10 @@ class Tokens:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def __getitem__(self, rows) -> "Tokens":
+        """The patterns ``rows`` (an index, slice or (B,) bool mask), padding kept."""
+        return Tokens(self.tokens[rows], self.mask[rows], self.counts[rows])
+
 
 def tokenize(
     qx: torch.Tensor,
