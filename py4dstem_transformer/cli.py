@@ -138,7 +138,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from .mapping.confidence import attach_calibration, calibrate
+    from .mapping.calibrate import attach_calibration, calibrate
     from .mapping.mapper import TransformerOrientationMap
 
     mapper = TransformerOrientationMap.from_model(args.model)

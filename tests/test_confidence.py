@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from py4dstem_transformer.evaluation.compare import roc_auc
-from py4dstem_transformer.mapping.confidence import (Calibration, attach_calibration, calibrate, confidence_features,
+from py4dstem_transformer.mapping.calibrate import attach_calibration, calibrate
+from py4dstem_transformer.mapping.confidence import (Calibration, confidence_features,
                                              fit_calibration)
 
 from conftest import make_cu
@@ -68,9 +69,9 @@ def test_mapper_reports_the_calibrated_probability():
     om = mapper.match_orientations(bragg, progress_bar=False)
     raw = TransformerOrientationMap(crystal, model, calibrated_confidence=False).match_orientations(bragg, progress_bar=False)
     tokens = braggvectors_to_tokens(bragg, mapper.token_config)
-    _, s1, named, _ = mapper.predict_phases(tokens, 1, return_features=True)
-    np.testing.assert_allclose(raw.corr[0, :, 0], s1[:, 0, 0], atol=1e-6)
-    expected = mapper.calibration.probability({k: torch.as_tensor(v[:, 0, 0]) for k, v in named.items()})
+    mapped = mapper.map_tokens(tokens, 1)
+    np.testing.assert_allclose(raw.corr[0, :, 0], mapped.score[:, 0, 0], atol=1e-6)
+    expected = mapper.calibration.probability({k: torch.as_tensor(v[:, 0, 0]) for k, v in mapped.features.items()})
     np.testing.assert_allclose(om.corr[0, :, 0], expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(om.matrix, raw.matrix)  # the confidence changes nothing else
 
@@ -80,10 +81,11 @@ def test_calibrate_end_to_end_on_simulated_patterns():
     from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
 
     mapper = TransformerOrientationMap(make_cu(), load_pretrained("Cu"))
-    shipped = mapper.calibration
+    shipped, phases = mapper.calibration, mapper.phases
     cal = calibrate(mapper, n=160, seed=4321, progress_bar=False)
-    assert mapper.calibration is shipped  # the second pass ran under the first's calibration, then it was put back
+    assert mapper.calibration is shipped and mapper.phases is phases  # the mapper is not changed
     assert cal.fitted_on["passes"] == 2 and cal != shipped
+    assert cal.fitted_on["map_config"] == mapper.config.to_dict()  # the settings it was fitted under
     assert cal.fitted_on["patterns"] == 160 and 0.5 < cal.fitted_on["fraction_right"] < 1
     assert cal.fitted_on["auc_on_fit_set"] > 0.7  # the mapper's own features do flag its errors
 

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from py4dstem_transformer.mapping.config import Query
 from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+from py4dstem_transformer.mapping.pipeline import map_tokens
+from py4dstem_transformer.mapping.predict import Network
 from py4dstem_transformer.model.model import ModelConfig, OrientationModel
 from py4dstem_transformer.core.rotations import beam_flip, symmetry_min_angle
 from py4dstem_transformer.core.symmetry import point_group_rotations
@@ -53,7 +56,7 @@ def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
     assert np.median(errors(om, truth, flip=True)) < 12
     # the network alone picks the beam flip at chance; the physics arbiter does better
     s = point_group_rotations(make_cu())
-    network = mapper.predict_network(braggvectors_to_tokens(test_scan[1])).double()
+    network = Network(mapper.model, mapper.device)(braggvectors_to_tokens(test_scan[1]))[0].double()
     net_err = torch.rad2deg(symmetry_min_angle(network, torch.as_tensor(truth.orientation_matrices), s)).numpy()
     assert (errors(om, truth, flip=False) < 5).mean() > (net_err < 5).mean()
     first, second = om.matrix[:, :, 0].reshape(-1, 3, 3), om.matrix[:, :, 1].reshape(-1, 3, 3)
@@ -184,8 +187,8 @@ def test_wrong_crystal_or_voltage_is_refused(trained):
 def test_repeated_hypotheses_are_refined_once(trained):
     """Test-time rotations of a sparse pattern often give the same orientation back: symmetry-equivalent,
     beam-flipped or within 1.5 deg of an earlier hypothesis, it is not refined again; a distinct one is."""
-    from py4dstem_transformer.core.rotations import exp_so3
-    from py4dstem_transformer.core.rotations import random_rotations, rotation_about_z
+    from py4dstem_transformer.core.rotations import exp_so3, random_rotations, rotation_about_z
+    from py4dstem_transformer.mapping.candidates import distinct_hypotheses
 
     mapper = TransformerOrientationMap(make_cu(), trained)
     m = random_rotations(6, seed=3).float()
@@ -193,7 +196,7 @@ def test_repeated_hypotheses_are_refined_once(trained):
     tilt = exp_so3(torch.tensor([[np.radians(10.0), 0.0, 0.0]]).float())[0]
     hypotheses = torch.stack([m, m @ rotation_about_z(torch.tensor(np.radians(0.8))).float(), sym[5] @ m,
                               beam_flip(m), m @ tilt, sym[7] @ m @ tilt], 1)  # (6, 6, 3, 3)
-    keep = mapper._distinct_hypotheses(hypotheses, 0)
+    keep = distinct_hypotheses(hypotheses, mapper.phases[0].symmetry, mapper.config.repeat_deg)
     assert keep.tolist() == [[True, False, False, False, True, False]] * 6
 
 
@@ -205,6 +208,20 @@ def _constant_calibration(p):
     return Calibration((0.0,) * F, (1.0,) * F, ((0.0,) * F,), (0.0,), (0.0,), float(np.log(p / (1 - p))), {}, FEATURES)
 
 
+def _run_logged(mapper, tokens, calibration, log, num_matches=1):
+    """The pipeline with ``mapper``'s settings under ``calibration``, logging every network call's tokens."""
+    from dataclasses import replace
+
+    class Logged(Network):
+        def __call__(self, t):
+            log.append(t)
+            return super().__call__(t)
+
+    phases = tuple(replace(p, calibration=calibration) for p in mapper.phases)
+    return map_tokens(tokens, Logged(mapper.model, mapper.device, mapper.precision), phases, mapper.config,
+                      Query(num_matches), 256)
+
+
 def test_patterns_with_too_few_disks_are_not_turned(trained):
     """Below ``sparse_min_disks`` a pattern is mapped once, however unsure its answer."""
     from conftest import kinematic_tokens
@@ -213,12 +230,10 @@ def test_patterns_with_too_few_disks_are_not_turned(trained):
     least = int(np.median(tokens.counts.numpy()))
     mapper = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=3, sparse_min_disks=least,
                                        polish_config=None, precision="fp32", sparse_confidence=0.85)
-    mapper.calibration = _constant_calibration(0.5)  # every answer unsure
-    network, calls = mapper._network, []
-    mapper._network = lambda t, d: calls.append(sorted(t.counts.tolist())) or network(t, d)
-    mapper.predict_phases(tokens)
+    calls = []
+    _run_logged(mapper, tokens, _constant_calibration(0.5), calls)  # every answer unsure
     few, enough = sorted(c for c in tokens.counts.tolist() if c < least), sorted(c for c in tokens.counts.tolist() if c >= least)
-    assert few and enough and calls == [few, enough, enough, enough]
+    assert few and enough and [sorted(t.counts.tolist()) for t in calls] == [few, enough, enough, enough]
 
 
 def test_sure_sparse_patterns_are_not_turned(trained):
@@ -231,18 +246,18 @@ def test_sure_sparse_patterns_are_not_turned(trained):
     for name, sure, threshold in (("sure", 0.9, 0.85), ("unsure", 0.8, 0.85), ("always", 0.9, 1.0)):
         mapper = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=3, polish_config=None,
                                            precision="fp32", sparse_confidence=threshold)
-        mapper.calibration = _constant_calibration(sure)
-        network, calls[name] = mapper._network, []
-        mapper._network = lambda t, d, network=network, log=calls[name]: log.append(len(t)) or network(t, d)
-        results[name] = mapper.predict_phases(tokens, num_matches=2, calibrated=False)  # raw scores
-    assert calls["sure"] == [24] and calls["unsure"] == [24, 24, 24] and calls["always"] == [24, 24, 24]
+        calls[name] = []
+        results[name] = _run_logged(mapper, tokens, _constant_calibration(sure), calls[name], num_matches=2)
+    lengths = {name: [len(t) for t in log] for name, log in calls.items()}
+    assert lengths["sure"] == [24] and lengths["unsure"] == [24, 24, 24] and lengths["always"] == [24, 24, 24]
     # the same orientations (candidates that converge together tie to float noise and may swap, as
-    # symmetry-equivalent matrices or within a hundredth of a degree) and the same scores
+    # symmetry-equivalent matrices or within a hundredth of a degree) and the same raw scores
     s = torch.as_tensor(TransformerOrientationMap(make_cu(), trained).symmetry)
-    apart = torch.rad2deg(symmetry_min_angle(torch.as_tensor(results["unsure"][0]), torch.as_tensor(results["always"][0]), s))
+    apart = torch.rad2deg(symmetry_min_angle(torch.as_tensor(results["unsure"].matrix),
+                                             torch.as_tensor(results["always"].matrix), s))
     assert float(apart.max()) < 0.02
-    np.testing.assert_allclose(results["unsure"][1], results["always"][1], atol=1e-5)
+    np.testing.assert_allclose(results["unsure"].score, results["always"].score, atol=1e-5)
     unturned = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=1, polish_config=None,
                                          precision="fp32")
-    unturned.calibration = _constant_calibration(0.9)
-    np.testing.assert_allclose(results["sure"][0], unturned.predict_phases(tokens, num_matches=2)[0], atol=1e-5)
+    np.testing.assert_allclose(results["sure"].matrix,
+                               _run_logged(unturned, tokens, _constant_calibration(0.9), [], num_matches=2).matrix, atol=1e-5)

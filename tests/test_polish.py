@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from py4dstem_transformer.core.kinematics import simulate_disks
-from py4dstem_transformer.mapping.polish import PolishConfig, polish_orientations
+from py4dstem_transformer.mapping.config import PolishConfig, ScoreConfig
+from py4dstem_transformer.mapping.polish import polish_orientations
 from py4dstem_transformer.core.rotations import symmetry_min_angle
 from py4dstem_transformer.mapping.score import correlation, tokens_to_xy
 from py4dstem_transformer.core.symmetry import point_group_rotations
 
 from conftest import damaged_disks, kinematic_tokens, make_cu, perturb
 
-SCORE = dict(sigma_excitation_error=0.04, kernel=0.03, power=0.25, max_disks=48, k_max=2.1, r_min=0.1)
+SCORE = dict(score=ScoreConfig(), max_disks=48, k_max=2.1, r_min=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,9 @@ def setup():
 
 
 def full_score(matrix, obs, mask, reflections):
-    sim, sim_mask = simulate_disks(matrix.float(), reflections, SCORE["sigma_excitation_error"], SCORE["max_disks"],
+    sim, sim_mask = simulate_disks(matrix.float(), reflections, SCORE["score"].sigma_excitation_error, SCORE["max_disks"],
                                    SCORE["k_max"], SCORE["r_min"])
-    return correlation(obs, mask, sim, sim_mask, SCORE["kernel"], SCORE["power"])
+    return correlation(obs, mask, sim, sim_mask, SCORE["score"].kernel, SCORE["score"].power)
 
 
 def test_paired_score_is_the_correlation(setup):

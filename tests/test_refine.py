@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from py4dstem_transformer.core.rotations import exp_so3, skew
-from py4dstem_transformer.mapping.refine import RefineConfig, refine_orientations
+from py4dstem_transformer.mapping.config import RefineConfig
+from py4dstem_transformer.mapping.refine import refine_orientations
 from py4dstem_transformer.core.rotations import symmetry_min_angle
 from py4dstem_transformer.mapping.score import tokens_to_xy
 from py4dstem_transformer.core.symmetry import point_group_rotations

@@ -9,6 +9,8 @@ from py4dstem_transformer.mapping.score import SEPARATED_KERNELS, correlation
 
 from conftest import make_cu, make_cu2o
 
+KP = dict(kernel=0.04, power=0.5)  # the score's settings for the invariance tests (any will do)
+
 
 def test_simulated_disks_match_py4dstem():
     cu = make_cu()
@@ -32,19 +34,19 @@ def test_correlation_properties():
     reflections = Reflections.from_crystal(make_cu(), 2.0, 300e3)
     m = random_rotations(40, seed=1)
     disks, mask = simulate_disks(m, reflections, 0.02, max_disks=48)
-    same = correlation(disks, mask, disks, mask)
+    same = correlation(disks, mask, disks, mask, **KP)
     assert torch.allclose(same, torch.ones(40), atol=1e-5)
     perm = torch.randperm(48, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(correlation(disks[:, perm], mask[:, perm], disks, mask), same, atol=1e-5)
+    assert torch.allclose(correlation(disks[:, perm], mask[:, perm], disks, mask, **KP), same, atol=1e-5)
     flipped, fmask = simulate_disks(beam_flip(m), reflections, 0.02, max_disks=48)
     other, omask = simulate_disks(random_rotations(40, seed=2), reflections, 0.02, max_disks=48)
-    near, far = correlation(disks, mask, flipped, fmask), correlation(disks, mask, other, omask)
+    near, far = correlation(disks, mask, flipped, fmask, **KP), correlation(disks, mask, other, omask, **KP)
     assert (near <= 1 + 1e-6).all() and float(near.median()) > float(far.median()) + 0.2
     # several candidates at once equal one at a time
-    both = correlation(disks, mask, torch.stack([flipped, other], 1), torch.stack([fmask, omask], 1))
+    both = correlation(disks, mask, torch.stack([flipped, other], 1), torch.stack([fmask, omask], 1), **KP)
     assert torch.allclose(both, torch.stack([near, far], 1), atol=1e-6)
     empty = torch.zeros_like(mask)
-    assert (correlation(disks, empty, disks, mask) == 0).all()
+    assert (correlation(disks, empty, disks, mask, **KP) == 0).all()
 
 
 def test_disk_separation_bound_holds_and_makes_the_self_overlap_shortcut_exact():

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core.rotations import symmetry_min_angle
+from ..mapping.calibrate import roc_auc  # noqa: F401 (one of this module's metrics; defined where the fit needs it)
 
 __all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default", "acom_plan",
            "acom_match"]
@@ -36,21 +37,6 @@ def summarize_errors(errors_deg: np.ndarray) -> dict:
                 "within_2": float("nan"), "within_5": float("nan")}
     return {"n": int(e.size), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
             "within_1": float((e <= 1).mean()), "within_2": float((e <= 2).mean()), "within_5": float((e <= 5).mean())}
-
-
-def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for separating ``positive`` from the rest (ties count half).
-
-    0.5 is chance; 1 means every positive scores above every negative. NaN if a class is empty.
-    """
-    from scipy.stats import rankdata
-
-    score, positive = np.asarray(score, dtype=float).ravel(), np.asarray(positive, dtype=bool).ravel()
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate_orientation_map(orientation_map, true_matrices: np.ndarray, symmetry, mask: Optional[np.ndarray] = None,

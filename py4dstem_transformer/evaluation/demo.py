@@ -74,7 +74,7 @@ def plot_comparison(mapper, truth, maps: dict, path, figsize=None):
 
     crystal = mapper.crystal  # carries the plan the plots need
     true_om = build_orientation_map(crystal, truth.orientation_matrices[:, :, None], (truth.phase >= 0)[..., None] * 1.0,
-                                    mapper._symmetry())
+                                    mapper.symmetry)
     panels = {"ground truth": true_om, **maps}
     images = {name: out_of_plane_image(crystal, om) for name, om in panels.items()}
     fig, axes = plt.subplots(1, len(images) + 1, figsize=figsize or (4 * (len(images) + 1), 4.2))

@@ -28,14 +28,20 @@ as a ranking first and as a probability second.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 
-__all__ = ["FEATURES", "Calibration", "confidence_features", "disk_agreement", "fit_calibration", "calibrate",
-           "attach_calibration"]
+from ..core.rotations import symmetry_min_angle
+from .batch import MapBatch
+from .config import MapConfig
+from .phase import Phase
+from .score import tokens_to_xy
+
+__all__ = ["FEATURES", "Calibration", "confidence_features", "disk_agreement", "fit_calibration", "calibrated",
+           "confidence", "METADATA_KEY"]
 
 #: metadata key of the calibration in a model file
 METADATA_KEY = "confidence_calibration"
@@ -160,64 +166,26 @@ def fit_calibration(features: dict, right: torch.Tensor, hidden: int = 8, steps:
                        dict(fitted_on or {}), names)
 
 
-def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float = 0.5,
-              thickness=(20.0, 500.0), progress_bar: bool = True, passes: int = 2) -> Calibration:
-    """Fit ``mapper``'s confidence on ``n`` simulated patterns (per phase) and return the calibration.
-
-    The mapper's calibration also decides which sparse patterns it turns (``sparse_confidence``), so the
-    features depend on it: each of the ``passes`` maps the patterns under the calibration of the pass
-    before (the mapper's own in the first) and fits anew. ``mapper`` is left as it was.
-
-    The patterns: orientations uniform on SO(3), Bloch-wave, thickness uniform in ``thickness`` (A),
-    the model's voltage and k_max, raw detector pixels + calibration; a ``damaged_fraction`` of them
-    damaged as in the accuracy benchmark (0.01 1/A jitter, 20% intensity noise, weakest 20% dropped,
-    a spurious disk). Use other seeds than the benchmarks' (0-199) so they stay a fair test.
-    Attach the result with :func:`attach_calibration`.
-    """
-    from ..simulation.scan import simulate_random_orientations
-    from ..model.tokens import braggvectors_to_tokens
-
-    sets = []  # (phase, tokens, true matrices) per simulated set
-    for p, crystal in enumerate(mapper.crystals):
-        n_damaged = int(n * damaged_fraction)
-        for part, (count, damaged) in enumerate(((n - n_damaged, False), (n_damaged, True))):
-            if count == 0:
-                continue
-            bragg, truth = simulate_random_orientations(crystal, count, seed + 10 * p + part, damaged, thickness,
-                                                        progress_bar, accel_voltage=mapper.accel_voltage,
-                                                        k_max=mapper.token_config.k_max)
-            sets.append((p, braggvectors_to_tokens(bragg, mapper.token_config), truth.orientation_matrices[0]))
-    original = mapper.calibration
-    try:
-        for _ in range(max(1, passes)):
-            cal = _fit_on(mapper, sets)
-            mapper.calibration = cal
-    finally:
-        mapper.calibration = original
-    cal.fitted_on.update({"patterns": int(sum(len(t) for _, t, _ in sets)), "seed": seed,
-                          "damaged_fraction": damaged_fraction, "thickness_A": list(thickness), "passes": passes})
-    return cal
+def calibrated(score: torch.Tensor, features: dict, calibration: Calibration) -> torch.Tensor:
+    """The calibrated probability for raw scores ``score`` and their named features (same shape); a match
+    without a score (phases left out, patterns without disks: 0) stays at 0."""
+    return torch.where(score > 0, calibration.probability(features), score)
 
 
-def _fit_on(mapper, sets) -> Calibration:
-    """A calibration fitted to the mapper's answers on ``sets`` ((phase, tokens, true matrices) each)."""
-    from ..evaluation.compare import roc_auc
-    from ..core.rotations import symmetry_min_angle
-
-    feats, right = [], []
-    for p, tokens, true in sets:
-        matrix, _, named, _ = mapper.predict_phases(tokens, 1, calibrated=False, return_features=True)
-        err = symmetry_min_angle(torch.as_tensor(matrix[:, p, 0]), torch.as_tensor(true),
-                                 torch.as_tensor(mapper._symmetry(p)))
-        feats.append({k: torch.as_tensor(v[:, p, 0]) for k, v in named.items()})
-        right.append(torch.rad2deg(err) < 5)
-    x, y = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}, torch.cat(right)
-    cal = fit_calibration(x, y, fitted_on={"fraction_right": float(y.float().mean())})
-    cal.fitted_on["auc_on_fit_set"] = float(roc_auc(cal.probability(x).numpy(), y.numpy()))
-    return cal
-
-
-def attach_calibration(model, calibration: Calibration) -> None:
-    """Store ``calibration`` in ``model.metadata`` (saved with the model)."""
-    model.metadata[METADATA_KEY] = calibration.to_dict()
-
+@torch.inference_mode()
+def confidence(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
+    """Stage: the named confidence ``features`` (b, K) of every match (:func:`confidence_features`): how the
+    match's disks pair with the observed ones (within twice the score's kernel) and how far it moved from
+    the network's first answer (deg, beam flip allowed)."""
+    b, K = batch.corr.shape
+    moved = torch.rad2deg(symmetry_min_angle(batch.matrix, batch.hypotheses[:, :1].cpu().float(), phase.symmetry,
+                                             allow_beam_flip=True))
+    sim, sim_mask = batch.disks
+    rows, pick = torch.arange(b)[:, None].to(sim.device), batch.pick.to(sim.device)
+    sim, sim_mask = sim[rows, pick], sim_mask[rows, pick]  # the matches' disks, (b, K, M, 3), (b, K, M)
+    obs = tokens_to_xy(batch.tokens.tokens).to(batch.device).repeat_interleave(K, 0)
+    agreement = disk_agreement(obs, batch.tokens.mask.to(batch.device).repeat_interleave(K, 0),
+                               sim.reshape(b * K, *sim.shape[2:]), sim_mask.reshape(b * K, -1),
+                               2 * config.score.kernel, config.score.power).view(b, K, 3).cpu()
+    features = confidence_features(batch.corr, batch.alternative, batch.tokens.counts[:, None], agreement, moved)
+    return dataclasses.replace(batch, features=features)

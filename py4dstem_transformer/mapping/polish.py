@@ -23,34 +23,26 @@ the pairing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from ..core.kinematics import Reflections, excited_log_intensity, simulate_disks
 from ..core.rotations import exp_so3
+from .batch import MapBatch
+from .config import MapConfig, PolishConfig, ScoreConfig
+from .phase import Phase
+from .score import disk_limit, tokens_to_xy
 
-__all__ = ["PolishConfig", "polish_orientations"]
+__all__ = ["polish_orientations", "polish"]
 
 _AXES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]])  # trial order
 
 
-@dataclass(frozen=True)
-class PolishConfig:
-    """Settings of :func:`polish_orientations`."""
-
-    steps_deg: tuple = (1.0, 0.5, 0.25, 0.12)  # step sizes of the pattern search (deg), coarse to fine
-    repeats: int = 2  # moves tried per step size
-    reflections: int = 64  # reflections kept per candidate, at most
-    extra_reflections: int = 24  # and at most this many more than the score keeps (``max_disks``)
-    window_margin: float = 0.04  # widening (1/A) of the excitation and radial windows for those
-    min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are
-
-
 def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
-                        reflections: Reflections, sigma_excitation_error: float, kernel: float, power: float,
-                        max_disks, k_max: float = None, r_min: float = 0.0,
+                        reflections: Reflections, score: ScoreConfig, max_disks, k_max: float = None, r_min: float = 0.0,
                         config: PolishConfig = PolishConfig()):
     """Maximize the correlation of (B, 3, 3) orientations with their observed disks.
 
@@ -60,9 +52,11 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     observed : (B, N, 3) tensor of ``(qx, qy, I)`` in 1/A, lab frame.
     observed_mask : (B, N) bool tensor.
     reflections : Reflections of the crystal.
-    sigma_excitation_error, kernel, power, max_disks, k_max, r_min
-        The score's settings, as in :func:`~.kinematics.simulate_disks` and :func:`~.score.correlation`
-        (``max_disks``: an int, or each pattern's own (B,) limit).
+    score : ScoreConfig
+        The score's settings (excitation-error width, kernel, power).
+    max_disks, k_max, r_min
+        The disks scored, as in :func:`~.kinematics.simulate_disks` (``max_disks``: an int, or each
+        pattern's own (B,) limit) and the window (1/A) they are read in.
 
     Returns
     -------
@@ -72,12 +66,13 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     margin = config.window_margin
     limit = torch.as_tensor(max_disks, device=matrix.device).expand(len(matrix))  # (B,)
     kept = min(config.reflections, int(limit.max()) + config.extra_reflections)
-    _, sim_mask, index = simulate_disks(matrix, reflections, sigma_excitation_error + margin / 3, kept,
+    _, sim_mask, index = simulate_disks(matrix, reflections, score.sigma_excitation_error + margin / 3, kept,
                                         None if k_max is None else k_max + margin, max(r_min - margin, 0.0),
                                         return_index=True)
     g = reflections.g.to(matrix.device)[index]  # (B, K, 3) crystal frame
     term = _Score(g, torch.log(reflections.intensity.to(matrix.device)[index]), sim_mask, observed.float(),
-                  observed_mask, reflections.wavelength, sigma_excitation_error, kernel, power, limit, k_max, r_min)
+                  observed_mask, reflections.wavelength, score.sigma_excitation_error, score.kernel, score.power, limit,
+                  k_max, r_min)
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3) crystal -> lab
     g_lab = g @ matrix.float()  # (B, K, 3) rows of R g
     term.pair = torch.cdist(term.q, g_lab[..., :2]).masked_fill(~sim_mask[:, None, :], torch.inf).argmin(-1)  # (B, N)
@@ -152,3 +147,28 @@ class _Score:
         log_i = excited_log_intensity(gz, g2, g2 - gz**2, log_f2[:, None], self.wavelength, self.sigma, self.k_max,
                                       self.r_min)
         return (self.power * log_i).masked_fill(~(sim_mask[:, None] & torch.isfinite(log_i)), -torch.inf)
+
+
+@torch.inference_mode()
+def polish(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
+    """Stage: where the refinement found a pattern's disks too noisy to pin its candidates by their
+    positions (every fresh candidate's noise above ``config.polish.min_position_noise``), its fresh
+    candidates are polished on their score (:func:`polish_orientations`); all of a pattern's or none, so
+    that they compete on equal terms. A no-op with ``config.polish = None`` or nothing refined."""
+    if config.polish is None or batch.noise is None:
+        return batch
+    noisy = batch.noise.min(1).values > config.polish.min_position_noise  # (b,)
+    chosen = batch.fresh.cpu() & noisy[:, None]  # (b, C)
+    if not bool(chosen.any()):
+        return batch
+    device, (b, C) = batch.device, chosen.shape
+    rows = torch.arange(b).repeat_interleave(C)[chosen.flatten()]
+    obs, mask = tokens_to_xy(batch.tokens.tokens)[rows].to(device), batch.tokens.mask[rows].to(device)
+    flat = batch.candidates.reshape(b * C, 3, 3)
+    at = chosen.flatten().to(flat.device)
+    polished, _ = polish_orientations(flat[at], obs, mask, phase.reflections.to(device), config.score,
+                                      disk_limit(batch.tokens.counts, config)[rows].to(device),
+                                      config=config.polish, **phase.window)
+    out = flat.clone()
+    out[at] = polished.to(out)
+    return dataclasses.replace(batch, candidates=out.view(b, C, 3, 3))

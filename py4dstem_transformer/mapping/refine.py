@@ -26,36 +26,19 @@ the intensity law is approximate, hence its generous ``sigma_log_intensity``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..core.kinematics import Reflections, brightest_excited
 from ..core.rotations import exp_so3
-from .score import square_distances
+from .batch import MapBatch
+from .config import MapConfig, RefineConfig
+from .phase import Phase
+from .score import square_distances, tokens_to_xy
 
-__all__ = ["RefineConfig", "refine_orientations"]
-
-
-@dataclass(frozen=True)
-class RefineConfig:
-    """Settings of :func:`refine_orientations` (lengths in 1/A)."""
-
-    iterations: int = 4
-    radii: tuple = (0.12, 0.07, 0.04, 0.03)  # assignment radius per iteration (last one repeats)
-    sigma_position: float = 0.01  # expected error of a disk position (upper bound of the estimate)
-    sigma_position_floor: float = 0.002  # lower bound of the per-pattern estimate (~0.1 px centroids)
-    sigma_log_intensity: float = 1.0  # expected error of ln I against the kinematic law
-    intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
-    tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
-    sigma_excitation: float = 0.02  # excitation-error width sigma of the kinematic law (1/A)
-    candidate_sigma: float = 0.05  # wider window for the reflections disks may be assigned to
-
-    max_reflections: int = 64
-    subset_reflections: int = 96  # reflections kept per candidate for the whole fit (0: all, every iteration)
-    subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
-    damping: float = 1e-3
-    max_step_deg: float = 3.0
+__all__ = ["refine_orientations", "refine"]
 
 
 _FAR = 1e4  # 1/A: where a reflection that is not excited is put, so that no disk is assigned to it
@@ -193,3 +176,22 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     diag = a.diagonal(dim1=-2, dim2=-1)  # Marquardt: damp each parameter on its own scale
     a = a + torch.diag_embed(config.damping * diag + 1e-12)
     return -torch.linalg.solve(a, b[..., None])[..., 0]
+
+
+@torch.inference_mode()
+def refine(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
+    """Stage: the ``fresh`` candidates refined against their pattern's disks (:func:`refine_orientations`);
+    ``noise`` gets their position noise (1/A), inf elsewhere. A no-op unless ``query.refine``."""
+    if not batch.query.refine or not bool(batch.fresh.any()):
+        return batch
+    device, (b, C) = batch.device, batch.fresh.shape
+    fresh = batch.fresh.cpu().flatten()
+    rows = torch.arange(b).repeat_interleave(C)[fresh]  # pattern of every refined candidate
+    obs, mask = tokens_to_xy(batch.tokens.tokens)[rows].to(device), batch.tokens.mask[rows].to(device)
+    start = batch.candidates.reshape(b * C, 3, 3)[fresh.to(batch.candidates.device)].to(device)
+    refined, noise = refine_orientations(start, obs, mask, phase.reflections.to(device), config.refine,
+                                         return_noise=True, **phase.window)
+    out = batch.candidates.reshape(b * C, 3, 3).to(device=device, dtype=torch.float32).clone()
+    out[fresh.to(device)] = refined
+    noise = torch.full((b * C,), torch.inf).masked_scatter_(fresh, noise.cpu()).view(b, C)
+    return dataclasses.replace(batch, candidates=out.view(b, C, 3, 3), noise=noise)

@@ -13,9 +13,17 @@ arbiter between near-ambiguous candidates (the beam flip), vectorized over the b
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Tuple
+
 import torch
 
-__all__ = ["correlation", "tokens_to_xy", "square_distances", "SEPARATED_KERNELS"]
+from ..core.kinematics import simulate_disks
+from .batch import MapBatch
+from .config import MapConfig
+from .phase import Phase
+
+__all__ = ["correlation", "tokens_to_xy", "square_distances", "SEPARATED_KERNELS", "disk_limit", "kinematic_disks", "score"]
 
 
 def tokens_to_xy(tokens: torch.Tensor) -> torch.Tensor:
@@ -43,8 +51,7 @@ SEPARATED_KERNELS = 8.0
 
 
 def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: torch.Tensor,
-                simulated_mask: torch.Tensor, kernel: float = 0.04, power: float = 0.5,
-                separation: float = 0.0) -> torch.Tensor:
+                simulated_mask: torch.Tensor, kernel: float, power: float, separation: float = 0.0) -> torch.Tensor:
     """Normalised correlation of observed and simulated disks.
 
     Parameters
@@ -81,3 +88,37 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
     bb = (wb * wb).sum(-1) if separation > SEPARATED_KERNELS * kernel else _overlap(b, wb, b, wb, kernel)
     corr = (ab / torch.sqrt(aa.repeat_interleave(C, 0) * bb).clamp_min(1e-30)).clamp(0, 1).view(B, C)
     return corr[:, 0] if single else corr
+
+
+def disk_limit(counts: torch.Tensor, config: MapConfig) -> torch.Tensor:
+    """(B,) simulated disks scored per candidate, from each pattern's own (B,) disk count (so that its answer
+    does not depend on the patterns batched with it): ``disks_extra`` more than it has (``disks_min`` to
+    ``disks_max``), and all ``disks_max`` for a sparse pattern (``turns.max_disks``), where the reflections a
+    candidate predicts but the pattern lacks are most of the evidence (docs/benchmarks.md)."""
+    s = config.score
+    return torch.where(counts <= config.turns.max_disks, s.disks_max, (counts + s.disks_extra).clamp(s.disks_min, s.disks_max))
+
+
+def kinematic_disks(candidates: torch.Tensor, counts: torch.Tensor, phase: Phase, config: MapConfig,
+                    device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The scored kinematic disks of (b, C, 3, 3) candidates of patterns with (b,) disk ``counts``:
+    ``(disks (b, C, M, 3), mask (b, C, M))`` on ``device``."""
+    b, C = candidates.shape[:2]
+    sim, mask = simulate_disks(candidates.reshape(-1, 3, 3).to(device), phase.reflections.to(device),
+                               config.score.sigma_excitation_error,
+                               max_disks=disk_limit(counts, config).repeat_interleave(C).to(device), **phase.window)
+    return sim.view(b, C, *sim.shape[1:]), mask.view(b, C, -1)
+
+
+@torch.inference_mode()
+def score(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
+    """Stage: every candidate's :func:`correlation` with its pattern's disks (``score`` (b, C), -1 for a
+    repeated hypothesis, which is not a candidate of its own) and its simulated ``disks``."""
+    device = batch.device
+    sim, sim_mask = kinematic_disks(batch.candidates, batch.tokens.counts, phase, config, device)
+    obs = tokens_to_xy(batch.tokens.tokens).to(device)
+    corr = correlation(obs, batch.tokens.mask.to(device), sim, sim_mask, config.score.kernel, config.score.power,
+                       phase.separation).cpu()
+    if batch.distinct is not None:
+        corr = corr.masked_fill(~batch.distinct, -1.0)
+    return dataclasses.replace(batch, score=corr, disks=(sim, sim_mask))

@@ -1,0 +1,171 @@
+"""Every setting that changes a mapped answer, as frozen dataclasses (lengths in 1/A, angles in deg).
+
+:class:`MapConfig` gathers them; a mapper holds one, and ``py4dstem-transformer calibrate`` stores the
+one it fitted the confidence under beside the calibration in the model file
+(:class:`~.confidence.Calibration` ``fitted_on["map_config"]``), so that mapping under other settings
+says so instead of reporting an uncalibrated ``corr``. Settings that change only the speed (batch
+and chunk sizes, workers, device) are not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "MapConfig", "Query", "config_differences"]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How a candidate's kinematic disks are simulated and correlated with the observed ones."""
+
+    sigma_excitation_error: float = 0.04  # excitation-error width (1/A); wider than py4DSTEM's 0.02, as
+    # Bloch-wave intensities spread further from the Bragg condition
+    kernel: float = 0.03  # positional tolerance (1/A): the Gaussian width of every disk
+    power: float = 0.25  # intensities enter as I ** power (a low power scores which disks are present)
+    disks_extra: int = 8  # simulated disks scored per candidate: the pattern's own count + this ...
+    disks_min: int = 16  # ... but at least this many ...
+    disks_max: int = 48  # ... and at most this many (all of them for a sparse pattern, TurnConfig.max_disks)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`~.refine.refine_orientations` (lengths in 1/A)."""
+
+    iterations: int = 4
+    radii: tuple = (0.12, 0.07, 0.04, 0.03)  # assignment radius per iteration (last one repeats)
+    sigma_position: float = 0.01  # expected error of a disk position (upper bound of the estimate)
+    sigma_position_floor: float = 0.002  # lower bound of the per-pattern estimate (~0.1 px centroids)
+    sigma_log_intensity: float = 1.0  # expected error of ln I against the kinematic law
+    intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
+    tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
+    sigma_excitation: float = 0.02  # initial excitation-error width of the fitted intensity law (1/A);
+    # not ScoreConfig.sigma_excitation_error, which is fixed
+    candidate_sigma: float = 0.05  # wider window for the reflections disks may be assigned to
+
+    max_reflections: int = 64
+    subset_reflections: int = 96  # reflections kept per candidate for the whole fit (0: all, every iteration)
+    subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
+    damping: float = 1e-3
+    max_step_deg: float = 3.0
+
+
+@dataclass(frozen=True)
+class PolishConfig:
+    """Settings of :func:`~.polish.polish_orientations`, the pattern search on the score."""
+
+    steps_deg: tuple = (1.0, 0.5, 0.25, 0.12)  # step sizes of the pattern search (deg), coarse to fine
+    repeats: int = 2  # moves tried per step size
+    reflections: int = 64  # reflections kept per candidate, at most
+    extra_reflections: int = 24  # and at most this many more than the score keeps (``max_disks``)
+    window_margin: float = 0.04  # widening (1/A) of the excitation and radial windows for those
+    min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """The wider search for sparse patterns: their input turned in-plane by k * 180 / ``turns`` deg.
+
+    Patterns with ``min_disks`` to ``max_disks`` disks whose first answer has a calibrated confidence
+    below ``confidence`` (1: always) are predicted again from their turned input, and every distinct
+    answer is refined (only with ``refine=True``). ``turns=2`` maps ~25% faster and gets 1-3% fewer of the
+    sparse patterns right; from fewer than ``min_disks`` disks the turns find no better answer
+    (docs/benchmarks.md).
+    """
+
+    max_disks: int = 12
+    turns: int = 4
+    confidence: float = 0.85
+    min_disks: int = 4
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """All answer-changing settings of the mapping."""
+
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    polish: Optional[PolishConfig] = field(default_factory=PolishConfig)  # None: no pattern search
+    turns: TurnConfig = field(default_factory=TurnConfig)
+    repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
+    margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
+    min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), for a model file's metadata."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MapConfig":
+        parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig}
+        kw = {}
+        for k, v in d.items():
+            if k in parts:
+                kw[k] = None if v is None else parts[k](**{f: tuple(x) if isinstance(x, list) else x for f, x in v.items()})
+            else:
+                kw[k] = v
+        return cls(**kw)
+
+    def replace(self, **keywords) -> "MapConfig":
+        """A copy with settings changed by their flat names (:data:`KEYWORDS`: ``corr_power=0.5``,
+        ``sparse_turns=2``, ``polish_config=None``, ...) or by their fields (``score=ScoreConfig(...)``)."""
+        config, own = self, {}
+        for name, value in keywords.items():
+            if name in KEYWORDS:
+                part, attr = KEYWORDS[name]
+                if attr is None:
+                    own[part] = value
+                else:
+                    config = dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **{attr: value})})
+            elif name in {f.name for f in dataclasses.fields(self)}:
+                own[name] = value
+            else:
+                raise TypeError(f"unknown mapping setting {name!r}; the settings are {sorted(KEYWORDS)} and "
+                                f"MapConfig's fields {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(config, **own)
+
+
+#: The mapper's flat keyword names for MapConfig's settings: ``name -> (field, attribute or None)``.
+KEYWORDS = {
+    "sigma_excitation_error": ("score", "sigma_excitation_error"),
+    "corr_kernel_size": ("score", "kernel"),
+    "corr_power": ("score", "power"),
+    "refine_config": ("refine", None),
+    "polish_config": ("polish", None),
+    "sparse_disks": ("turns", "max_disks"),
+    "sparse_turns": ("turns", "turns"),
+    "sparse_confidence": ("turns", "confidence"),
+    "sparse_min_disks": ("turns", "min_disks"),
+    "min_phase_probability": ("min_phase_probability", None),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    """What one ``match_orientations`` call asks for (the py4DSTEM arguments that change the answer)."""
+
+    num_matches: int = 1
+    inversion_symmetry: bool = True  # the mirror partners compete for the 3rd and 4th matches
+    refine: bool = True  # refine (and polish) every candidate against the disks
+    min_angle_deg: float = 5.0  # matches of one pattern are at least this far apart (after symmetry)
+
+
+def config_differences(fitted: dict, used: dict, prefix: str = "") -> list:
+    """``["score.power: 0.25 -> 0.5", ...]``: the settings of two :meth:`MapConfig.to_dict` that differ."""
+    out = []
+    for key in sorted(set(fitted) | set(used)):
+        a, b = fitted.get(key), used.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
