@@ -7,64 +7,16 @@ happen inside the function that needs them, so ``--help`` and ``info`` start fas
 from __future__ import annotations
 
 import argparse
-import importlib
-import platform
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ._version import __version__
+from .core.device import environment_info
 from .benchmarks.bench import add_bench_command
 from .simulation.simulate import add_simulate_command
 
-__all__ = ["main", "build_parser", "environment_info"]
-
-
-def environment_info() -> dict:
-    """Versions and hardware facts that decide how (and how fast) the package runs here."""
-    import numpy
-    import torch
-
-    from .core.device import cpu_has_fast_bf16, resolve_device
-
-    info = {
-        "py4dstem_transformer": __version__,
-        "python": platform.python_version(),
-        "py4DSTEM": _version_of("py4DSTEM"),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pymatgen": _version_of("pymatgen"),
-        "orix": _version_of("orix"),
-        "device": str(resolve_device()),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": _cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_fast_bf16": cpu_has_fast_bf16(),
-    }
-    return info
-
-
-def _version_of(module: str) -> Optional[str]:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:  # not installed (PackageNotFoundError) or broken metadata
-        try:
-            return getattr(importlib.import_module(module), "__version__", "unknown")
-        except ImportError:
-            return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+__all__ = ["main", "build_parser"]
 
 
 def _cmd_info(args) -> int:

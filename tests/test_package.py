@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import py4dstem_transformer
-from py4dstem_transformer.cli import environment_info, main
+from py4dstem_transformer.cli import main
+from py4dstem_transformer.core.device import environment_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

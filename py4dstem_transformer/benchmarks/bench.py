@@ -300,8 +300,7 @@ def machine_info(config: BenchConfig) -> dict:
 
     import torch
 
-    from ..cli import environment_info
-    from ..core.device import autocast_dtype, resolve_device
+    from ..core.device import autocast_dtype, environment_info, resolve_device
 
     info = environment_info()
     device = resolve_device(config.device)
