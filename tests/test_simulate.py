@@ -194,17 +194,14 @@ def test_register_adds_crystal_method():
 
 
 def test_cli_simulate_writes_a_loadable_set(tmp_path):
-    import argparse
-
+    from py4dstem_transformer.cli import main
     from py4dstem_transformer.simulation.training_set import TrainingSet
 
-    parser = argparse.ArgumentParser()
-    simulate.add_simulate_command(parser.add_subparsers())
     out = tmp_path / "cu.h5"
-    args = parser.parse_args(["simulate", "--crystal", "Cu", "--out", str(out), "--angle-step", "15",
-                              "--thickness", "20:500:3", "--no-progress"])
-    assert args.func(args) == 0
+    argv = ["simulate", "--crystal", "Cu", "--out", str(out), "--angle-step", "15", "--thickness", "20:500:3",
+            "--no-progress"]
+    assert main(argv) == 0
     ts = TrainingSet.load(out)
     np.testing.assert_allclose(ts.config.thickness, np.geomspace(20, 500, 3))
     with pytest.raises(SystemExit):
-        args.func(args)  # refuses to overwrite
+        main(argv)  # refuses to overwrite
