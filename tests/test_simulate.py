@@ -180,7 +180,7 @@ def test_random_directions_are_uniform_in_the_fundamental_zone():
 
 def test_non_centrosymmetric_config_and_precession_guard():
     ts = generate_training_set(make_zns(), angle_step_zone_axis=15, thickness=[150.0], progress_bar=False)
-    assert not ts.config.centrosymmetric and ts.mirror_valid and len(ts.config.symmetry) == 12
+    assert not ts.config.centrosymmetric and ts.config.mirror_operation is not None and len(ts.config.symmetry) == 12
     with pytest.raises(ValueError):
         generate_training_set(make_cu(), precession_angle_degrees=1.0, progress_bar=False)
     with pytest.raises(ValueError):

@@ -230,11 +230,6 @@ class TrainingSet:
         """(N,) disks per pattern."""
         return np.diff(self.offsets)
 
-    @property
-    def mirror_valid(self) -> bool:
-        """Whether the mirror augmentation (see :func:`mirror_orientation`) is valid."""
-        return self.config.mirror_operation is not None
-
     def pattern(self, i: int, angle: float = 0.0, mirror: bool = False):
         """Disks of pattern ``i`` as float64 ``(qx, qy, intensity)``, lab frame, 1/A.
 
