@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ._version import __version__
+from .core.defaults import ACCEL_VOLTAGE, K_MAX, K_MAX_MARGIN
 from .core.device import environment_info
 from .simulation.simulator import DEFAULT_THICKNESS
 
@@ -44,8 +45,9 @@ def _add_simulate(sub) -> None:
     source.add_argument("--cif", help="crystal structure from a CIF file (needs pymatgen)")
     p.add_argument("--out", required=True, help="output file (.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--accel-voltage", type=float, default=300e3, help="volts (default 300e3)")
-    p.add_argument("--k-max", type=float, default=2.1, help="1/A (default 2.1)")
+    p.add_argument("--accel-voltage", type=float, default=ACCEL_VOLTAGE,
+                   help=f"volts (default {ACCEL_VOLTAGE / 1e3:g}e3)")
+    p.add_argument("--k-max", type=float, default=K_MAX, help=f"1/A (default {K_MAX:g})")
     p.add_argument("--angle-step", type=float, default=2.0, help="beam-direction grid step, degrees (default 2)")
     p.add_argument("--num-zone-axes", type=int, help="draw this many random beam directions instead of the grid")
     p.add_argument("--thickness", type=_thickness_arg, default=DEFAULT_THICKNESS,
@@ -111,8 +113,8 @@ def _cmd_train(args) -> int:
     if args.d_model or args.layers:
         base = ModelConfig()
         model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
-                                   d_ff=4 * (args.d_model or base.d_model), k_max=float(sets[0].config.k_max) * 1.05,
-                                   n_phases=len(sets))
+                                   d_ff=4 * (args.d_model or base.d_model),
+                                   k_max=float(sets[0].config.k_max) * K_MAX_MARGIN, n_phases=len(sets))
     init = args.init
     if init is not None and not Path(init).exists():
         from .pretrained import pretrained_path

@@ -39,6 +39,7 @@ import numpy as np
 from .simulator import (DEFAULT_THICKNESS, SIGMA_DYNAMICAL, SIGMA_KINEMATIC, PatternSimulator, example_crystal,
                         is_collinear, training_disks)
 from .training_set import TrainingSet, TrainingSetConfig
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 from ..core.zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
 
 __all__ = ["generate_training_set", "register"]
@@ -110,8 +111,8 @@ def _run_all(config, tasks, n_jobs, progress_bar):
 
 def generate_training_set(
     crystal,
-    accel_voltage: float = 300e3,
-    k_max: float = 2.1,
+    accel_voltage: float = ACCEL_VOLTAGE,
+    k_max: float = K_MAX,
     zone_axis_range="auto",
     angle_step_zone_axis: float = 2.0,
     num_zone_axes: Optional[int] = None,

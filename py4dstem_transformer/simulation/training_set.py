@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 
 __all__ = [
     "TrainingSetConfig",
@@ -115,8 +116,8 @@ class TrainingSetConfig:
     positions: tuple
     numbers: tuple
     occupancy: tuple
-    accel_voltage: float = 300e3
-    k_max: float = 2.1
+    accel_voltage: float = ACCEL_VOLTAGE
+    k_max: float = K_MAX
     dynamical: bool = True
     thickness: tuple = ()
     num_thicknesses: Optional[int] = None

@@ -21,6 +21,7 @@ from .augment import AugmentConfig, augment, rotate_in_plane
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from ..core.device import autocast, autocast_dtype, resolve_device
+from ..core.defaults import K_MAX_MARGIN
 from ..model.loss import orientation_loss, total_loss
 from ..model.model import ModelConfig, OrientationModel
 from ..simulation.phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
@@ -119,7 +120,7 @@ def train(
         training_set = training_set[0] if len(training_set) == 1 else PhaseTrainingSet(training_set)
     config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup=warmup,
                          val_fraction=val_fraction, seed=seed, precision=precision, **options)
-    token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * 1.05)
+    token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * K_MAX_MARGIN)
     n_phases = len(as_phase_sets(training_set))
     model_config = model_config or ModelConfig(k_max=token_config.k_max, n_phases=n_phases)
     if model_config.n_phases != n_phases:
