@@ -41,6 +41,8 @@ class TrainConfig:
     warmup: int = 300  # steps
     min_lr_fraction: float = 0.02
     weight_decay: float = 0.01
+    adam_beta1: float = 0.9  # AdamW's moment decay rates
+    adam_beta2: float = 0.99
     grad_clip: float = 1.0
     val_fraction: float = 0.05
     val_max_patterns: int = 4096
@@ -368,8 +370,7 @@ class _Run:
         if not path.exists():
             raise FileNotFoundError(f"nothing to resume: {path} does not exist")
         ckpt = load_checkpoint(path, kind="training-state")
-        saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "max_minutes")}
-        now = {k: v for k, v in asdict(self.config).items() if k not in ("epochs", "max_minutes")}
+        saved, now = _resume_settings(ckpt["train_config"]), _resume_settings(asdict(self.config))
         if saved != now:
             raise ValueError(f"cannot resume: the checkpoint was made with other settings {saved} != {now}")
         self.model.load_state_dict(ckpt["state_dict"])
@@ -392,11 +393,18 @@ class _Run:
         return self._model_with(weights)
 
 
+def _resume_settings(train_config: dict) -> dict:
+    """The settings a resumed run must share with its checkpoint: every ``TrainConfig`` field but the budget
+    (``epochs``, ``max_minutes``). A field the checkpoint lacks was added later and had its default then."""
+    defaults = asdict(TrainConfig())
+    return {k: train_config.get(k, v) for k, v in defaults.items() if k not in ("epochs", "max_minutes")}
+
+
 def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2))
 
 
 def plot_history(history, figsize=(9, 3.5), returnfig: bool = False):
