@@ -1,70 +1,27 @@
 """Command line: ``py4dstem-transformer`` (also ``python -m py4dstem_transformer``).
 
-Each subcommand is a small ``_cmd_*`` function registered in :func:`build_parser`; heavy imports
-happen inside the function that needs them, so ``--help`` and ``info`` start fast.
+Every option of every subcommand is parsed here (the library itself never sees argparse). Each
+subcommand is an ``_add_*`` function that registers its options in :func:`build_parser` and a small
+``_cmd_*`` function that calls the library; heavy imports happen inside the function that needs them,
+so ``--help`` and ``info`` start fast. ``bench`` is the one command that reaches into
+:mod:`py4dstem_transformer.benchmarks`, and only inside :func:`_cmd_bench` (nothing in the library
+imports the benchmarks).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ._version import __version__
-from .benchmarks.bench import add_bench_command
-from .simulation.simulate import add_simulate_command
+from .core.defaults import ACCEL_VOLTAGE, K_MAX, K_MAX_MARGIN
+from .core.device import environment_info
+from .simulation.simulator import DEFAULT_THICKNESS
 
-__all__ = ["main", "build_parser", "environment_info"]
-
-
-def environment_info() -> dict:
-    """Versions and hardware facts that decide how (and how fast) the package runs here."""
-    import numpy
-    import torch
-
-    from .core.device import cpu_has_fast_bf16, resolve_device
-
-    info = {
-        "py4dstem_transformer": __version__,
-        "python": platform.python_version(),
-        "py4DSTEM": _version_of("py4DSTEM"),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pymatgen": _version_of("pymatgen"),
-        "orix": _version_of("orix"),
-        "device": str(resolve_device()),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": _cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_fast_bf16": cpu_has_fast_bf16(),
-    }
-    return info
-
-
-def _version_of(module: str) -> Optional[str]:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:  # not installed (PackageNotFoundError) or broken metadata
-        try:
-            return getattr(importlib.import_module(module), "__version__", "unknown")
-        except ImportError:
-            return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+__all__ = ["main", "build_parser"]
 
 
 def _cmd_info(args) -> int:
@@ -76,6 +33,70 @@ def _cmd_info(args) -> int:
     if info["pymatgen"] is None:
         print("\nwarning: pymatgen is missing; py4DSTEM's symmetry features (OrientationMap.family, "
               "in-plane orientation maps) will not work. pip install 'pymatgen<2024.8.9'")
+    return 0
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate a training set and write it to an HDF5 file",
+                       description="Simulate Bragg-disk patterns with orientation labels (py4DSTEM "
+                                   "Bloch-wave or kinematic) and write a training set file.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--crystal", choices=["Cu", "Cu2O"], help="a built-in example crystal")
+    source.add_argument("--cif", help="crystal structure from a CIF file (needs pymatgen)")
+    p.add_argument("--out", required=True, help="output file (.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--accel-voltage", type=float, default=ACCEL_VOLTAGE,
+                   help=f"volts (default {ACCEL_VOLTAGE / 1e3:g}e3)")
+    p.add_argument("--k-max", type=float, default=K_MAX, help=f"1/A (default {K_MAX:g})")
+    p.add_argument("--angle-step", type=float, default=2.0, help="beam-direction grid step, degrees (default 2)")
+    p.add_argument("--num-zone-axes", type=int, help="draw this many random beam directions instead of the grid")
+    p.add_argument("--thickness", type=_thickness_arg, default=DEFAULT_THICKNESS,
+                   help="A: 'start:stop:num' (log-spaced) or 't1,t2,...' (default 10:1000:80)")
+    p.add_argument("--num-thicknesses", type=int, help="random thicknesses per beam direction within the range")
+    p.add_argument("--kinematic", action="store_true", help="kinematic instead of Bloch-wave intensities")
+    p.add_argument("--sigma-excitation-error", type=float, help="1/A (default 0.04 dynamical, 0.02 kinematic)")
+    p.add_argument("--precession-angle", type=float, help="degrees (kinematic only)")
+    p.add_argument("--min-relative-intensity", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-jobs", type=int, default=1, help="worker processes (-1: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _thickness_arg(text: str) -> tuple:
+    """``'start:stop:num'`` (log-spaced) or ``'t1,t2,...'`` as a tuple of thicknesses (A)."""
+    import numpy as np
+
+    try:
+        if ":" in text:
+            start, stop, num = text.split(":")
+            return tuple(np.geomspace(float(start), float(stop), int(num)).tolist())
+        return tuple(float(t) for t in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"thickness must be 'start:stop:num' or 't1,t2,...', got {text!r}") from err
+
+
+def _cmd_simulate(args) -> int:
+    from .simulation.simulate import generate_training_set
+    from .simulation.simulator import example_crystal
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise SystemExit(f"error: {args.out} exists; pass --overwrite to replace it")
+    if args.cif:
+        from py4DSTEM.process.diffraction import Crystal
+
+        crystal = Crystal.from_CIF(args.cif)
+    else:
+        crystal = example_crystal(args.crystal)
+    ts = generate_training_set(
+        crystal, accel_voltage=args.accel_voltage, k_max=args.k_max, angle_step_zone_axis=args.angle_step,
+        num_zone_axes=args.num_zone_axes, thickness=args.thickness, num_thicknesses=args.num_thicknesses,
+        dynamical=not args.kinematic, sigma_excitation_error=args.sigma_excitation_error,
+        precession_angle_degrees=args.precession_angle, min_relative_intensity=args.min_relative_intensity,
+        seed=args.seed, n_jobs=args.n_jobs, progress_bar=not args.no_progress)
+    ts.save(args.out, overwrite=args.overwrite)
+    size = Path(args.out).stat().st_size / 1e6
+    print(f"{ts}\nsimulated in {ts.info['seconds']:.1f} s; wrote {args.out} ({size:.1f} MB)")
     return 0
 
 
@@ -92,8 +113,8 @@ def _cmd_train(args) -> int:
     if args.d_model or args.layers:
         base = ModelConfig()
         model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
-                                   d_ff=4 * (args.d_model or base.d_model), k_max=float(sets[0].config.k_max) * 1.05,
-                                   n_phases=len(sets))
+                                   d_ff=4 * (args.d_model or base.d_model),
+                                   k_max=float(sets[0].config.k_max) * K_MAX_MARGIN, n_phases=len(sets))
     init = args.init
     if init is not None and not Path(init).exists():
         from .pretrained import pretrained_path
@@ -185,6 +206,68 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_bench(sub) -> None:
+    """``bench``; options left unset (None) take :class:`~.benchmarks.bench.BenchConfig`'s defaults."""
+    p = sub.add_parser("bench", help="ACOM vs the transformer on the same simulated scans: speed, stages, "
+                                     "accuracy, file path; JSON, markdown and plots")
+    p.add_argument("--sizes", default=None, help="scan sides N, comma-separated (default 8,16,...,1024)")
+    p.add_argument("--acom-max", type=int, default=None,
+                   help="ACOM on at most this many positions per scan; beyond, a random subset, extrapolated")
+    p.add_argument("--model", default=None, help="a pretrained name or a model file (default Cu)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
+    p.add_argument("--grains", type=int, default=None, help="grains per scan (default: one per 256 positions, 4-1024)")
+    p.add_argument("--file-min-size", type=int, default=None, help="measure the file path from this scan side up")
+    p.add_argument("--no-file", action="store_true", help="skip the file path")
+    p.add_argument("--no-refine", action="store_true", help="transformer with refine=False")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and bench_*.png")
+    p.add_argument("--update-docs", action="store_true",
+                   help="also rewrite the bench section of --docs and its images/bench_*.png")
+    p.add_argument("--docs", default="docs/benchmarks.md", help="the markdown file --update-docs rewrites")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
+
+
+#: ``bench`` options that are fields of ``BenchConfig`` of the same name (dashes for underscores)
+_BENCH_FIELDS = ("model", "device", "precision", "grains", "threads", "file_min_size", "seed")
+
+
+def _cmd_bench(args) -> int:
+    from .benchmarks.bench import BenchConfig, run_and_write  # the library's only way into benchmarks/
+
+    config = _bench_config(args, BenchConfig)
+    paths = run_and_write(config, args.out, docs=args.docs if args.update_docs else None,
+                          command=_bench_command_line(args, config, BenchConfig()))
+    print(f"\nwrote {paths['json']}, {paths['markdown']} and {len(paths['figures'])} figures"
+          + (f"; updated {paths['docs']}" if "docs" in paths else ""))
+    return 0
+
+
+def _bench_config(args, config_class):
+    """The ``config_class`` (``BenchConfig``) the options ask for; unset options keep its defaults."""
+    given = {name: getattr(args, name) for name in _BENCH_FIELDS + ("acom_max",)}
+    given["sizes"] = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
+    config = config_class(**{k: v for k, v in given.items() if v is not None}, refine=not args.no_refine,
+                          progress_bar=not args.no_progress)
+    return config if not args.no_file else replace(config, file_min_size=None)
+
+
+def _bench_command_line(args, config, default) -> str:
+    """The command as the outputs quote it: sizes and ACOM positions always, other options where they differ
+    from ``default`` (a default ``BenchConfig``)."""
+    parts = ["py4dstem-transformer bench", f"--sizes {','.join(map(str, config.sizes))}",
+             f"--acom-max {config.acom_max}"]
+    for name in _BENCH_FIELDS:
+        value = getattr(args, name)
+        if value is not None and value != getattr(default, name):
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    parts.append(f"--out {args.out}")
+    flags = {"--no-file": args.no_file, "--no-refine": args.no_refine, "--update-docs": args.update_docs}
+    return " ".join(parts + [k for k, on in flags.items() if on])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="py4dstem-transformer",
@@ -195,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, device and whether bf16 is fast here")
     info.set_defaults(func=_cmd_info)
     _add_demo(sub)
-    add_simulate_command(sub)
+    _add_simulate(sub)
     _add_train(sub)
     _add_calibrate(sub)
-    add_bench_command(sub)
+    _add_bench(sub)
     return parser
 
 

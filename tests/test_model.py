@@ -9,6 +9,7 @@ from py4dstem_transformer.model.loss import orientation_loss, total_loss
 from py4dstem_transformer.model.model import ModelConfig, OrientationModel
 from py4dstem_transformer.core.rotations import random_rotations
 from py4dstem_transformer.core.symmetry import point_group_rotations
+from py4dstem_transformer.simulation.phases import padded_symmetry
 
 from conftest import make_cu
 
@@ -89,17 +90,14 @@ def test_symmetry_equivalent_labels_give_equal_loss():
 
 def test_per_phase_symmetry_and_phase_cross_entropy():
     cubic = point_group_rotations(make_cu()).float()
-    groups = torch.zeros(2, 24, 3, 3)
-    groups[0], groups[1, 0] = cubic, torch.eye(3)
-    valid = torch.zeros(2, 24, dtype=torch.bool)
-    valid[0], valid[1, 0] = True, True
+    groups = padded_symmetry([cubic, torch.eye(3)[None]])  # phase 1: the identity only, padded with itself
     true = random_rotations(8, seed=5, dtype=torch.float32)
     pred = cubic[7] @ true  # right for phase 0 (cubic), wrong for phase 1 (identity only)
     phase = torch.tensor([0, 1] * 4)
-    angle = orientation_loss(pred, true, groups, False, phase, valid)
+    angle = orientation_loss(pred, true, groups, False, phase)
     assert angle[phase == 0].max() < 1e-3 and angle[phase == 1].min() > 0.5
     logits = torch.zeros(8, 2)
-    loss, _ = total_loss({"matrix": pred, "phase_logits": logits}, true, groups, False, phase, valid)
+    loss, _ = total_loss({"matrix": pred, "phase_logits": logits}, true, groups, False, phase)
     assert math.isclose(float(loss), float(angle.mean()) + 0.1 * math.log(2), rel_tol=1e-5)
 
 

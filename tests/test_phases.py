@@ -189,3 +189,10 @@ def test_init_weights_copies_a_single_phase_model_into_a_joint_one(two_sets):
     with pytest.raises(ValueError, match="architecture"):
         train(small, epochs=0, progress_bar=False, init_weights=OrientationModel(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=32)),
               model_config=ModelConfig(**arch, n_phases=2))
+
+
+def test_formula_without_pymatgen_ends_each_atomic_number_with_an_underscore(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pymatgen.core.periodic_table", None)  # import fails: pymatgen is missing
+    assert formula([29] * 4 + [8] * 2) == "Z8_Z29_2"

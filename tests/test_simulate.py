@@ -180,7 +180,7 @@ def test_random_directions_are_uniform_in_the_fundamental_zone():
 
 def test_non_centrosymmetric_config_and_precession_guard():
     ts = generate_training_set(make_zns(), angle_step_zone_axis=15, thickness=[150.0], progress_bar=False)
-    assert not ts.config.centrosymmetric and ts.mirror_valid and len(ts.config.symmetry) == 12
+    assert not ts.config.centrosymmetric and ts.config.mirror_operation is not None and len(ts.config.symmetry) == 12
     with pytest.raises(ValueError):
         generate_training_set(make_cu(), precession_angle_degrees=1.0, progress_bar=False)
     with pytest.raises(ValueError):
@@ -194,17 +194,14 @@ def test_register_adds_crystal_method():
 
 
 def test_cli_simulate_writes_a_loadable_set(tmp_path):
-    import argparse
-
+    from py4dstem_transformer.cli import main
     from py4dstem_transformer.simulation.training_set import TrainingSet
 
-    parser = argparse.ArgumentParser()
-    simulate.add_simulate_command(parser.add_subparsers())
     out = tmp_path / "cu.h5"
-    args = parser.parse_args(["simulate", "--crystal", "Cu", "--out", str(out), "--angle-step", "15",
-                              "--thickness", "20:500:3", "--no-progress"])
-    assert args.func(args) == 0
+    argv = ["simulate", "--crystal", "Cu", "--out", str(out), "--angle-step", "15", "--thickness", "20:500:3",
+            "--no-progress"]
+    assert main(argv) == 0
     ts = TrainingSet.load(out)
     np.testing.assert_allclose(ts.config.thickness, np.geomspace(20, 500, 3))
     with pytest.raises(SystemExit):
-        args.func(args)  # refuses to overwrite
+        main(argv)  # refuses to overwrite

@@ -111,3 +111,15 @@ def test_history_plot(trained):
     fig, (ax_loss, ax_val) = plot_history(trained, returnfig=True)
     assert len(ax_val.lines[0].get_xdata()) == len(trained.history["val_step"])
     plt.close(fig)
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_train_config_field_existed():
+    """A checkpoint lacking a field (e.g. the Adam betas, added later) was made with its default then."""
+    from dataclasses import asdict
+
+    from py4dstem_transformer.training.trainer import TrainConfig, _resume_settings
+
+    now = asdict(TrainConfig(epochs=5))
+    old = {k: v for k, v in now.items() if k not in ("adam_beta1", "adam_beta2", "epochs")}
+    assert _resume_settings(old) == _resume_settings(now)
+    assert _resume_settings({**old, "adam_beta2": 0.999}) != _resume_settings(now)

@@ -33,7 +33,7 @@ import numpy as np
 
 from .common import load_mapper, random_positions, subset_braggvectors, timed
 
-__all__ = ["BenchConfig", "run_bench", "grains_for", "add_bench_command", "DEFAULT_SIZES"]
+__all__ = ["BenchConfig", "run_bench", "run_and_write", "write_outputs", "grains_for", "DEFAULT_SIZES"]
 
 DEFAULT_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -300,8 +300,7 @@ def machine_info(config: BenchConfig) -> dict:
 
     import torch
 
-    from ..cli import environment_info
-    from ..core.device import autocast_dtype, resolve_device
+    from ..core.device import autocast_dtype, environment_info, resolve_device
 
     info = environment_info()
     device = resolve_device(config.device)
@@ -320,7 +319,7 @@ def _summary_line(row: dict) -> str:
             f"ratio {a['total_s'] / t['total_s']:,.1f}x{note}")
 
 
-# -- command line ------------------------------------------------------------------------------
+# -- outputs -----------------------------------------------------------------------------------
 def write_outputs(report: dict, raw: dict, out, docs: Optional[str] = None) -> dict:
     """``out``/bench.json, bench.md and bench_*.png; with ``docs`` (a benchmarks.md), its bench
     section and ``images/bench_*.png`` beside it too. Returns the paths written."""
@@ -344,50 +343,13 @@ def write_outputs(report: dict, raw: dict, out, docs: Optional[str] = None) -> d
     return paths
 
 
-def command_line(args) -> str:
-    """The command, every option spelled out, as the outputs quote it."""
-    parts = ["py4dstem-transformer bench", f"--sizes {args.sizes}", f"--acom-max {args.acom_max}"]
-    optional = {"--model": args.model if args.model != "Cu" else None, "--device": args.device,
-                "--precision": args.precision, "--grains": args.grains, "--threads": args.threads,
-                "--file-min-size": args.file_min_size if args.file_min_size != 256 else None,
-                "--seed": args.seed or None, "--out": args.out}
-    parts += [f"{k} {v}" for k, v in optional.items() if v is not None]
-    flags = {"--no-file": args.no_file, "--no-refine": args.no_refine, "--update-docs": args.update_docs}
-    return " ".join(parts + [k for k, on in flags.items() if on])
+def run_and_write(config: BenchConfig, out, docs: Optional[str] = None, command: Optional[str] = None) -> dict:
+    """:func:`run_bench`, then :func:`write_outputs`; ``command`` (the command line) is quoted in the outputs.
 
-
-def add_bench_command(subparsers) -> None:
-    """Register ``py4dstem-transformer bench`` on an argparse ``subparsers`` object."""
-    p = subparsers.add_parser("bench", help="ACOM vs the transformer on the same simulated scans: speed, stages, "
-                                            "accuracy, file path; JSON, markdown and plots")
-    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="scan sides N, comma-separated")
-    p.add_argument("--acom-max", type=int, default=500,
-                   help="ACOM on at most this many positions per scan; beyond, a random subset, extrapolated")
-    p.add_argument("--model", default="Cu", help="a pretrained name or a model file")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
-    p.add_argument("--grains", type=int, default=None, help="grains per scan (default: one per 256 positions, 4-1024)")
-    p.add_argument("--file-min-size", type=int, default=256, help="measure the file path from this scan side up")
-    p.add_argument("--no-file", action="store_true", help="skip the file path")
-    p.add_argument("--no-refine", action="store_true", help="transformer with refine=False")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and bench_*.png")
-    p.add_argument("--update-docs", action="store_true",
-                   help="also rewrite the bench section of --docs and its images/bench_*.png")
-    p.add_argument("--docs", default="docs/benchmarks.md", help="the markdown file --update-docs rewrites")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_bench)
-
-
-def _cmd_bench(args) -> int:
-    config = BenchConfig(sizes=tuple(int(s) for s in args.sizes.split(",")), acom_max=args.acom_max, model=args.model,
-                         device=args.device, precision=args.precision, grains=args.grains,
-                         file_min_size=None if args.no_file else args.file_min_size, refine=not args.no_refine,
-                         threads=args.threads, seed=args.seed, progress_bar=not args.no_progress)
+    What ``py4dstem-transformer bench`` runs (its options are parsed in :mod:`py4dstem_transformer.cli`).
+    Returns the paths written.
+    """
     report, raw = run_bench(config)
-    report["command"] = command_line(args)
-    paths = write_outputs(report, raw, args.out, args.docs if args.update_docs else None)
-    print(f"\nwrote {paths['json']}, {paths['markdown']} and {len(paths['figures'])} figures"
-          + (f"; updated {paths['docs']}" if "docs" in paths else ""))
-    return 0
+    if command is not None:
+        report["command"] = command
+    return write_outputs(report, raw, out, docs)

@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..core.defaults import ACCEL_VOLTAGE
+
 __all__ = ["pyxem_missing", "pyxem_match"]
 
 
@@ -29,8 +31,8 @@ def pyxem_missing() -> Optional[str]:
     return None
 
 
-def pyxem_match(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: float = 2.0, resolution_deg: float = 1.0,
-                shape: int = 128) -> Tuple[np.ndarray, float, float]:
+def pyxem_match(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0,
+                resolution_deg: float = 1.0, shape: int = 128) -> Tuple[np.ndarray, float, float]:
     """Template-match every position of ``bragg_peaks`` with pyxem.
 
     Parameters

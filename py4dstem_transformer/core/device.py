@@ -2,16 +2,19 @@
 
 The package runs one code path on any torch device; what differs is the autocast dtype:
 bf16 on CUDA and on CPUs with native bf16 matrix units (AMX or AVX-512-BF16), fp32 elsewhere.
+:func:`environment_info` reports these facts (``py4dstem-transformer info``, the benchmarks' outputs).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import platform
 from typing import Optional, Union
 
 import torch
 
-__all__ = ["resolve_device", "cpu_has_fast_bf16", "autocast_dtype", "autocast"]
+__all__ = ["resolve_device", "cpu_has_fast_bf16", "autocast_dtype", "autocast", "environment_info"]
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
@@ -29,14 +32,24 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def _cpu_flags() -> set:
+    flags = _cpuinfo_field("flags")
+    return set(flags.split()) if flags is not None else set()
+
+
+def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def _cpuinfo_field(name: str) -> Optional[str]:
+    """The value of the first ``name : value`` line of ``/proc/cpuinfo``; None where there is none (or no file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
 
 
 def autocast_dtype(device: Union[str, torch.device], precision: Optional[str] = None) -> Optional[torch.dtype]:
@@ -58,3 +71,38 @@ def autocast(device: Union[str, torch.device], dtype: Optional[torch.dtype]):
     """A ``torch.autocast`` context for ``device`` (disabled when ``dtype`` is None)."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def environment_info() -> dict:
+    """Versions and hardware facts that decide how (and how fast) the package runs here."""
+    import numpy
+
+    from .._version import __version__
+
+    return {
+        "py4dstem_transformer": __version__,
+        "python": platform.python_version(),
+        "py4DSTEM": _version_of("py4DSTEM"),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pymatgen": _version_of("pymatgen"),
+        "orix": _version_of("orix"),
+        "device": str(resolve_device()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_fast_bf16": cpu_has_fast_bf16(),
+    }
+
+
+def _version_of(module: str) -> Optional[str]:
+    """The installed distribution's version; the module's ``__version__`` without metadata; None if absent."""
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # not installed (PackageNotFoundError) or broken metadata
+        try:
+            return getattr(importlib.import_module(module), "__version__", "unknown")
+        except ImportError:
+            return None

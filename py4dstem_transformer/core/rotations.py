@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "beam_flip",
     "skew",
     "exp_so3",
-    "as_tensor",
 ]
 
 #: Right factor of a 180 deg rotation about the beam (lab z): ``M @ BEAM_FLIP``.
@@ -43,14 +41,6 @@ BEAM_FLIP = (-1.0, -1.0, 1.0)
 MIRROR = (1.0, -1.0, -1.0)
 
 _SVD_DTYPES = (torch.float32, torch.float64)
-
-
-def as_tensor(x, dtype=None, device=None) -> torch.Tensor:
-    """Return ``x`` as a torch tensor without copying numpy data when possible."""
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype or x.dtype, device=device or x.device)
-    x = torch.as_tensor(np.asarray(x), device=device)
-    return x.to(dtype) if dtype is not None else x
 
 
 def symmetric_orthogonalization(x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +102,7 @@ def symmetry_min_angle(
     true: torch.Tensor,
     symmetry: Optional[torch.Tensor] = None,
     allow_beam_flip: bool = False,
-    return_index: bool = False,
-):
+) -> torch.Tensor:
     """Misorientation angle (radians) after crystal symmetry, py4DSTEM convention.
 
     ``min_S geodesic_angle(pred, S @ true)`` over the proper point-group rotations ``S`` (left
@@ -128,9 +117,6 @@ def symmetry_min_angle(
         ``None`` means no symmetry (identity only).
     allow_beam_flip : bool
         Also accept the 180 deg rotation about the beam.
-    return_index : bool
-        Also return the index of the minimising ``S`` (and, with the flip, whether the flipped
-        prediction won, as a bool tensor).
 
     Returns
     -------
@@ -157,12 +143,7 @@ def symmetry_min_angle(
     if flipped is not None:
         flip = flipped.gather(-1, index[..., None])[..., 0]  # (...)
         best_d = torch.where(flip[..., None, None], best_d * best_d.new_tensor(BEAM_FLIP)[:, None], best_d)
-    best = _angle_of(best_d)
-    if not return_index:
-        return best
-    if flipped is not None:
-        return best, index, flip
-    return best, index
+    return _angle_of(best_d)
 
 
 def rotation_about_z(phi: torch.Tensor) -> torch.Tensor:

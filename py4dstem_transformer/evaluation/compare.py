@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..core.defaults import ACCEL_VOLTAGE
 from ..core.rotations import symmetry_min_angle
 from ..mapping.calibrate import roc_auc  # noqa: F401 (one of this module's metrics; defined where the fit needs it)
 
@@ -63,7 +64,8 @@ def evaluate_orientation_map(orientation_map, true_matrices: np.ndarray, symmetr
             "corr": corr}
 
 
-def acom_default(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: float = 2.0, progress_bar: bool = False):
+def acom_default(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0,
+                 progress_bar: bool = False):
     """py4DSTEM's ACOM as the baselines run it: default plan (2 deg / 2 deg, 'auto'), k_max 2.0 1/A.
 
     Prepares ``crystal`` (:func:`acom_plan`) and returns ``crystal.match_orientations(bragg_peaks)``
@@ -73,7 +75,7 @@ def acom_default(crystal, bragg_peaks, accel_voltage: float = 300e3, k_max: floa
     return acom_match(crystal, bragg_peaks, progress_bar)
 
 
-def acom_plan(crystal, accel_voltage: float = 300e3, k_max: float = 2.0) -> None:
+def acom_plan(crystal, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0) -> None:
     """Structure factors to ``k_max`` (1/A) and py4DSTEM's default orientation plan on ``crystal``."""
     with _quiet():
         crystal.setup_diffraction(accel_voltage)

@@ -7,8 +7,10 @@ every ``S @ M`` is the same physical orientation, so the orientation loss is
 tell them apart (a loss without the flip stalls near 22 deg median, ../docs); the flip is resolved
 afterwards against the physics.
 
-With several phases, each sample uses its own phase's group: ``symmetry`` is then a padded
-(n_phases, K, 3, 3) tensor with ``symmetry_mask`` (n_phases, K).
+With several phases, each sample uses its own phase's group: ``symmetry`` is then a
+(n_phases, K, 3, 3) tensor, the groups padded to a common K with the identity
+(:func:`~py4dstem_transformer.simulation.phases.padded_symmetry`). Every group holds the identity,
+so the padding never changes the minimum and no mask is needed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ def orientation_loss(
     symmetry: torch.Tensor,
     beam_flip_ambiguity: bool = True,
     phase: Optional[torch.Tensor] = None,
-    symmetry_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Per-sample symmetry-reduced angle (radians), shape (B,).
 
@@ -41,27 +42,19 @@ def orientation_loss(
     ----------
     pred, true : (B, 3, 3) tensors
     symmetry : (K, 3, 3) or (n_phases, K, 3, 3) tensor
-        Proper rotations, crystal Cartesian frame.
+        Proper rotations, crystal Cartesian frame; per phase, each group padded with the identity.
     beam_flip_ambiguity : bool
         Also minimise over the 180 deg rotation about the beam.
     phase : (B,) int64 tensor, optional
         Phase of each sample, selecting its group when ``symmetry`` is per phase.
-    symmetry_mask : (n_phases, K) bool tensor, optional
-        Valid entries of a padded per-phase ``symmetry``.
     """
     pred, true = pred.float(), true.float()
     symmetry = symmetry.to(dtype=true.dtype, device=true.device)
-    if symmetry.dim() == 4:
-        groups = symmetry[phase]  # (B, K, 3, 3)
-        valid = symmetry_mask.to(true.device)[phase] if symmetry_mask is not None else None
-    else:
-        groups, valid = symmetry[None], None  # (1, K, 3, 3)
+    groups = symmetry[phase] if symmetry.dim() == 4 else symmetry[None]  # (B, K, 3, 3) or (1, K, 3, 3)
     candidates = groups @ true[:, None]  # (B, K, 3, 3)
     angles = geodesic_angle(pred[:, None], candidates)  # (B, K)
     if beam_flip_ambiguity:
         angles = torch.minimum(angles, geodesic_angle(beam_flip(pred)[:, None], candidates))
-    if valid is not None:
-        angles = angles.masked_fill(~valid, float("inf"))
     return angles.min(dim=1).values
 
 
@@ -71,14 +64,13 @@ def total_loss(
     symmetry: torch.Tensor,
     beam_flip_ambiguity: bool = True,
     phase: Optional[torch.Tensor] = None,
-    symmetry_mask: Optional[torch.Tensor] = None,
     phase_weight: float = PHASE_WEIGHT,
 ):
     """Mean orientation loss, plus ``phase_weight`` x cross-entropy when the model has a phase head.
 
     Returns ``(loss, per_sample_angle)``.
     """
-    angle = orientation_loss(output["matrix"], true, symmetry, beam_flip_ambiguity, phase, symmetry_mask)
+    angle = orientation_loss(output["matrix"], true, symmetry, beam_flip_ambiguity, phase)
     loss = angle.mean()
     if "phase_logits" in output and phase is not None:
         loss = loss + phase_weight * F.cross_entropy(output["phase_logits"], phase)

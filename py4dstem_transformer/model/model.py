@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.defaults import K_MAX
 from ..core.rotations import symmetric_orthogonalization
 
 __all__ = ["ModelConfig", "OrientationModel"]
@@ -60,7 +61,7 @@ class ModelConfig:
     n_radial: int = 16
     radial_min_wavelength: float = 0.02
     n_angular: int = 16
-    k_max: float = 2.1
+    k_max: float = K_MAX
     n_phases: int = 1
     dropout: float = 0.0
 

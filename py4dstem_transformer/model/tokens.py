@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.defaults import K_MAX
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
 __all__ = ["TokenConfig", "Tokens", "tokenize", "iter_scan_tokens", "scan_tokens", "braggvectors_to_tokens"]
@@ -43,7 +44,7 @@ class TokenConfig:
         At most this many disks per pattern (the brightest).
     """
 
-    k_max: float = 2.1
+    k_max: float = K_MAX
     direct_beam_radius: float = 0.1
     min_relative_intensity: float = 1e-3
     max_tokens: int = 64

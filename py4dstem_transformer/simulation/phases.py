@@ -126,7 +126,8 @@ def formula(numbers) -> str:
 
 
 def _element(z: int):
-    """(symbol, electronegativity) of atomic number ``z``; ``("Z29", z)`` without pymatgen."""
+    """(symbol, electronegativity) of atomic number ``z``; without pymatgen ``(f"Z{z}_", z)``, e.g. ``("Z29_", 29.0)``
+    (the underscore ends the number, so a count after it stays readable: ``Z29_2``)."""
     try:
         from pymatgen.core.periodic_table import Element
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 from ..io.detector import DetectorCalibration
 from ..io.peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
@@ -83,8 +84,8 @@ def simulate_scan(
     phase_fraction: Optional[Sequence[float]] = None,
     thickness: Union[float, Tuple[float, float]] = (20.0, 500.0),
     dynamical: bool = True,
-    accel_voltage: float = 300e3,
-    k_max: float = 2.1,
+    accel_voltage: float = ACCEL_VOLTAGE,
+    k_max: float = K_MAX,
     sigma_excitation_error: Optional[float] = None,
     min_relative_intensity: float = 1e-3,
     q_pixel_size: float = 0.0175,
@@ -183,7 +184,7 @@ class _Damage:
 
 
 def simulate_orientations(crystals, orientation_matrices, thickness, phase=None, scan_shape=None, *,
-                          dynamical: bool = True, accel_voltage: float = 300e3, k_max: float = 2.1,
+                          dynamical: bool = True, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = K_MAX,
                           sigma_excitation_error: Optional[float] = None, min_relative_intensity: float = 1e-3,
                           q_pixel_size: float = 0.0175, Qshape: Tuple[int, int] = (256, 256),
                           origin_offset: Tuple[float, float] = (3.3, -2.1), origin_drift: float = 1.5,

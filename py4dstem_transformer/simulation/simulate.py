@@ -39,9 +39,10 @@ import numpy as np
 from .simulator import (DEFAULT_THICKNESS, SIGMA_DYNAMICAL, SIGMA_KINEMATIC, PatternSimulator, example_crystal,
                         is_collinear, training_disks)
 from .training_set import TrainingSet, TrainingSetConfig
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 from ..core.zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
 
-__all__ = ["generate_training_set", "register", "add_simulate_command"]
+__all__ = ["generate_training_set", "register"]
 
 
 def _zone_axis_patterns(sim: PatternSimulator, matrix, thickness, k_max, min_rel, dedup_tol):
@@ -110,8 +111,8 @@ def _run_all(config, tasks, n_jobs, progress_bar):
 
 def generate_training_set(
     crystal,
-    accel_voltage: float = 300e3,
-    k_max: float = 2.1,
+    accel_voltage: float = ACCEL_VOLTAGE,
+    k_max: float = K_MAX,
     zone_axis_range="auto",
     angle_step_zone_axis: float = 2.0,
     num_zone_axes: Optional[int] = None,
@@ -284,65 +285,3 @@ def register() -> None:
     from py4DSTEM.process.diffraction import Crystal
 
     Crystal.generate_training_set = _crystal_generate_training_set
-
-
-def add_simulate_command(subparsers) -> None:
-    """Register ``py4dstem-transformer simulate`` on an argparse ``subparsers`` object."""
-    p = subparsers.add_parser("simulate", help="simulate a training set and write it to an HDF5 file",
-                              description="Simulate Bragg-disk patterns with orientation labels (py4DSTEM "
-                                          "Bloch-wave or kinematic) and write a training set file.")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--crystal", choices=["Cu", "Cu2O"], help="a built-in example crystal")
-    source.add_argument("--cif", help="crystal structure from a CIF file (needs pymatgen)")
-    p.add_argument("--out", required=True, help="output file (.h5)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--accel-voltage", type=float, default=300e3, help="volts (default 300e3)")
-    p.add_argument("--k-max", type=float, default=2.1, help="1/A (default 2.1)")
-    p.add_argument("--angle-step", type=float, default=2.0, help="beam-direction grid step, degrees (default 2)")
-    p.add_argument("--num-zone-axes", type=int, help="draw this many random beam directions instead of the grid")
-    p.add_argument("--thickness", type=_thickness_arg, default=DEFAULT_THICKNESS,
-                   help="A: 'start:stop:num' (log-spaced) or 't1,t2,...' (default 10:1000:80)")
-    p.add_argument("--num-thicknesses", type=int, help="random thicknesses per beam direction within the range")
-    p.add_argument("--kinematic", action="store_true", help="kinematic instead of Bloch-wave intensities")
-    p.add_argument("--sigma-excitation-error", type=float, help="1/A (default 0.04 dynamical, 0.02 kinematic)")
-    p.add_argument("--precession-angle", type=float, help="degrees (kinematic only)")
-    p.add_argument("--min-relative-intensity", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=1, help="worker processes (-1: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_simulate)
-
-
-def _thickness_arg(text: str) -> tuple:
-    import argparse
-
-    try:
-        if ":" in text:
-            start, stop, num = text.split(":")
-            return tuple(np.geomspace(float(start), float(stop), int(num)).tolist())
-        return tuple(float(t) for t in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"thickness must be 'start:stop:num' or 't1,t2,...', got {text!r}") from err
-
-
-def _cmd_simulate(args) -> int:
-    from pathlib import Path
-
-    if Path(args.out).exists() and not args.overwrite:
-        raise SystemExit(f"error: {args.out} exists; pass --overwrite to replace it")
-    if args.cif:
-        from py4DSTEM.process.diffraction import Crystal
-
-        crystal = Crystal.from_CIF(args.cif)
-    else:
-        crystal = example_crystal(args.crystal)
-    ts = generate_training_set(
-        crystal, accel_voltage=args.accel_voltage, k_max=args.k_max, angle_step_zone_axis=args.angle_step,
-        num_zone_axes=args.num_zone_axes, thickness=args.thickness, num_thicknesses=args.num_thicknesses,
-        dynamical=not args.kinematic, sigma_excitation_error=args.sigma_excitation_error,
-        precession_angle_degrees=args.precession_angle, min_relative_intensity=args.min_relative_intensity,
-        seed=args.seed, n_jobs=args.n_jobs, progress_bar=not args.no_progress)
-    ts.save(args.out, overwrite=args.overwrite)
-    size = Path(args.out).stat().st_size / 1e6
-    print(f"{ts}\nsimulated in {ts.info['seconds']:.1f} s; wrote {args.out} ({size:.1f} MB)")
-    return 0

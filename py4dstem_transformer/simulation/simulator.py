@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
+
 __all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "training_disks",
            "is_collinear", "single_blas_thread"]
 
@@ -89,7 +91,7 @@ class PatternSimulator:
         As in ``Crystal.calculate_dynamical_structure_factors``.
     """
 
-    def __init__(self, crystal, accel_voltage=300e3, k_max=2.1, dynamical=True, sigma_excitation_error=None,
+    def __init__(self, crystal, accel_voltage=ACCEL_VOLTAGE, k_max=K_MAX, dynamical=True, sigma_excitation_error=None,
                  tol_excitation_error_mult=3.0, precession_angle_degrees=None, dynamical_method="WK-CP",
                  thermal_sigma=0.08, tol_structure_factor=1e-4):
         if dynamical and precession_angle_degrees is not None:

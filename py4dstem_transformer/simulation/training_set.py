@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 
 __all__ = [
     "TrainingSetConfig",
@@ -115,8 +116,8 @@ class TrainingSetConfig:
     positions: tuple
     numbers: tuple
     occupancy: tuple
-    accel_voltage: float = 300e3
-    k_max: float = 2.1
+    accel_voltage: float = ACCEL_VOLTAGE
+    k_max: float = K_MAX
     dynamical: bool = True
     thickness: tuple = ()
     num_thicknesses: Optional[int] = None
@@ -229,11 +230,6 @@ class TrainingSet:
     def counts(self) -> np.ndarray:
         """(N,) disks per pattern."""
         return np.diff(self.offsets)
-
-    @property
-    def mirror_valid(self) -> bool:
-        """Whether the mirror augmentation (see :func:`mirror_orientation`) is valid."""
-        return self.config.mirror_operation is not None
 
     def pattern(self, i: int, angle: float = 0.0, mirror: bool = False):
         """Disks of pattern ``i`` as float64 ``(qx, qy, intensity)``, lab frame, 1/A.

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data import Batch
+from ..core.defaults import K_MAX
 from ..core.rotations import MIRROR, rotation_about_z
 
 __all__ = ["AugmentConfig", "augment", "rotate_in_plane"]
@@ -51,7 +52,7 @@ class AugmentConfig:
     spurious_max: int = 2  # disks added to an affected pattern
     spurious_intensity_max: float = 0.5  # relative to the pattern's brightest disk
     spurious_r_min: float = 0.3  # 1/A
-    k_max: float = 2.1  # 1/A, outer radius for spurious disks
+    k_max: float = K_MAX  # 1/A, outer radius for spurious disks
 
     def to_dict(self) -> dict:
         return asdict(self)

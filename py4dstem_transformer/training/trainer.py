@@ -21,6 +21,7 @@ from .augment import AugmentConfig, augment, rotate_in_plane
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from ..core.device import autocast, autocast_dtype, resolve_device
+from ..core.defaults import K_MAX_MARGIN
 from ..model.loss import orientation_loss, total_loss
 from ..model.model import ModelConfig, OrientationModel
 from ..simulation.phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
@@ -40,6 +41,8 @@ class TrainConfig:
     warmup: int = 300  # steps
     min_lr_fraction: float = 0.02
     weight_decay: float = 0.01
+    adam_beta1: float = 0.9  # AdamW's moment decay rates
+    adam_beta2: float = 0.99
     grad_clip: float = 1.0
     val_fraction: float = 0.05
     val_max_patterns: int = 4096
@@ -119,7 +122,7 @@ def train(
         training_set = training_set[0] if len(training_set) == 1 else PhaseTrainingSet(training_set)
     config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup=warmup,
                          val_fraction=val_fraction, seed=seed, precision=precision, **options)
-    token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * 1.05)
+    token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * K_MAX_MARGIN)
     n_phases = len(as_phase_sets(training_set))
     model_config = model_config or ModelConfig(k_max=token_config.k_max, n_phases=n_phases)
     if model_config.n_phases != n_phases:
@@ -367,8 +370,7 @@ class _Run:
         if not path.exists():
             raise FileNotFoundError(f"nothing to resume: {path} does not exist")
         ckpt = load_checkpoint(path, kind="training-state")
-        saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "max_minutes")}
-        now = {k: v for k, v in asdict(self.config).items() if k not in ("epochs", "max_minutes")}
+        saved, now = _resume_settings(ckpt["train_config"]), _resume_settings(asdict(self.config))
         if saved != now:
             raise ValueError(f"cannot resume: the checkpoint was made with other settings {saved} != {now}")
         self.model.load_state_dict(ckpt["state_dict"])
@@ -391,11 +393,18 @@ class _Run:
         return self._model_with(weights)
 
 
+def _resume_settings(train_config: dict) -> dict:
+    """The settings a resumed run must share with its checkpoint: every ``TrainConfig`` field but the budget
+    (``epochs``, ``max_minutes``). A field the checkpoint lacks was added later and had its default then."""
+    defaults = asdict(TrainConfig())
+    return {k: train_config.get(k, v) for k, v in defaults.items() if k not in ("epochs", "max_minutes")}
+
+
 def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2))
 
 
 def plot_history(history, figsize=(9, 3.5), returnfig: bool = False):
