@@ -73,9 +73,6 @@ PACKAGE = ROOT / "py4dstem_transformer"
 #: mapping <- evaluation <- benchmarks, with the command line at the top. A module imports its own tier or lower.
 TIERS = {"_version": 0, "core": 0, "io": 1, "model": 1, "pretrained": 1, "simulation": 2, "training": 2, "mapping": 2,
          "evaluation": 3, "benchmarks": 4, "cli": 5, "__main__": 5, "__init__": 5}
-#: Known imports against the tiers, (importer, imported) modules; delete an entry once its import is gone.
-#: mapping/confidence.py's `calibrate` fits on evaluation.compare.roc_auc; it is moving to mapping/calibrate.py.
-KNOWN_UPWARD = {("py4dstem_transformer.mapping.confidence", "py4dstem_transformer.evaluation.compare")}
 
 
 def _module_name(path: Path) -> str:
@@ -114,14 +111,13 @@ def _folder(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _import_edges(skip=frozenset()) -> dict:
-    """``{(importing folder, imported folder): ["module -> module (line n)", ...]}`` across the package, leaving
-    out the ``(module, module)`` imports in ``skip``."""
+def _import_edges() -> dict:
+    """``{(importing folder, imported folder): ["module -> module (line n)", ...]}`` across the package."""
     edges = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         source = _module_name(path)
         for target, line, _ in _imports(path):
-            if _folder(source) != _folder(target) and (source, target) not in skip:
+            if _folder(source) != _folder(target):
                 edges.setdefault((_folder(source), _folder(target)), []).append(f"{source} -> {target} (line {line})")
     return edges
 
@@ -155,22 +151,14 @@ def test_every_package_folder_has_a_tier():
 
 
 def test_no_import_cycle_between_the_folders():
-    edges = _import_edges(skip=KNOWN_UPWARD)
+    edges = _import_edges()
     cycle = _cycle(edges)
     assert cycle == [], " -> ".join(cycle) + ":\n" + "\n".join(w for pair in zip(cycle, cycle[1:]) for w in edges[pair])
 
 
 def test_folders_import_only_their_own_tier_or_lower():
-    upward = [why for (a, b), whys in _import_edges(skip=KNOWN_UPWARD).items() if TIERS[b] > TIERS[a] for why in whys]
+    upward = [why for (a, b), whys in _import_edges().items() if TIERS[b] > TIERS[a] for why in whys]
     assert upward == [], "\n".join(upward)
-
-
-def test_known_upward_imports_still_exist():
-    """Each KNOWN_UPWARD import is still there (delete its entry once it is gone)."""
-    edges = _import_edges()
-    for source, target in KNOWN_UPWARD:
-        whys = edges.get((_folder(source), _folder(target)), ())
-        assert any(why.startswith(f"{source} -> {target} ") for why in whys), (source, target)
 
 
 def test_the_library_never_imports_the_benchmarks_and_only_cli_parses_arguments():

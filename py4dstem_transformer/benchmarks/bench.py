@@ -122,9 +122,9 @@ def bench_size(config: BenchConfig, size: int, seed: int, pyxem: bool = False, k
     row["transformer"], mapper, om = _run_transformer(config, bragg)
     pick = np.arange(n) if n <= config.acom_max else random_positions(n, config.acom_max, seed)
     row["acom"], om_acom = _run_acom(config, bragg, pick)
-    accuracy = _accuracy(om, om_acom, truth, pick, mapper._symmetry())
+    accuracy = _accuracy(om, om_acom, truth, pick, mapper.symmetry)
     if pyxem:
-        row["pyxem"], accuracy["pyxem"] = _run_pyxem(config, bragg, pick, truth, mapper._symmetry())
+        row["pyxem"], accuracy["pyxem"] = _run_pyxem(config, bragg, pick, truth, mapper.symmetry)
     if config.file_min_size is not None and size >= config.file_min_size:
         row["file"] = _run_file(config, bragg, mapper, om, row["acom"])
     maps = _maps(mapper, truth, om, om_acom, pick, size) if keep_maps else None
@@ -165,7 +165,7 @@ def _run_transformer(config: BenchConfig, bragg):
     from .stages import staged_transformer_map
 
     mapper, load_s = timed(load_mapper, config.model, config.device, config.precision)
-    _, reflections_s = timed(mapper._get_reflections)
+    _, reflections_s = timed(lambda: mapper.phases)  # the per-phase physics: reflections, symmetry
     om, match_s = timed(mapper.match_orientations, bragg, progress_bar=config.progress_bar, refine=config.refine)
     _, stages = staged_transformer_map(mapper, bragg, config.refine)
     n = int(np.prod(bragg.Rshape))
@@ -278,7 +278,7 @@ def _maps(mapper, truth, om, om_acom, pick, size: int) -> dict:
         matrix, corr = np.tile(np.eye(3), (n, 1, 1, 1)), np.zeros((n, 1))
         matrix[pick], corr[pick] = om_acom.matrix.reshape(-1, 1, 3, 3), om_acom.corr.reshape(-1, 1)
         om_acom = build_orientation_map(mapper.crystal, matrix.reshape(size, size, 1, 3, 3), corr.reshape(size, size, 1),
-                                        mapper._symmetry())
+                                        mapper.symmetry)
     return {"size": size, "mapper": mapper, "truth": truth, "maps": {"transformer": om, label: om_acom}}
 
 

@@ -116,8 +116,10 @@ def _stage_table(report: dict) -> str:
     head = " | ".join(STAGES)
     lines = ["### Stages (seconds)", "",
              "Transformer stages from a second, staged run of the same mapping (`benchmarks/stages.py`): network = "
-             "the transformer, refinement = candidates refined against the disks, confidence = the correlation "
-             "score, ranking = the rest of the prediction step. ACOM: plan, and match time per pattern.", "",
+             "the transformer; then the pipeline's stages (docs/architecture.md): expand = candidates, refine = "
+             "refined against the disks, polish = pattern search on the score, score = the correlation, rank = "
+             "distinct matches, confidence = the calibration's features; other = the rest of the mapping (batching, "
+             "calibration). ACOM: plan, and match time per pattern.", "",
              f"| scan | {head} | sum of stages | end to end (setup) | ACOM plan | ACOM ms / pattern |",
              "|---" * (len(STAGES) + 5) + "|"]
     for r in report["sizes"]:

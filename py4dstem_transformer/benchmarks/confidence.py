@@ -58,8 +58,8 @@ def main(argv=None) -> dict:
         name = "damaged" if damaged else "clean"
         bragg, truth = test_set(crystal_from_metadata(mapper.model.metadata), args.n, args.seed + 100 * damaged, damaged)
         tokens = braggvectors_to_tokens(bragg, mapper.token_config)
-        matrix, _, named, _ = mapper.predict_phases(tokens, 1, return_features=True)
-        named = {k: v[:, 0, 0] for k, v in named.items()}
+        mapped = mapper.map_tokens(tokens, 1)
+        matrix, named = mapped.matrix, {k: v[:, 0, 0] for k, v in mapped.features.items()}
         s1, s2 = named["score"], named["score"] - named["margin"]
         err = misorientation_deg(matrix[:, 0, 0], truth.orientation_matrices[0], mapper.symmetry)
         right = err < 5

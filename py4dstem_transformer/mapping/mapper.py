@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.defaults import ACCEL_VOLTAGE
 from ..core.device import resolve_device
 from ..io.compatibility import check_crystal_matches_model
 from ..io.crystal import crystals_from_metadata, phase_metadata
@@ -81,7 +82,7 @@ class TransformerOrientationMap:
         self.device, self.precision, self.workers = resolve_device(device), precision, workers
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
-        self.accel_voltage = float(meta.get("accel_voltage", 300e3))
+        self.accel_voltage = float(meta.get("accel_voltage", ACCEL_VOLTAGE))
         self._warn_if_uncalibrated(refine=True)
 
     @classmethod

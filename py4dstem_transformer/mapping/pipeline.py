@@ -87,12 +87,13 @@ class _Found:
 
 
 def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config: MapConfig, query: Query,
-               batch_size: int) -> Mapped:
+               batch_size: int, stages=STAGES) -> Mapped:
     """Ranked, refined and scored matches of every pattern for every phase (:class:`Mapped`).
 
     Patterns go in batches of similar disk count (padding trimmed), so the working set stays in
     cache; a pattern's answer does not depend on the patterns batched with it. A pattern without disks
-    has nothing to read: identity, score 0, every phase as likely.
+    has nothing to read: identity, score 0, every phase as likely. ``stages``: :data:`STAGES` or stand-ins
+    with their names (e.g. timed ones, :mod:`..benchmarks.stages`).
     """
     B, P, K = len(tokens), len(phases), query.num_matches
     matrix, corr = torch.zeros(B, P, K, 3, 3), torch.zeros(B, P, K)
@@ -108,7 +109,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
         first = 1 if (calibration is not None and turns.confidence < 1) else n_turns
         for idx, batch in count_sorted_batches(tokens, batch_size, subset):
             hypotheses, prob = network.hypotheses(batch, first)  # (b, H, 3, 3), (b, P)
-            found = _map_phases(batch, hypotheses, prob, network.device, phases, config, query)
+            found = _map_phases(batch, hypotheses, prob, network.device, phases, config, query, stages)
             if first < n_turns:
                 unsure = (_sureness(found, prob, calibration) < turns.confidence).cpu()
                 if unsure.any():
@@ -116,7 +117,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
                     on = unsure.to(prob.device)
                     prob[on] = (prob[on] + (n_turns - 1) * more_prob) / n_turns
                     again = _map_phases(batch[unsure], torch.cat([hypotheses[on], more], 1), prob[on], network.device,
-                                        phases, config, query, found[unsure])
+                                        phases, config, query, stages, found[unsure])
                     found.assign(unsure, again)
             probability[idx] = prob.cpu()
             matrix[idx], corr[idx], features[idx] = found.matrix, found.corr, found.features
@@ -126,7 +127,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
 
 
 def _map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, device, phases: Sequence[Phase],
-                config: MapConfig, query: Query, refined: Optional[_Found] = None) -> _Found:
+                config: MapConfig, query: Query, stages=STAGES, refined: Optional[_Found] = None) -> _Found:
     """The stages for every phase the network finds likely enough (the others keep the network's answer with
     score 0). ``refined``: an earlier pass over the first hypotheses, whose refined candidates are reused."""
     b, P, K = len(tokens), len(phases), query.num_matches
@@ -141,7 +142,8 @@ def _map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, de
         if refined is not None and bool(refined.done[rows, p].all()):
             earlier = refined.candidates[rows, p]
         sub = tokens if rows.all() else tokens[rows]
-        batch = run_stages(MapBatch(sub, hypotheses[rows.to(hypotheses.device)], query, device, earlier), phase, config)
+        batch = run_stages(MapBatch(sub, hypotheses[rows.to(hypotheses.device)], query, device, earlier), phase, config,
+                           stages)
         found.matrix[rows, p], found.corr[rows, p] = batch.matrix, batch.corr
         found.features[rows, p] = torch.stack([batch.features[k] for k in FEATURES], -1)
         found.candidates[rows, p], found.done[rows, p] = batch.candidates.cpu(), True
