@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "MapConfig", "Query", "config_differences"]
+__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "MapConfig", "Query", "config_differences",
+           "uncalibrated_warning"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,27 @@ class Query:
     inversion_symmetry: bool = True  # the mirror partners compete for the 3rd and 4th matches
     refine: bool = True  # refine (and polish) every candidate against the disks
     min_angle_deg: float = 5.0  # matches of one pattern are at least this far apart (after symmetry)
+
+    def __post_init__(self):
+        available = 4 if self.inversion_symmetry else 2
+        if not 1 <= self.num_matches <= available:
+            raise ValueError(
+                f"num_matches_return must be between 1 and {available} (the prediction and its near-ambiguous "
+                f"partners{'' if self.inversion_symmetry else '; pass inversion_symmetry=True for the mirror partners'})")
+
+
+def uncalibrated_warning(fitted: Optional[dict], config: MapConfig, refine: bool = True) -> Optional[str]:
+    """The warning due where a confidence calibration fitted under the :meth:`MapConfig.to_dict` ``fitted``
+    (always with ``refine=True``) is applied under ``config`` and ``refine``; None where they agree or
+    nothing was recorded."""
+    if fitted is None:
+        return None
+    changed = config_differences(fitted, config.to_dict()) + ([] if refine else ["refine: True -> False"])
+    if changed:
+        return (f"corr was calibrated under other mapping settings ({'; '.join(changed)}); under these it is no "
+                f"calibrated probability, only a ranking. Recalibrate (py4dstem-transformer calibrate) or pass "
+                f"calibrated_confidence=False")
+    return None
 
 
 def config_differences(fitted: dict, used: dict, prefix: str = "") -> list:

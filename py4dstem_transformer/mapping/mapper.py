@@ -23,7 +23,7 @@ from ..io.peaks import Peaks, peaks_from_braggvectors
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
 from .confidence import Calibration
-from .config import MapConfig, Query, config_differences
+from .config import MapConfig, Query, uncalibrated_warning
 from .phase import build_phases
 from .pipeline import Mapped, map_tokens
 from .predict import Network, default_batch_size
@@ -213,7 +213,7 @@ class TransformerOrientationMap:
         confidence features and phase probabilities of every pattern and phase (:class:`~.pipeline.Mapped`).
         ``phases``: other physics than :attr:`phases` (e.g. another calibration deciding the turns)."""
         device = self.device if device is None else resolve_device(device)
-        query = Query(self._check_num_matches(num_matches, inversion_symmetry), inversion_symmetry, refine,
+        query = Query(int(num_matches), inversion_symmetry, refine,
                       self.config.margin_deg if min_angle_deg is None else float(min_angle_deg))
         return map_tokens(tokens, Network(self.model, device, self.precision), phases or self.phases, self.config, query,
                           batch_size or default_batch_size(device))
@@ -225,7 +225,7 @@ class TransformerOrientationMap:
         if len(peaks.scan_shape) != 2:
             raise ValueError(f"expected a 2-D scan, got scan shape {peaks.scan_shape}")
         device = self.device if device is None else resolve_device(device)
-        K = self._check_num_matches(num_matches, inversion_symmetry)
+        K = Query(int(num_matches), inversion_symmetry).num_matches  # checked before any work
         calibration = self.calibration if self.calibrated_confidence else None
         if not refine:
             self._warn_if_uncalibrated(refine=False)
@@ -251,21 +251,8 @@ class TransformerOrientationMap:
         crystal.orientation_map = build_orientation_map(crystal, matrix, corr, self.phases[phase].rotations)
         return crystal.orientation_map
 
-    def _check_num_matches(self, num_matches_return: int, inversion_symmetry: bool) -> int:
-        available = 4 if inversion_symmetry else 2
-        if not 1 <= num_matches_return <= available:
-            raise ValueError(
-                f"num_matches_return must be between 1 and {available} (the prediction and its near-ambiguous "
-                f"partners{'' if inversion_symmetry else '; pass inversion_symmetry=True for the mirror partners'})")
-        return int(num_matches_return)
-
     def _warn_if_uncalibrated(self, refine: bool) -> None:
-        """Warn where ``corr`` would be reported as calibrated under settings other than the calibration's."""
-        fitted = (self.calibration.fitted_on.get("map_config") if self.calibration is not None else None)
-        if fitted is None or not self.calibrated_confidence:
-            return
-        changed = config_differences(fitted, self.config.to_dict()) + ([] if refine else ["refine: True -> False"])
-        if changed:
-            warnings.warn(f"corr was calibrated under other mapping settings ({'; '.join(changed)}); under these it "
-                          f"is no calibrated probability, only a ranking. Recalibrate (py4dstem-transformer calibrate) "
-                          f"or pass calibrated_confidence=False", stacklevel=3)
+        fitted = self.calibration.fitted_on.get("map_config") if self.calibration is not None else None
+        message = uncalibrated_warning(fitted, self.config, refine) if self.calibrated_confidence else None
+        if message:
+            warnings.warn(message, stacklevel=3)

@@ -1,0 +1,132 @@
+"""The mapping pipeline: pure stages over a MapBatch, saved settings, py4DSTEM's signature."""
+
+import dataclasses
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.core.rotations import symmetry_min_angle
+from py4dstem_transformer.mapping.batch import MapBatch
+from py4dstem_transformer.mapping.config import MapConfig, Query, ScoreConfig, TurnConfig, uncalibrated_warning
+from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+from py4dstem_transformer.mapping.pipeline import STAGES, map_tokens, run_stages
+from py4dstem_transformer.mapping.predict import Network
+from py4dstem_transformer.pretrained import load_pretrained
+
+from conftest import KinematicSet, kinematic_scan, kinematic_tokens, make_cu
+
+
+@pytest.fixture(scope="module")
+def cu_mapper():
+    return TransformerOrientationMap(make_cu(), load_pretrained("Cu"), precision="fp32")
+
+
+def test_match_orientations_takes_py4dstems_positional_arguments():
+    """Our positional parameters are py4DSTEM's, in its order; everything of ours is keyword-only."""
+    from py4DSTEM.process.diffraction import Crystal
+
+    for ours, theirs in ((TransformerOrientationMap.match_orientations, Crystal.match_orientations),
+                         (TransformerOrientationMap.match_single_pattern, Crystal.match_single_pattern)):
+        mine = [p for p in inspect.signature(ours).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD][1:]
+        host = list(inspect.signature(theirs).parameters.values())[1:len(mine) + 1]
+        assert [p.name for p in mine] == [p.name for p in host]
+        assert [p.default for p in mine[1:]] == [p.default for p in host[1:]]  # the defaults too (after the data)
+    keyword_only = {p.name for p in inspect.signature(TransformerOrientationMap.match_orientations).parameters.values()
+                    if p.kind == p.KEYWORD_ONLY}
+    assert keyword_only == {"batch_size", "device", "chunk_size", "refine"}
+
+
+def test_min_angle_between_matches_is_honoured(cu_mapper):
+    scan = kinematic_scan(KinematicSet(12, seed=5), (3, 4))
+    for min_angle in (None, 30.0):
+        om = cu_mapper.match_orientations(scan, 2, min_angle, progress_bar=False)
+        first, second = (torch.as_tensor(om.matrix[:, :, k].reshape(-1, 3, 3)) for k in (0, 1))
+        apart = torch.rad2deg(symmetry_min_angle(first, second, torch.as_tensor(cu_mapper.symmetry))).numpy()
+        found = om.corr[:, :, 1].ravel() > 0
+        assert found.sum() >= 6 and (apart[found] >= (min_angle or 5.0)).all()
+        if min_angle is None:
+            assert (apart[found] < 30).any()  # so that the 30 deg run shows the argument at work
+
+
+def test_return_orientation_false_returns_nothing_and_stores_the_map(cu_mapper):
+    scan = kinematic_scan(KinematicSet(4, seed=1), (2, 2))
+    assert cu_mapper.match_orientations(scan, return_orientation=False, progress_bar=False) is None
+    assert cu_mapper.crystal.orientation_map.matrix.shape == (2, 2, 1, 3, 3)
+    with pytest.raises(ValueError, match="polar"):
+        cu_mapper.match_single_pattern(np.zeros(3, dtype=[("qx", float), ("qy", float), ("intensity", float)]),
+                                       plot_polar=True)
+
+
+def _batch(mapper, n=16, seed=3, num_matches=2):
+    _, tokens, _ = kinematic_tokens(n, seed=seed)
+    network = Network(mapper.model, mapper.device, "fp32")
+    hypotheses, _ = network.hypotheses(tokens, 1)
+    return MapBatch(tokens, hypotheses, Query(num_matches), mapper.device), network, tokens
+
+
+def test_every_stage_leaves_its_input_alone(cu_mapper):
+    """Stages are pure: a stage that has nothing to do (the polish, on clean disks) returns its batch as it is."""
+    batch, _, _ = _batch(cu_mapper)
+    phase, config = cu_mapper.phases[0], cu_mapper.config
+    for stage in STAGES:
+        snapshot = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+        copies = {k: v.clone() for k, v in snapshot.items() if isinstance(v, torch.Tensor)}
+        out = stage(batch, phase, config)
+        assert isinstance(out, MapBatch), stage.__name__
+        for k, v in copies.items():
+            assert torch.equal(getattr(batch, k), v), (stage.__name__, k)  # nothing changed in place
+        batch = out
+    b, C = batch.score.shape
+    assert C == 2 * batch.hypotheses.shape[1]  # each hypothesis and its beam flip
+    assert batch.matrix.shape == (b, 2, 3, 3) and set(batch.features) >= {"score", "margin", "moved_deg"}
+    assert (batch.corr[:, 0] >= batch.corr[:, 1]).all()
+    np.testing.assert_allclose(torch.linalg.det(batch.matrix).numpy(), 1.0, atol=1e-5)
+
+
+def test_the_stages_compose_to_the_pipeline(cu_mapper):
+    """Without the turns, the pipeline of a batch is the stages run in order on the network's answer."""
+    config = dataclasses.replace(cu_mapper.config, turns=TurnConfig(turns=1))
+    batch, network, tokens = _batch(cu_mapper)
+    by_hand = run_stages(batch, cu_mapper.phases[0], config)
+    mapped = map_tokens(tokens, network, cu_mapper.phases, config, Query(2), batch_size=len(tokens) + 1)
+    np.testing.assert_allclose(mapped.matrix[:, 0], by_hand.matrix.double().numpy(), atol=1e-5)
+    np.testing.assert_allclose(mapped.score[:, 0], by_hand.corr.double().numpy(), atol=1e-6)
+
+
+def test_refine_false_skips_the_refinement_stages(cu_mapper):
+    batch, _, _ = _batch(cu_mapper)
+    batch = dataclasses.replace(batch, query=Query(2, refine=False))
+    out = run_stages(batch, cu_mapper.phases[0], cu_mapper.config)
+    expanded = STAGES[0](batch, cu_mapper.phases[0], cu_mapper.config)
+    torch.testing.assert_close(out.candidates.cpu(), expanded.candidates.cpu())  # nothing moved
+    assert out.noise is None
+
+
+def test_map_config_round_trip_and_flat_names():
+    config = MapConfig().replace(corr_power=0.5, sparse_turns=2, polish_config=None, refine_config=MapConfig().refine)
+    assert config.score == ScoreConfig(power=0.5) and config.turns.turns == 2 and config.polish is None
+    assert MapConfig.from_dict(config.to_dict()) == config and MapConfig.from_dict(MapConfig().to_dict()) == MapConfig()
+    with pytest.raises(TypeError, match="corr_powr"):
+        MapConfig().replace(corr_powr=0.5)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        Query(3, inversion_symmetry=False)
+
+
+def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
+    fitted = cu_mapper.calibration.fitted_on["map_config"]
+    assert fitted == MapConfig().to_dict()  # the shipped model records the settings it is calibrated for
+    assert uncalibrated_warning(fitted, MapConfig()) is None
+    assert "score.power: 0.25 -> 0.5" in uncalibrated_warning(fitted, MapConfig().replace(corr_power=0.5))
+    assert "refine: True -> False" in uncalibrated_warning(fitted, MapConfig(), refine=False)
+    model = cu_mapper.model
+    with pytest.warns(UserWarning, match="turns.turns: 4 -> 2"):
+        TransformerOrientationMap(make_cu(), model, sparse_turns=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TransformerOrientationMap(make_cu(), model)  # the calibration's own settings: no word
+        TransformerOrientationMap(make_cu(), model, sparse_turns=2, calibrated_confidence=False)  # raw scores asked for
+    with pytest.warns(UserWarning, match="refine"):
+        cu_mapper.match_orientations(kinematic_scan(KinematicSet(1, seed=2), (1, 1)), progress_bar=False, refine=False)
