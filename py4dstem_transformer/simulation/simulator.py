@@ -1,8 +1,8 @@
 """One crystal's py4DSTEM simulations, prepared once on a private copy: :class:`PatternSimulator`.
 
 The user's ``Crystal`` is never changed: ``calculate_dynamical_structure_factors`` would overwrite
-its kinematic structure factors and ``orientation_plan`` resets its voltage, so everything runs on
-``Crystal(crystal.positions, crystal.numbers, crystal.lat_real, occupancy=crystal.occupancy)``.
+its kinematic structure factors and ``orientation_plan`` resets its voltage, so everything runs on a
+private copy rebuilt from its identity (:func:`~py4dstem_transformer.io.crystal.private_copy`).
 
 Recipe (dynamical): ``calculate_dynamical_structure_factors(accel_voltage, 'WK-CP', k_max=2 k_max,
 thermal_sigma=0.08, tol_structure_factor=1e-4)`` so every pair of beams couples and the forbidden
@@ -20,6 +20,8 @@ import io
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..io.crystal import private_copy
 
 __all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "training_disks",
            "is_collinear", "single_blas_thread"]
@@ -47,13 +49,8 @@ def single_blas_thread():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def private_crystal(crystal):
-    """A new ``Crystal`` with the same positions, numbers, lattice and occupancy."""
-    from py4DSTEM.process.diffraction import Crystal
-
-    occupancy = getattr(crystal, "occupancy", None)
-    return Crystal(np.array(crystal.positions, dtype=np.float64), np.array(crystal.numbers),
-                   np.array(crystal.lat_real, dtype=np.float64), occupancy=occupancy)
+#: The former name of :func:`~py4dstem_transformer.io.crystal.private_copy`.
+private_crystal = private_copy
 
 
 def example_crystal(name: str):
@@ -99,7 +96,7 @@ class PatternSimulator:
         self.k_max, self.dynamical = float(k_max), bool(dynamical)
         self.sigma, self.mult = float(sigma_excitation_error), float(tol_excitation_error_mult)
         self.precession = precession_angle_degrees
-        self.crystal = private_crystal(crystal)
+        self.crystal = private_copy(crystal)
         with contextlib.redirect_stdout(io.StringIO()):  # py4DSTEM prints "overriding ..." notes
             if dynamical:
                 self.crystal.calculate_dynamical_structure_factors(
@@ -111,13 +108,9 @@ class PatternSimulator:
     @classmethod
     def from_config(cls, config) -> "PatternSimulator":
         """From a :class:`~py4dstem_transformer.simulation.training_set.TrainingSetConfig`."""
-        from py4DSTEM.process.diffraction import Crystal
-
-        crystal = Crystal(np.array(config.positions, dtype=np.float64), np.array(config.numbers),
-                          np.array(config.lat_real), occupancy=np.array(config.occupancy, dtype=np.float64))
-        return cls(crystal, config.accel_voltage, config.k_max, config.dynamical, config.sigma_excitation_error,
-                   config.tol_excitation_error_mult, config.precession_angle_degrees, config.dynamical_method,
-                   config.thermal_sigma, config.tol_structure_factor)
+        return cls(config.crystal_identity.to_crystal(), config.accel_voltage, config.k_max, config.dynamical,
+                   config.sigma_excitation_error, config.tol_excitation_error_mult, config.precession_angle_degrees,
+                   config.dynamical_method, config.thermal_sigma, config.tol_structure_factor)
 
     def simulate(self, matrix: np.ndarray, thickness: Optional[Sequence[float]] = None) -> list:
         """Patterns for orientation ``matrix`` (3, 3), one per thickness (A; ignored if kinematic).

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..io.crystal import CrystalIdentity
 
 __all__ = [
     "TrainingSetConfig",
@@ -144,6 +145,11 @@ class TrainingSetConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @property
+    def crystal_identity(self) -> CrystalIdentity:
+        """The crystal these patterns were simulated for (``lat_real``, ``positions``, ``numbers``, ``occupancy``)."""
+        return CrystalIdentity(self.positions, self.numbers, self.lat_real, self.occupancy)
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingSetConfig":
         names = {f.name for f in dataclasses.fields(cls)}
@@ -252,11 +258,7 @@ class TrainingSet:
 
     def crystal(self):
         """A new py4DSTEM ``Crystal`` with the stored identity."""
-        from py4DSTEM.process.diffraction import Crystal
-
-        c = self.config
-        return Crystal(np.array(c.positions, dtype=np.float64), np.array(c.numbers), np.array(c.lat_real),
-                       occupancy=np.array(c.occupancy, dtype=np.float64))
+        return self.config.crystal_identity.to_crystal()
 
     def save(self, path, overwrite: bool = False) -> None:
         """Write to an HDF5 file (emdfile tree). Refuses to replace a file unless ``overwrite``."""
