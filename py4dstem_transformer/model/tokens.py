@@ -22,9 +22,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.rotations import rotate_polar
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
-__all__ = ["TokenConfig", "Tokens", "tokenize", "iter_scan_tokens", "scan_tokens", "braggvectors_to_tokens"]
+__all__ = ["TokenConfig", "Tokens", "tokenize", "rotate_tokens", "iter_scan_tokens", "scan_tokens",
+           "braggvectors_to_tokens"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,20 @@ def _brightest_first(index, position, relative, kept, max_tokens):
     index, pos = index[order], pos[order]
     rank = torch.arange(len(index), device=pos.device) - (torch.cumsum(kept, 0) - kept)[pos]
     return index[rank < max_tokens], kept.clamp(max=max_tokens)
+
+
+def rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:
+    """(B, N, 3) tokens ``(r, theta, I)`` with every disk rotated counter-clockwise by ``phi`` (radians).
+
+    ``theta`` is wrapped by :func:`~py4dstem_transformer.core.rotations.rotate_polar`; ``r``, ``I``
+    and the padding mask are unchanged (padded rows get ``theta = phi``, which nothing reads). A
+    pattern rotated by ``phi`` has the label ``M @ rotation_about_z(-phi)``. Returns ``tokens``
+    itself when ``phi == 0``.
+    """
+    if phi == 0:
+        return tokens
+    theta = rotate_polar(tokens[..., 1], phi)  # (B, N)
+    return torch.stack([tokens[..., 0], theta, tokens[..., 2]], -1)
 
 
 def iter_scan_tokens(

@@ -166,9 +166,9 @@ def in_plane_rotation(angle) -> np.ndarray:
 
 def rotate_pattern(qx, qy, angle) -> Tuple[np.ndarray, np.ndarray]:
     """Rotate disk positions counter-clockwise by ``angle`` (radians); float64 arithmetic."""
-    qx, qy = np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)
-    c, s = np.cos(angle), np.sin(angle)
-    return c * qx - s * qy, s * qx + c * qy
+    from ..core.rotations import rotate_xy
+
+    return rotate_xy(np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64), angle)
 
 
 def mirror_orientation(m, mirror_operation) -> np.ndarray:

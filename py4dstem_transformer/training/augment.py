@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data import Batch
-from ..core.rotations import MIRROR, rotation_about_z
+from ..core.rotations import MIRROR, rotate_xy, rotation_about_z
 
 __all__ = ["AugmentConfig", "augment", "rotate_in_plane"]
 
@@ -65,8 +65,7 @@ class AugmentConfig:
 def rotate_in_plane(batch: Batch, phi: torch.Tensor, mirror: torch.Tensor) -> Batch:
     """Rotate each pattern by ``phi`` (B,) radians, then mirror ``qx -> -qx`` where ``mirror`` (B,)."""
     pos = batch.position
-    c, s = torch.cos(phi)[pos], torch.sin(phi)[pos]
-    qx, qy = c * batch.qx - s * batch.qy, s * batch.qx + c * batch.qy
+    qx, qy = rotate_xy(batch.qx, batch.qy, phi, pos)
     qx = torch.where(mirror[pos], -qx, qx)
     matrix = batch.matrix @ rotation_about_z(-phi).to(batch.matrix.dtype)
     flip = torch.where(mirror[:, None], torch.tensor(MIRROR, dtype=matrix.dtype), torch.ones(3, dtype=matrix.dtype))
