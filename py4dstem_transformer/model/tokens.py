@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.patterns import rank_within_pattern
 from ..core.rotations import rotate_polar
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
@@ -132,14 +133,9 @@ def tokenize(
 
 
 def _brightest_first(index, position, relative, kept, max_tokens):
-    """Truncate the kept peaks of each pattern to its ``max_tokens`` brightest (rare path)."""
-    # sort by (pattern, -relative intensity): relative is in (0, 1], so the key keeps patterns apart
-    pos = position[index]
-    key = pos.double() + 0.5 * (1.0 - relative[index].double())
-    order = torch.argsort(key, stable=True)
-    index, pos = index[order], pos[order]
-    rank = torch.arange(len(index), device=pos.device) - (torch.cumsum(kept, 0) - kept)[pos]
-    return index[rank < max_tokens], kept.clamp(max=max_tokens)
+    """Truncate the kept peaks of each pattern to its ``max_tokens`` brightest (rare path), brightest first."""
+    order, rank = rank_within_pattern(position[index], relative[index], descending=True)
+    return index[order][rank < max_tokens], kept.clamp(max=max_tokens)
 
 
 def rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..core.patterns import rank_within_pattern
 from ..io.detector import DetectorCalibration
 from ..io.peaks import Peaks, peaks_to_braggvectors
 from .simulator import PatternSimulator
@@ -306,10 +307,9 @@ def _scan_disks(grains, patterns, rng, jitter, intensity_noise, drop_weakest, sp
 def _keep_brighter(position, intensity, direct, fraction):
     """Mask dropping ``floor(fraction * n)`` of the weakest diffracted disks of each position."""
     diffracted = np.flatnonzero(~direct)
-    order = diffracted[np.lexsort((intensity[diffracted], position[diffracted]))]  # by position, dimmest first
+    order, rank = rank_within_pattern(position[diffracted], intensity[diffracted])  # by position, dimmest first
+    order = diffracted[order]
     n = np.bincount(position[order], minlength=position.max() + 1)
-    first = np.concatenate([[0], np.cumsum(n)[:-1]])
-    rank = np.arange(len(order)) - first[position[order]]
     keep = np.ones(len(position), dtype=bool)
     keep[order[rank < np.floor(fraction * n[position[order]])]] = False
     return keep

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data import Batch
+from ..core.patterns import rank_within_pattern
 from ..core.rotations import MIRROR, rotate_xy, rotation_about_z
 
 __all__ = ["AugmentConfig", "augment", "rotate_in_plane"]
@@ -124,12 +125,12 @@ def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
 
 
 def _rank_by_intensity(batch: Batch, pos: torch.Tensor) -> torch.Tensor:
+    """(P,) rank of every disk within its pattern by relative intensity, 0 = the weakest."""
     brightest = torch.zeros(len(batch.counts)).scatter_reduce_(0, pos, batch.intensity, "amax")
     relative = batch.intensity / brightest[pos].clamp_min(1e-30)
-    order = torch.argsort(pos.double() * 4 + relative.double().clamp(0, 2), stable=True)
-    first = torch.cumsum(batch.counts, 0) - batch.counts
+    order, rank_in_order = rank_within_pattern(pos, relative)
     rank = torch.empty_like(pos)
-    rank[order] = torch.arange(len(pos)) - first[pos[order]]
+    rank[order] = rank_in_order
     return rank
 
 
