@@ -19,7 +19,7 @@ import numpy as np
 from ..core.patterns import rank_within_pattern
 from ..io.detector import DetectorCalibration
 from ..io.peaks import Peaks, peaks_to_braggvectors
-from .simulator import PatternSimulator
+from .simulator import PatternSimulator, direct_beam
 
 __all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "simulate_random_orientations",
            "voronoi_grains"]
@@ -265,7 +265,7 @@ def _grain_properties(num_grains, num_phases, phase_fraction, thickness, num_vac
 
 def _detected(data: np.ndarray, k_max: float, min_relative_intensity: float):
     """(qx, qy, intensity) with the direct beam first, then the detectable diffracted disks."""
-    direct = (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
+    direct = direct_beam(data)
     d = data[~direct & (np.hypot(data["qx"], data["qy"]) <= k_max)]
     brightest = d["intensity"].max() if len(d) else 1.0
     d = d[d["intensity"] >= min_relative_intensity * brightest]

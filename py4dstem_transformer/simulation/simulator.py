@@ -23,8 +23,8 @@ import numpy as np
 
 from ..io.crystal import private_copy
 
-__all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "training_disks",
-           "is_collinear", "single_blas_thread"]
+__all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "direct_beam",
+           "training_disks", "is_collinear", "single_blas_thread"]
 
 #: 80 thicknesses log-spaced over 10-1000 A (1-100 nm, thin to thick foils). Normalised Bloch
 #: patterns change fastest with thickness in thin foils (max relative-intensity change about
@@ -132,13 +132,17 @@ class PatternSimulator:
         return [p.data for p in patterns]
 
 
+def direct_beam(data: np.ndarray) -> np.ndarray:
+    """(n,) bool: the 000 beam of a py4DSTEM pattern (structured array with fields ``h, k, l``)."""
+    return (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
+
+
 def training_disks(data: np.ndarray, k_max: float, min_relative_intensity: float):
     """Direct beam out, ``hypot(qx, qy) <= k_max``, intensities over the brightest disk, faint ones out.
 
     Returns ``(qx, qy, relative_intensity, hkl)`` arrays, or None if no disk is left.
     """
-    direct = (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
-    keep = ~direct & (np.hypot(data["qx"], data["qy"]) <= k_max)
+    keep = ~direct_beam(data) & (np.hypot(data["qx"], data["qy"]) <= k_max)
     if not np.any(keep) or data["intensity"][keep].max() <= 0:
         return None
     d = data[keep]
