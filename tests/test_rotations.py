@@ -12,6 +12,9 @@ from py4dstem_transformer.core.rotations import (
     beam_flip,
     geodesic_angle,
     random_rotations,
+    rotate_polar,
+    rotate_xy,
+    rotation_about_x,
     rotation_about_z,
     symmetric_orthogonalization,
     symmetry_min_angle,
@@ -150,6 +153,34 @@ def test_pattern_rotated_by_phi_has_label_m_rz_minus_phi():
     dtheta = torch.remainder(theta1 - theta0 - phi[:, None] + math.pi, 2 * math.pi) - math.pi
     assert dtheta.abs().max() < 1e-12
     assert torch.allclose(after[:, 2], before[:, 2])  # the beam component is untouched
+
+
+def test_one_in_plane_vocabulary_for_matrices_points_and_polar_angles():
+    phi = np.array([0.3, -1.2, 2.9, np.pi])
+    rz = rotation_about_z(phi)
+    assert isinstance(rz, np.ndarray) and rz.dtype == np.float64
+    np.testing.assert_array_equal(rz, rotation_about_z(torch.as_tensor(phi)).numpy())  # one formula, two backends
+    np.testing.assert_allclose(rz @ np.swapaxes(rz, -1, -2), np.broadcast_to(np.eye(3), rz.shape), atol=1e-15)
+    x, y = np.array([1.0, 0.2, -0.7, 0.5]), np.array([0.0, -0.9, 0.4, 0.5])
+    rx, ry = rotate_xy(x, y, phi)
+    np.testing.assert_allclose(np.stack([rx, ry], -1), (rz[:, :2, :2] @ np.stack([x, y], -1)[..., None])[..., 0], atol=1e-15)
+    theta = rotate_polar(torch.as_tensor(np.arctan2(y, x)), torch.as_tensor(phi)).numpy()
+    np.testing.assert_allclose(np.cos(theta - np.arctan2(ry, rx)), 1.0, atol=1e-14)
+    assert np.all((theta >= -np.pi) & (theta <= np.pi))
+    # per pattern: point p turns by phi[position[p]], exactly as the spread-out angles would
+    position = torch.tensor([0, 0, 1, 3])
+    tx, ty = rotate_xy(torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(phi), position)
+    ex, ey = rotate_xy(x, y, phi[position.numpy()])
+    np.testing.assert_allclose(np.stack([tx.numpy(), ty.numpy()]), np.stack([ex, ey]), atol=1e-15)
+    # a number gives Python-float arithmetic, so torch tensors keep their dtype
+    qx, qy = rotate_xy(torch.ones(3), torch.zeros(3), 0.5)
+    assert qx.dtype == torch.float32 and torch.allclose(qy, torch.full((3,), math.sin(0.5)))
+
+
+def test_rotation_about_x_is_rotation_about_z_with_axes_relabelled():
+    phi = np.linspace(-3, 3, 7)
+    cycle = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]])  # takes x to y, y to z, z to x
+    np.testing.assert_allclose(rotation_about_x(phi), cycle @ rotation_about_z(phi) @ cycle.T, atol=1e-15)
 
 
 def test_agrees_with_orix_misorientation(oh):

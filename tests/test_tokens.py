@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from py4dstem_transformer.io.detector import DetectorCalibration
 from py4dstem_transformer.io.peaks import Peaks, peaks_from_braggvectors, peaks_to_braggvectors, read_peaks
-from py4dstem_transformer.model.tokens import TokenConfig, braggvectors_to_tokens, scan_tokens, tokenize
+from py4dstem_transformer.model.tokens import (TokenConfig, braggvectors_to_tokens, rotate_tokens, scan_tokens,
+                                               tokenize)
 
 
 def random_braggvectors(seed, shape=(5, 4), max_peaks=40, ellipse=True, rotate=True, flip=False):
@@ -187,3 +188,22 @@ def test_reader_errors_are_clear(tmp_path):
         read_peaks(path)
     with pytest.raises(TypeError, match="expected py4DSTEM BraggVectors"):
         peaks_from_braggvectors(np.zeros((3, 3)))
+
+
+def test_rotate_tokens_turns_every_disk_counter_clockwise():
+    g = torch.Generator().manual_seed(3)
+    counts = torch.tensor([5, 0, 9, 2])
+    qx, qy = torch.rand(16, generator=g) * 4 - 2, torch.rand(16, generator=g) * 4 - 2
+    intensity = torch.rand(16, generator=g) + 0.01
+    tokens = tokenize(qx, qy, intensity, counts, TokenConfig(k_max=3.0))
+    assert rotate_tokens(tokens.tokens, 0.0) is tokens.tokens
+    for phi in (0.4, -2.5, np.pi, 7.0):
+        turned = rotate_tokens(tokens.tokens, phi)
+        c, s = np.cos(phi), np.sin(phi)
+        expected = tokenize(c * qx - s * qy, s * qx + c * qy, intensity, counts, TokenConfig(k_max=3.0))
+        m = tokens.mask
+        assert torch.equal(turned[..., [0, 2]], tokens.tokens[..., [0, 2]])
+        assert torch.allclose(turned[m][:, 0], expected.tokens[m][:, 0], atol=1e-5)
+        dtheta = torch.remainder(turned[m][:, 1] - expected.tokens[m][:, 1] + np.pi, 2 * np.pi) - np.pi
+        assert dtheta.abs().max() < 1e-5
+        assert bool(((turned[..., 1] >= -np.pi - 1e-6) & (turned[..., 1] <= np.pi + 1e-6)).all())

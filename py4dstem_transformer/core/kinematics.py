@@ -38,10 +38,9 @@ class Reflections:
     @classmethod
     def from_crystal(cls, crystal, k_max: float, accel_voltage: float, tol_structure_factor: float = 1e-4):
         """Compute on a private copy of ``crystal`` (the user's object is not modified)."""
-        from py4DSTEM.process.diffraction import Crystal
+        from ..io.crystal import private_copy
 
-        occupancy = getattr(crystal, "occupancy", None)
-        fresh = Crystal(crystal.positions, crystal.numbers, crystal.lat_real, occupancy=occupancy)
+        fresh = private_copy(crystal)
         with contextlib.redirect_stdout(io.StringIO()):
             fresh.setup_diffraction(accel_voltage)
             fresh.calculate_structure_factors(k_max, tol_structure_factor=tol_structure_factor)

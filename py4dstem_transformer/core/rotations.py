@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "symmetry_min_angle",
     "random_rotations",
     "rotation_about_z",
+    "rotation_about_x",
+    "rotate_xy",
+    "rotate_polar",
     "beam_flip",
     "skew",
     "exp_so3",
@@ -146,16 +150,80 @@ def symmetry_min_angle(
     return _angle_of(best_d)
 
 
-def rotation_about_z(phi: torch.Tensor) -> torch.Tensor:
+def rotation_about_z(phi):
     """Active (counter-clockwise) rotations about z by ``phi`` (radians), shape ``phi.shape + (3, 3)``.
 
     Rotating a diffraction pattern counter-clockwise by ``phi`` in (qx, qy) (``theta -> theta + phi``)
     turns its label ``M`` into ``M @ rotation_about_z(-phi)``, because ``g_lab = M.T @ g_crystal``.
+    A torch tensor gives a tensor (same dtype and device); a numpy array or number gives a float64
+    numpy array. The transpose is the passive form ``[[c, s, 0], [-s, c, 0], [0, 0, 1]]``.
     """
-    c, s = torch.cos(phi), torch.sin(phi)
-    zero, one = torch.zeros_like(phi), torch.ones_like(phi)
-    rows = [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1), torch.stack([zero, zero, one], -1)]
-    return torch.stack(rows, dim=-2)
+    c, s = _cos_sin(_angle(phi))
+    o, i = _zeros_ones(c)
+    return _stack_rows([[c, -s, o], [s, c, o], [o, o, i]])
+
+
+def rotation_about_x(phi):
+    """Active (counter-clockwise) rotations about x by ``phi`` (radians), shape ``phi.shape + (3, 3)``.
+
+    Same conventions as :func:`rotation_about_z`.
+    """
+    c, s = _cos_sin(_angle(phi))
+    o, i = _zeros_ones(c)
+    return _stack_rows([[i, o, o], [o, c, -s], [o, s, c]])
+
+
+def rotate_xy(x, y, phi, position=None):
+    """Points ``(x, y)`` rotated counter-clockwise by ``phi`` radians: ``(c x - s y, s x + c y)``.
+
+    Parameters
+    ----------
+    x, y : (P,) arrays or tensors
+        Positions (e.g. lab-frame qx, qy in 1/A).
+    phi : float, array or tensor
+        Angle(s), broadcast against ``x``; with ``position``, one angle per pattern (B,).
+    position : (P,) int tensor or array, optional
+        Pattern of each point in a flat, pattern-after-pattern layout: point ``p`` turns by
+        ``phi[position[p]]`` (cosines are taken per pattern, then spread).
+    """
+    c, s = _cos_sin(phi)
+    if position is not None:
+        c, s = c[position], s[position]
+    return c * x - s * y, s * x + c * y
+
+
+def rotate_polar(theta, phi):
+    """Polar angles ``theta`` (radians, tensor) of points rotated counter-clockwise by ``phi``.
+
+    ``remainder(theta + phi + pi, 2 pi) - pi``: wrapped into [-pi, pi) (rounding may give +pi).
+    """
+    return torch.remainder(theta + phi + np.pi, 2 * np.pi) - np.pi
+
+
+def _cos_sin(phi):
+    """(cos, sin) of ``phi``: tensors for a tensor, Python floats for a number, else numpy arrays."""
+    if isinstance(phi, torch.Tensor):
+        return torch.cos(phi), torch.sin(phi)
+    if np.ndim(phi) == 0 and not isinstance(phi, np.ndarray):
+        return float(np.cos(phi)), float(np.sin(phi))
+    return np.cos(phi), np.sin(phi)
+
+
+def _angle(phi):
+    """A tensor as it is; anything else as a float64 numpy array (0-d for a number)."""
+    return phi if isinstance(phi, torch.Tensor) else np.asarray(phi, dtype=np.float64)
+
+
+def _zeros_ones(like):
+    if isinstance(like, torch.Tensor):
+        return torch.zeros_like(like), torch.ones_like(like)
+    return np.zeros_like(like), np.ones_like(like)
+
+
+def _stack_rows(rows):
+    """3 rows of 3 same-shaped entries -> (..., 3, 3), torch or numpy like the entries."""
+    xp = torch if isinstance(rows[0][0], torch.Tensor) else np
+    return xp.stack([xp.stack(row, -1) for row in rows], -2)
 
 
 def random_rotations(

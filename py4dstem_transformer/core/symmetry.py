@@ -100,10 +100,9 @@ def check_structure_factor_invariance(crystal, rotations, k_max: float = 2.0, rt
     Structure factors are computed by py4DSTEM on a fresh copy of the crystal (the user's object
     is not touched), out to ``k_max`` (1/A).
     """
-    from py4DSTEM.process.diffraction import Crystal
+    from ..io.crystal import private_copy
 
-    occupancy = getattr(crystal, "occupancy", None)
-    fresh = Crystal(crystal.positions, crystal.numbers, crystal.lat_real, occupancy=occupancy)
+    fresh = private_copy(crystal)
     fresh.calculate_structure_factors(k_max)
     g = fresh.g_vec_all.T  # (G, 3) crystal Cartesian, 1/A
     intensity = fresh.struct_factors_int  # (G,)

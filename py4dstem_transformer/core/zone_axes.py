@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from .rotations import rotation_about_x, rotation_about_z
 from .symmetry import _unique, point_group_operations
 
 __all__ = [
@@ -306,7 +307,8 @@ def zone_axis_matrices(directions: np.ndarray) -> np.ndarray:
 
     py4DSTEM's construction (``orientation_plan``): with elevation ``e = atan2(hypot(vx, vy), vz)``
     and azimuth ``a = atan2(vx, vy)``, ``M = Rz(a) @ Rx(e) @ Rz(-a)`` with the passive forms
-    ``Rz(t) = [[c, s, 0], [-s, c, 0], [0, 0, 1]]`` and ``Rx(t) = [[1, 0, 0], [0, c, s], [0, -s, c]]``.
+    ``Rz(t) = [[c, s, 0], [-s, c, 0], [0, 0, 1]]`` and ``Rx(t) = [[1, 0, 0], [0, c, s], [0, -s, c]]``
+    (the transposes of :func:`.rotations.rotation_about_z` and :func:`.rotations.rotation_about_x`).
 
     Parameters
     ----------
@@ -320,14 +322,5 @@ def zone_axis_matrices(directions: np.ndarray) -> np.ndarray:
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     elev = np.arctan2(np.hypot(v[:, 0], v[:, 1]), v[:, 2])
     azim = np.arctan2(v[:, 0], v[:, 1])
-    return _rz(azim) @ _rx(elev) @ _rz(-azim)
-
-
-def _rz(t: np.ndarray) -> np.ndarray:
-    c, s, o, i = np.cos(t), np.sin(t), np.zeros_like(t), np.ones_like(t)
-    return np.stack([np.stack([c, s, o], -1), np.stack([-s, c, o], -1), np.stack([o, o, i], -1)], -2)
-
-
-def _rx(t: np.ndarray) -> np.ndarray:
-    c, s, o, i = np.cos(t), np.sin(t), np.zeros_like(t), np.ones_like(t)
-    return np.stack([np.stack([i, o, o], -1), np.stack([o, c, s], -1), np.stack([o, -s, c], -1)], -2)
+    passive = lambda m: np.ascontiguousarray(np.swapaxes(m, -1, -2))  # noqa: E731
+    return passive(rotation_about_z(azim)) @ passive(rotation_about_x(elev)) @ passive(rotation_about_z(-azim))

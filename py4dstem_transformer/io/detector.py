@@ -20,6 +20,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..core.rotations import rotate_xy
+
 __all__ = ["DetectorCalibration"]
 
 ArrayOrFloat = Union[float, np.ndarray]
@@ -112,8 +114,7 @@ class DetectorCalibration:
         if self.qr_rotation is not None:
             if self.qr_flip:
                 qx, qy = qy, qx
-            c, s = float(np.cos(self.qr_rotation)), float(np.sin(self.qr_rotation))
-            qx, qy = c * qx - s * qy, s * qx + c * qy
+            qx, qy = rotate_xy(qx, qy, float(self.qr_rotation))
         return qx, qy
 
     def _correct_ellipse(self, qx, qy, where):

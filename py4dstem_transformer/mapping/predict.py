@@ -11,7 +11,7 @@ import torch
 from ..core.device import autocast, autocast_dtype
 from ..core.rotations import rotation_about_z
 from ..model.model import OrientationModel
-from ..model.tokens import Tokens
+from ..model.tokens import Tokens, rotate_tokens
 
 __all__ = ["Network", "count_sorted_batches", "default_batch_size"]
 
@@ -44,7 +44,7 @@ class Network:
         out, prob = [], 0.0
         for k in range(first, turns):
             phi = np.pi * k / turns
-            prediction, p = self(Tokens(_rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts))
+            prediction, p = self(Tokens(rotate_tokens(tokens.tokens, phi), tokens.mask, tokens.counts))
             # a pattern rotated counter-clockwise by phi has label M @ Rz(-phi), so M = P @ Rz(phi)
             out.append(prediction @ rotation_about_z(torch.tensor(phi)).float().to(prediction.device))
             prob = prob + p / (turns - first)
@@ -66,11 +66,3 @@ def count_sorted_batches(tokens: Tokens, batch_size: int,
         idx = order[start:start + batch_size]
         n = max(int(tokens.counts[idx].max()), 1)
         yield idx, Tokens(tokens.tokens[idx, :n], tokens.mask[idx, :n], tokens.counts[idx])
-
-
-def _rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:
-    """(B, N, 3) tokens with every disk rotated counter-clockwise by ``phi`` (theta wrapped to (-pi, pi])."""
-    if phi == 0:
-        return tokens
-    theta = torch.remainder(tokens[..., 1] + phi + np.pi, 2 * np.pi) - np.pi
-    return torch.stack([tokens[..., 0], theta, tokens[..., 2]], -1)

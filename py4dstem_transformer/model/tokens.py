@@ -23,9 +23,12 @@ import numpy as np
 import torch
 
 from ..core.defaults import K_MAX
+from ..core.patterns import rank_within_pattern
+from ..core.rotations import rotate_polar
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
-__all__ = ["TokenConfig", "Tokens", "tokenize", "iter_scan_tokens", "scan_tokens", "braggvectors_to_tokens"]
+__all__ = ["TokenConfig", "Tokens", "tokenize", "rotate_tokens", "iter_scan_tokens", "scan_tokens",
+           "braggvectors_to_tokens"]
 
 
 @dataclass(frozen=True)
@@ -131,14 +134,23 @@ def tokenize(
 
 
 def _brightest_first(index, position, relative, kept, max_tokens):
-    """Truncate the kept peaks of each pattern to its ``max_tokens`` brightest (rare path)."""
-    # sort by (pattern, -relative intensity): relative is in (0, 1], so the key keeps patterns apart
-    pos = position[index]
-    key = pos.double() + 0.5 * (1.0 - relative[index].double())
-    order = torch.argsort(key, stable=True)
-    index, pos = index[order], pos[order]
-    rank = torch.arange(len(index), device=pos.device) - (torch.cumsum(kept, 0) - kept)[pos]
-    return index[rank < max_tokens], kept.clamp(max=max_tokens)
+    """Truncate the kept peaks of each pattern to its ``max_tokens`` brightest (rare path), brightest first."""
+    order, rank = rank_within_pattern(position[index], relative[index], descending=True)
+    return index[order][rank < max_tokens], kept.clamp(max=max_tokens)
+
+
+def rotate_tokens(tokens: torch.Tensor, phi: float) -> torch.Tensor:
+    """(B, N, 3) tokens ``(r, theta, I)`` with every disk rotated counter-clockwise by ``phi`` (radians).
+
+    ``theta`` is wrapped by :func:`~py4dstem_transformer.core.rotations.rotate_polar`; ``r``, ``I``
+    and the padding mask are unchanged (padded rows get ``theta = phi``, which nothing reads). A
+    pattern rotated by ``phi`` has the label ``M @ rotation_about_z(-phi)``. Returns ``tokens``
+    itself when ``phi == 0``.
+    """
+    if phi == 0:
+        return tokens
+    theta = rotate_polar(tokens[..., 1], phi)  # (B, N)
+    return torch.stack([tokens[..., 0], theta, tokens[..., 2]], -1)
 
 
 def iter_scan_tokens(

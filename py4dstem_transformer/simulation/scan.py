@@ -17,9 +17,10 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
+from ..core.patterns import rank_within_pattern
 from ..io.detector import DetectorCalibration
 from ..io.peaks import Peaks, peaks_to_braggvectors
-from .simulator import PatternSimulator
+from .simulator import PatternSimulator, direct_beam
 
 __all__ = ["DAMAGED", "GroundTruth", "simulate_scan", "simulate_orientations", "simulate_random_orientations",
            "voronoi_grains"]
@@ -265,7 +266,7 @@ def _grain_properties(num_grains, num_phases, phase_fraction, thickness, num_vac
 
 def _detected(data: np.ndarray, k_max: float, min_relative_intensity: float):
     """(qx, qy, intensity) with the direct beam first, then the detectable diffracted disks."""
-    direct = (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
+    direct = direct_beam(data)
     d = data[~direct & (np.hypot(data["qx"], data["qy"]) <= k_max)]
     brightest = d["intensity"].max() if len(d) else 1.0
     d = d[d["intensity"] >= min_relative_intensity * brightest]
@@ -307,10 +308,9 @@ def _scan_disks(grains, patterns, rng, jitter, intensity_noise, drop_weakest, sp
 def _keep_brighter(position, intensity, direct, fraction):
     """Mask dropping ``floor(fraction * n)`` of the weakest diffracted disks of each position."""
     diffracted = np.flatnonzero(~direct)
-    order = diffracted[np.lexsort((intensity[diffracted], position[diffracted]))]  # by position, dimmest first
+    order, rank = rank_within_pattern(position[diffracted], intensity[diffracted])  # by position, dimmest first
+    order = diffracted[order]
     n = np.bincount(position[order], minlength=position.max() + 1)
-    first = np.concatenate([[0], np.cumsum(n)[:-1]])
-    rank = np.arange(len(order)) - first[position[order]]
     keep = np.ones(len(position), dtype=bool)
     keep[order[rank < np.floor(fraction * n[position[order]])]] = False
     return keep

@@ -40,6 +40,7 @@ from .simulator import (DEFAULT_THICKNESS, SIGMA_DYNAMICAL, SIGMA_KINEMATIC, Pat
                         is_collinear, training_disks)
 from .training_set import TrainingSet, TrainingSetConfig
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
+from ..io.crystal import CrystalIdentity
 from ..core.zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
 
 __all__ = ["generate_training_set", "register"]
@@ -200,8 +201,9 @@ def generate_training_set(
     thicknesses = _thicknesses(len(directions), thickness, num_thicknesses, dynamical, rng)
     if sigma_excitation_error is None:
         sigma_excitation_error = SIGMA_DYNAMICAL if dynamical else SIGMA_KINEMATIC
+    identity = CrystalIdentity.from_crystal(crystal).filled()  # occupancies always explicit in a training set
     config = TrainingSetConfig(
-        **_identity(crystal), accel_voltage=float(accel_voltage), k_max=float(k_max), dynamical=bool(dynamical),
+        **identity.to_dict(), accel_voltage=float(accel_voltage), k_max=float(k_max), dynamical=bool(dynamical),
         thickness=tuple(float(t) for t in thickness) if dynamical else (), num_thicknesses=num_thicknesses,
         zone_axis_range=range_name, angle_step_zone_axis=float(angle_step_zone_axis), num_zone_axes=num_zone_axes,
         sigma_excitation_error=float(sigma_excitation_error), precession_angle_degrees=precession_angle_degrees,
@@ -215,15 +217,6 @@ def generate_training_set(
     n_jobs = max(1, min(n_jobs, len(tasks)))
     results = _run_all(config, tasks, n_jobs, progress_bar)
     return _assemble(config, matrices, directions, results, n_jobs, time.perf_counter() - start)
-
-
-def _identity(crystal) -> dict:
-    """The crystal's identity as :class:`TrainingSetConfig` fields."""
-    occupancy = getattr(crystal, "occupancy", None)
-    occupancy = np.ones(len(crystal.positions)) if occupancy is None else occupancy
-    return dict(lat_real=np.asarray(crystal.lat_real, dtype=np.float64),
-                positions=np.asarray(crystal.positions, dtype=np.float64),
-                numbers=np.asarray(crystal.numbers, dtype=np.int64), occupancy=np.asarray(occupancy, dtype=np.float64))
 
 
 def _directions(symmetry, zone_axis_range, angle_step, num_zone_axes, zone_axes, rng):

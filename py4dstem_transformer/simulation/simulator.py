@@ -1,8 +1,8 @@
 """One crystal's py4DSTEM simulations, prepared once on a private copy: :class:`PatternSimulator`.
 
 The user's ``Crystal`` is never changed: ``calculate_dynamical_structure_factors`` would overwrite
-its kinematic structure factors and ``orientation_plan`` resets its voltage, so everything runs on
-``Crystal(crystal.positions, crystal.numbers, crystal.lat_real, occupancy=crystal.occupancy)``.
+its kinematic structure factors and ``orientation_plan`` resets its voltage, so everything runs on a
+private copy rebuilt from its identity (:func:`~py4dstem_transformer.io.crystal.private_copy`).
 
 Recipe (dynamical): ``calculate_dynamical_structure_factors(accel_voltage, 'WK-CP', k_max=2 k_max,
 thermal_sigma=0.08, tol_structure_factor=1e-4)`` so every pair of beams couples and the forbidden
@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
+from ..io.crystal import private_copy
 
-__all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "training_disks",
-           "is_collinear", "single_blas_thread"]
+__all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "direct_beam",
+           "training_disks", "is_collinear", "single_blas_thread"]
 
 #: 80 thicknesses log-spaced over 10-1000 A (1-100 nm, thin to thick foils). Normalised Bloch
 #: patterns change fastest with thickness in thin foils (max relative-intensity change about
@@ -49,13 +50,8 @@ def single_blas_thread():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def private_crystal(crystal):
-    """A new ``Crystal`` with the same positions, numbers, lattice and occupancy."""
-    from py4DSTEM.process.diffraction import Crystal
-
-    occupancy = getattr(crystal, "occupancy", None)
-    return Crystal(np.array(crystal.positions, dtype=np.float64), np.array(crystal.numbers),
-                   np.array(crystal.lat_real, dtype=np.float64), occupancy=occupancy)
+#: The former name of :func:`~py4dstem_transformer.io.crystal.private_copy`.
+private_crystal = private_copy
 
 
 def example_crystal(name: str):
@@ -101,7 +97,7 @@ class PatternSimulator:
         self.k_max, self.dynamical = float(k_max), bool(dynamical)
         self.sigma, self.mult = float(sigma_excitation_error), float(tol_excitation_error_mult)
         self.precession = precession_angle_degrees
-        self.crystal = private_crystal(crystal)
+        self.crystal = private_copy(crystal)
         with contextlib.redirect_stdout(io.StringIO()):  # py4DSTEM prints "overriding ..." notes
             if dynamical:
                 self.crystal.calculate_dynamical_structure_factors(
@@ -113,13 +109,9 @@ class PatternSimulator:
     @classmethod
     def from_config(cls, config) -> "PatternSimulator":
         """From a :class:`~py4dstem_transformer.simulation.training_set.TrainingSetConfig`."""
-        from py4DSTEM.process.diffraction import Crystal
-
-        crystal = Crystal(np.array(config.positions, dtype=np.float64), np.array(config.numbers),
-                          np.array(config.lat_real), occupancy=np.array(config.occupancy, dtype=np.float64))
-        return cls(crystal, config.accel_voltage, config.k_max, config.dynamical, config.sigma_excitation_error,
-                   config.tol_excitation_error_mult, config.precession_angle_degrees, config.dynamical_method,
-                   config.thermal_sigma, config.tol_structure_factor)
+        return cls(config.crystal_identity.to_crystal(), config.accel_voltage, config.k_max, config.dynamical,
+                   config.sigma_excitation_error, config.tol_excitation_error_mult, config.precession_angle_degrees,
+                   config.dynamical_method, config.thermal_sigma, config.tol_structure_factor)
 
     def simulate(self, matrix: np.ndarray, thickness: Optional[Sequence[float]] = None) -> list:
         """Patterns for orientation ``matrix`` (3, 3), one per thickness (A; ignored if kinematic).
@@ -141,13 +133,17 @@ class PatternSimulator:
         return [p.data for p in patterns]
 
 
+def direct_beam(data: np.ndarray) -> np.ndarray:
+    """(n,) bool: the 000 beam of a py4DSTEM pattern (structured array with fields ``h, k, l``)."""
+    return (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
+
+
 def training_disks(data: np.ndarray, k_max: float, min_relative_intensity: float):
     """Direct beam out, ``hypot(qx, qy) <= k_max``, intensities over the brightest disk, faint ones out.
 
     Returns ``(qx, qy, relative_intensity, hkl)`` arrays, or None if no disk is left.
     """
-    direct = (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
-    keep = ~direct & (np.hypot(data["qx"], data["qy"]) <= k_max)
+    keep = ~direct_beam(data) & (np.hypot(data["qx"], data["qy"]) <= k_max)
     if not np.any(keep) or data["intensity"][keep].max() <= 0:
         return None
     d = data[keep]

@@ -28,6 +28,7 @@ import torch
 
 from .._version import __version__
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
+from ..io.crystal import CrystalIdentity
 
 __all__ = [
     "TrainingSetConfig",
@@ -145,6 +146,11 @@ class TrainingSetConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @property
+    def crystal_identity(self) -> CrystalIdentity:
+        """The crystal these patterns were simulated for (``lat_real``, ``positions``, ``numbers``, ``occupancy``)."""
+        return CrystalIdentity(self.positions, self.numbers, self.lat_real, self.occupancy)
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingSetConfig":
         names = {f.name for f in dataclasses.fields(cls)}
@@ -161,9 +167,9 @@ def in_plane_rotation(angle) -> np.ndarray:
 
 def rotate_pattern(qx, qy, angle) -> Tuple[np.ndarray, np.ndarray]:
     """Rotate disk positions counter-clockwise by ``angle`` (radians); float64 arithmetic."""
-    qx, qy = np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64)
-    c, s = np.cos(angle), np.sin(angle)
-    return c * qx - s * qy, s * qx + c * qy
+    from ..core.rotations import rotate_xy
+
+    return rotate_xy(np.asarray(qx, dtype=np.float64), np.asarray(qy, dtype=np.float64), angle)
 
 
 def mirror_orientation(m, mirror_operation) -> np.ndarray:
@@ -248,11 +254,7 @@ class TrainingSet:
 
     def crystal(self):
         """A new py4DSTEM ``Crystal`` with the stored identity."""
-        from py4DSTEM.process.diffraction import Crystal
-
-        c = self.config
-        return Crystal(np.array(c.positions, dtype=np.float64), np.array(c.numbers), np.array(c.lat_real),
-                       occupancy=np.array(c.occupancy, dtype=np.float64))
+        return self.config.crystal_identity.to_crystal()
 
     def save(self, path, overwrite: bool = False) -> None:
         """Write to an HDF5 file (emdfile tree). Refuses to replace a file unless ``overwrite``."""

@@ -23,7 +23,8 @@ import torch
 
 from .data import Batch
 from ..core.defaults import K_MAX
-from ..core.rotations import MIRROR, rotation_about_z
+from ..core.patterns import rank_within_pattern
+from ..core.rotations import MIRROR, rotate_xy, rotation_about_z
 
 __all__ = ["AugmentConfig", "augment", "rotate_in_plane"]
 
@@ -66,8 +67,7 @@ class AugmentConfig:
 def rotate_in_plane(batch: Batch, phi: torch.Tensor, mirror: torch.Tensor) -> Batch:
     """Rotate each pattern by ``phi`` (B,) radians, then mirror ``qx -> -qx`` where ``mirror`` (B,)."""
     pos = batch.position
-    c, s = torch.cos(phi)[pos], torch.sin(phi)[pos]
-    qx, qy = c * batch.qx - s * batch.qy, s * batch.qx + c * batch.qy
+    qx, qy = rotate_xy(batch.qx, batch.qy, phi, pos)
     qx = torch.where(mirror[pos], -qx, qx)
     matrix = batch.matrix @ rotation_about_z(-phi).to(batch.matrix.dtype)
     flip = torch.where(mirror[:, None], torch.tensor(MIRROR, dtype=matrix.dtype), torch.ones(3, dtype=matrix.dtype))
@@ -126,12 +126,12 @@ def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
 
 
 def _rank_by_intensity(batch: Batch, pos: torch.Tensor) -> torch.Tensor:
+    """(P,) rank of every disk within its pattern by relative intensity, 0 = the weakest."""
     brightest = torch.zeros(len(batch.counts)).scatter_reduce_(0, pos, batch.intensity, "amax")
     relative = batch.intensity / brightest[pos].clamp_min(1e-30)
-    order = torch.argsort(pos.double() * 4 + relative.double().clamp(0, 2), stable=True)
-    first = torch.cumsum(batch.counts, 0) - batch.counts
+    order, rank_in_order = rank_within_pattern(pos, relative)
     rank = torch.empty_like(pos)
-    rank[order] = torch.arange(len(pos)) - first[pos[order]]
+    rank[order] = rank_in_order
     return rank
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .augment import AugmentConfig, augment, rotate_in_plane
 from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.crystal import CrystalIdentity
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from ..core.device import autocast, autocast_dtype, resolve_device
 from ..core.defaults import K_MAX_MARGIN
@@ -162,15 +163,9 @@ def model_metadata(training_set, token_config: TokenConfig, symmetry) -> dict:
 
 def _phase_metadata(training_set, symmetry: torch.Tensor) -> dict:
     cfg = training_set.config
-    crystal = training_set.crystal()
     thickness = np.asarray(training_set.thickness, dtype=float)
     return {
-        "crystal": {
-            "lat_real": np.asarray(crystal.lat_real).tolist(),
-            "positions": np.asarray(crystal.positions).tolist(),
-            "numbers": np.asarray(crystal.numbers).tolist(),
-            "occupancy": np.asarray(getattr(crystal, "occupancy", np.ones(len(crystal.numbers)))).tolist(),
-        },
+        "crystal": CrystalIdentity.from_crystal(training_set.crystal()).to_dict(),
         "thickness_range": [float(np.nanmin(thickness)), float(np.nanmax(thickness))] if np.isfinite(thickness).any() else None,
         "dynamical": bool(getattr(cfg, "dynamical", True)),
         "centrosymmetric": bool(cfg.centrosymmetric),
