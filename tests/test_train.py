@@ -24,6 +24,7 @@ def predict(model, batch):
         return model(tokens.tokens, tokens.mask)["matrix"]
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_well_beyond_chance(kset, trained):
     s = point_group_rotations(make_cu())
     test = KinematicSet(300, seed=123)  # fresh random orientations, never seen
@@ -33,13 +34,13 @@ def test_tiny_model_learns_well_beyond_chance(kset, trained):
     err = torch.rad2deg(symmetry_min_angle(pred, batch.matrix.double(), s, allow_beam_flip=True))
     chance = torch.rad2deg(symmetry_min_angle(random_rotations(300, seed=9), batch.matrix.double(), s, allow_beam_flip=True))
     assert float(chance.median()) > 30
-    print("median error", float(err.median()), "chance", float(chance.median()))
     assert float(err.median()) < 12, float(err.median())
     assert float(err.median()) < 0.35 * float(chance.median())
     h = trained.history
     assert h["val_median_deg"][-1] < h["val_median_deg"][0] and len(h["loss"]) == h["step"][-1]
 
 
+@pytest.mark.slow
 def test_in_plane_rotation_of_the_input_rotates_the_prediction(kset, trained):
     s = point_group_rotations(make_cu())
     store = PatternStore(KinematicSet(100, seed=77))
@@ -60,11 +61,13 @@ def _small_run(kset, **kw):
                  checkpoint_every=3, precision="fp32", **kw)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(kset):
     a, b = _small_run(kset), _small_run(kset)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(kset, tmp_path, monkeypatch):
     whole = _small_run(kset, checkpoint_dir=tmp_path / "whole")
     real_step, calls = train_module._Run._step, {"n": 0}
@@ -87,6 +90,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(kset, tmp_path, monkeypa
     assert all(torch.equal(best.state_dict()[k], resumed.state_dict()[k]) for k in best.state_dict())
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_or_missing_state(kset, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         _small_run(kset, checkpoint_dir=tmp_path, resume=True)
@@ -96,6 +100,7 @@ def test_resume_refuses_other_settings_or_missing_state(kset, tmp_path):
               model_config=ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32))
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_training_data(trained):
     meta = trained.metadata
     assert meta["accel_voltage"] == 300e3 and meta["k_max"] == 2.0 and meta["centrosymmetric"]
@@ -103,6 +108,7 @@ def test_metadata_describes_the_training_data(trained):
     assert len(meta["symmetry"]) == 24 and meta["token_config"]["max_tokens"] == TokenConfig().max_tokens
 
 
+@pytest.mark.slow
 def test_history_plot(trained):
     import matplotlib.pyplot as plt
 
