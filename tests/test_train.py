@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.training import trainer as train_module
 from py4dstem_transformer.training.augment import rotate_in_plane
 from py4dstem_transformer.training.data import PatternStore
 from py4dstem_transformer.model.model import ModelConfig, OrientationModel
@@ -70,18 +69,20 @@ def test_same_seed_same_weights(kset):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(kset, tmp_path, monkeypatch):
     whole = _small_run(kset, checkpoint_dir=tmp_path / "whole")
-    real_step, calls = train_module._Run._step, {"n": 0}
+    real_forward, calls = OrientationModel.forward, {"n": 0}
 
-    def dying_step(self, index):
-        calls["n"] += 1
-        if calls["n"] == 8:  # killed mid-epoch, 2 steps after the checkpoint at step 6
-            raise KeyboardInterrupt
-        return real_step(self, index)
+    def dying_forward(self, *args, **kwargs):  # the model's public forward, not the trainer's internals
+        if self.training:  # training steps only (validation runs in eval mode)
+            calls["n"] += 1
+            if calls["n"] == 8:  # killed mid-epoch, in step 8, 2 steps after the checkpoint at step 6
+                raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module._Run, "_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        _small_run(kset, checkpoint_dir=tmp_path / "killed")
-    monkeypatch.setattr(train_module._Run, "_step", real_step)
+    with monkeypatch.context() as patch:
+        patch.setattr(OrientationModel, "forward", dying_forward)
+        with pytest.raises(KeyboardInterrupt):
+            _small_run(kset, checkpoint_dir=tmp_path / "killed")
+    assert calls["n"] == 8
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["loop"]["step"] == 6
     resumed = _small_run(kset, checkpoint_dir=tmp_path / "killed", resume=True)
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
