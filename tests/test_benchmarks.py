@@ -1,8 +1,10 @@
 """The benchmark commands run (tiny sizes) and return the figures they print."""
 
-import math
+import pytest
 
 from py4dstem_transformer.benchmarks import accuracy, memory, speed, tokens
+
+pytestmark = pytest.mark.slow  # each runs a benchmark's main (simulation, ACOM, the shipped model)
 
 
 def test_token_benchmark_runs(capsys):
@@ -23,7 +25,11 @@ def test_accuracy_benchmark_runs(tmp_path):
     report = accuracy.main(["--n", "20", "--acom-n", "10", "--json", str(tmp_path / "a.json")])
     clean = report["clean"]
     assert set(clean) == {"network fp32", "network", "refined", "ACOM default"}
-    assert 0 <= clean["refined"]["strict"]["median"] <= 180 and not math.isnan(clean["refined"]["strict"]["median"])
+    refined, network = clean["refined"]["strict"]["median"], clean["network"]["strict"]["median"]
+    # the shipped model, refined, lands within a fraction of a degree on clean patterns (0.10 deg measured on these
+    # 20; docs/benchmarks.md: 0.08 deg); 1 deg leaves a 10x margin and is far below chance (~40 deg for m-3m)
+    assert refined < 1.0, refined
+    assert refined < network, (refined, network)  # the refinement improves on the network's answer (1.4 deg)
     assert (tmp_path / "a.json").stat().st_size > 100
 
 
@@ -32,9 +38,12 @@ def test_confidence_benchmark_runs(capsys):
 
     report = confidence.main(["--n", "30"])
     for name in ("clean", "damaged"):
-        assert 0 <= report[name]["right"] <= 1
+        # the shipped Cu model is right on 0.97 (clean) and 0.93 (damaged) of these 30; 0.8 allows 4 more wrong
+        assert report[name]["right"] >= 0.8, report[name]["right"]
         assert set(report[name]["auc"]) >= {"s1 (raw score)", "s1 - s2", "calibrated (corr)"}  # the shipped Cu is calibrated
-        assert 0 < report[name]["mean_probability"] < 1
+        # calibrated: the mean probability tracks the fraction right (gap 0.06 clean, 0.02 damaged measured;
+        # 0.15 is ~3.5 binomial standard errors at n = 30)
+        assert abs(report[name]["mean_probability"] - report[name]["right"]) < 0.15
     assert "ROC AUC" in capsys.readouterr().out
 
 
@@ -44,7 +53,8 @@ def test_phase_benchmark_runs(tmp_path, capsys):
     from py4dstem_transformer.benchmarks import phases
 
     report = phases.main(["--size", "12", "--grains", "4", "--acom-n", "8", "--json", str(tmp_path / "p.json")])
-    assert report["joint"]["n_crystalline"] > 0 and 0 <= report["joint"]["phase_accuracy"] <= 1
+    # two well-separated phases (Cu, Cu2O): the joint model names all 112 crystalline positions right; chance is 0.5
+    assert report["joint"]["n_crystalline"] > 0 and report["joint"]["phase_accuracy"] >= 0.9
     assert report["acom"]["extrapolated"] and report["crystal_phase"]["n"] == 8
     assert json.loads((tmp_path / "p.json").read_text())["size"] == 12
     assert "(extrapolated)" in capsys.readouterr().out

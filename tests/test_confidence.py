@@ -27,7 +27,10 @@ def test_fit_learns_a_flag_better_than_the_raw_score():
     cal = fit_calibration(confidence_features(s, a, n), right)
     s, a, n, right = synthetic(3000, 1)  # fresh data
     p = cal.probability(confidence_features(s, a, n))
-    assert p.min() >= 0 and p.max() <= 1
+    # calibrated within each fifth of the patterns ranked by p, not only on average: measured gaps <= 0.032;
+    # 0.08 is ~4 binomial standard errors of the least certain fifth (600 patterns, 27% right)
+    for fifth in p.argsort().chunk(5):
+        assert abs(float(p[fifth].mean()) - float(right[fifth].float().mean())) < 0.08
     auc = roc_auc(p.numpy(), right.numpy())
     assert auc > 0.9 and auc > roc_auc(s.numpy(), right.numpy()) + 0.1
     assert abs(float(p.mean()) - float(right.float().mean())) < 0.05  # calibrated, not just ranked
@@ -39,6 +42,7 @@ def test_fit_refuses_labels_of_one_kind():
         fit_calibration(confidence_features(s, a, n), torch.ones(100, dtype=torch.bool))
 
 
+@pytest.mark.slow
 def test_calibration_survives_a_weights_only_round_trip(tmp_path, trained):
     s, a, n, right = synthetic(500, 2)
     cal = fit_calibration(confidence_features(s, a, n), right, steps=200, fitted_on={"patterns": 500})
@@ -76,6 +80,7 @@ def test_mapper_reports_the_calibrated_probability():
     np.testing.assert_allclose(om.matrix, raw.matrix)  # the confidence changes nothing else
 
 
+@pytest.mark.slow
 def test_calibrate_end_to_end_on_simulated_patterns():
     from py4dstem_transformer.pretrained import load_pretrained
     from py4dstem_transformer.mapping.mapper import TransformerOrientationMap

@@ -1,6 +1,7 @@
 """The README's main command runs end to end (tiny scan), with the shipped model."""
 
 import numpy as np
+import pytest
 
 from py4dstem_transformer.cli import main
 from py4dstem_transformer.pretrained import list_pretrained, load_pretrained
@@ -19,6 +20,7 @@ def test_shipped_model_is_listed_and_loads_weights_only():
     assert len(model.metadata["symmetry"]) == 24
 
 
+@pytest.mark.slow
 def test_demo_command_runs_and_writes_pictures(tmp_path, capsys):
     assert main(["demo", "--size", "8", "--grains", "3", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -27,10 +29,10 @@ def test_demo_command_runs_and_writes_pictures(tmp_path, capsys):
     assert png.exists() and png.stat().st_size > 10_000
 
 
-def test_demo_accuracy_on_a_small_scan():
+def test_demo_accuracy_on_a_small_scan(tmp_path):
     from py4dstem_transformer.evaluation.demo import run_demo
 
-    results = run_demo(size=12, num_grains=4, out="/tmp/_demo_test", acom=False, seed=1, progress_bar=False)
+    results = run_demo(size=12, num_grains=4, out=str(tmp_path), acom=False, seed=1, progress_bar=False)
     r = results["transformer"]
     assert r["flip"]["median"] < 3.0  # a handful of grains, each mapped consistently
     assert np.isfinite(r["corr"]).all()

@@ -23,6 +23,7 @@ def acom():
     return cu, om
 
 
+@pytest.mark.slow
 def test_acom_matrices_are_already_in_reduced_form(acom):
     cu, om = acom
     m = om.matrix[:, :, 0].reshape(-1, 3, 3)
@@ -31,6 +32,7 @@ def test_acom_matrices_are_already_in_reduced_form(acom):
     assert np.array_equal(mirror, om.mirror[:, :, 0].ravel())
 
 
+@pytest.mark.slow
 def test_every_field_matches_acom(acom):
     cu, om = acom
     ours = build_orientation_map(cu, om.matrix, om.corr, point_group_rotations(cu).numpy())
@@ -67,6 +69,7 @@ def test_ensure_plan_is_cheap_idempotent_and_keeps_the_voltage():
     assert cu.orientation_vecs is vecs
 
 
+@pytest.mark.slow
 def test_chunked_assembly_equals_one_pass(acom):
     cu, om = acom
     s = point_group_rotations(cu).numpy()

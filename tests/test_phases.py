@@ -83,6 +83,7 @@ def test_phase_symmetries_come_from_each_crystal(two_sets):
     assert [len(g) for g in groups] == [24, 24]
 
 
+@pytest.mark.slow
 def test_joint_model_learns_phase_and_orientation(joint, two_sets):
     """Held-out zone axes: phase accuracy far above chance (50%), orientation well under chance (~35 deg)."""
     h = joint.history
@@ -93,6 +94,7 @@ def test_joint_model_learns_phase_and_orientation(joint, two_sets):
     assert "crystal" not in joint.metadata and joint.metadata["accel_voltage"] == 300e3
 
 
+@pytest.mark.slow
 def test_a_list_of_sets_trains_the_same_as_a_phase_training_set(two_sets):
     from py4dstem_transformer.model.model import ModelConfig
     from py4dstem_transformer.training.trainer import train
@@ -129,6 +131,7 @@ def _two_phase_scan(two_sets, side=10):
     return kinematic_scan(flat, (side, side)), phase, np.array(mats).reshape(side, side, 3, 3)
 
 
+@pytest.mark.slow
 def test_match_phases_gives_native_maps_per_crystal(joint, two_sets):
     from py4DSTEM.process.diffraction import CrystalPhase
 
@@ -161,6 +164,7 @@ def test_match_phases_gives_native_maps_per_crystal(joint, two_sets):
     assert isinstance(maps, list) and len(maps) == 2
 
 
+@pytest.mark.slow
 def test_the_wrong_number_of_crystals_is_refused(joint):
     from py4dstem_transformer import TransformerOrientationMap
 

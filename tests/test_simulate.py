@@ -49,7 +49,7 @@ def in_plane_angle(r, m):
 
 
 @pytest.mark.parametrize("make, dynamical, precession", [
-    (make_cu2o, True, None),
+    pytest.param(make_cu2o, True, None, marks=pytest.mark.slow),  # Bloch oracle, ~1 s; the Cu one below stays fast
     (make_cu, True, None),
     (make_cu, False, None),
     (make_cu2o, False, 1.0),
@@ -152,6 +152,7 @@ def _same_sets(a, b):
     assert a.config == b.config
 
 
+@pytest.mark.slow
 def test_same_seed_same_set_and_n_jobs_independent(monkeypatch):
     kwargs = dict(num_zone_axes=12, thickness=[20.0, 600.0], num_thicknesses=3, progress_bar=False)
     a = generate_training_set(make_cu2o(), seed=5, **kwargs)

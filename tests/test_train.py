@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.training import trainer as train_module
 from py4dstem_transformer.training.augment import rotate_in_plane
 from py4dstem_transformer.training.data import PatternStore
 from py4dstem_transformer.model.model import ModelConfig, OrientationModel
@@ -24,6 +23,7 @@ def predict(model, batch):
         return model(tokens.tokens, tokens.mask)["matrix"]
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_well_beyond_chance(kset, trained):
     s = point_group_rotations(make_cu())
     test = KinematicSet(300, seed=123)  # fresh random orientations, never seen
@@ -33,13 +33,13 @@ def test_tiny_model_learns_well_beyond_chance(kset, trained):
     err = torch.rad2deg(symmetry_min_angle(pred, batch.matrix.double(), s, allow_beam_flip=True))
     chance = torch.rad2deg(symmetry_min_angle(random_rotations(300, seed=9), batch.matrix.double(), s, allow_beam_flip=True))
     assert float(chance.median()) > 30
-    print("median error", float(err.median()), "chance", float(chance.median()))
     assert float(err.median()) < 12, float(err.median())
     assert float(err.median()) < 0.35 * float(chance.median())
     h = trained.history
     assert h["val_median_deg"][-1] < h["val_median_deg"][0] and len(h["loss"]) == h["step"][-1]
 
 
+@pytest.mark.slow
 def test_in_plane_rotation_of_the_input_rotates_the_prediction(kset, trained):
     s = point_group_rotations(make_cu())
     store = PatternStore(KinematicSet(100, seed=77))
@@ -60,25 +60,29 @@ def _small_run(kset, **kw):
                  checkpoint_every=3, precision="fp32", **kw)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(kset):
     a, b = _small_run(kset), _small_run(kset)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(kset, tmp_path, monkeypatch):
     whole = _small_run(kset, checkpoint_dir=tmp_path / "whole")
-    real_step, calls = train_module._Run._step, {"n": 0}
+    real_forward, calls = OrientationModel.forward, {"n": 0}
 
-    def dying_step(self, index):
-        calls["n"] += 1
-        if calls["n"] == 8:  # killed mid-epoch, 2 steps after the checkpoint at step 6
-            raise KeyboardInterrupt
-        return real_step(self, index)
+    def dying_forward(self, *args, **kwargs):  # the model's public forward, not the trainer's internals
+        if self.training:  # training steps only (validation runs in eval mode)
+            calls["n"] += 1
+            if calls["n"] == 8:  # killed mid-epoch, in step 8, 2 steps after the checkpoint at step 6
+                raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module._Run, "_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        _small_run(kset, checkpoint_dir=tmp_path / "killed")
-    monkeypatch.setattr(train_module._Run, "_step", real_step)
+    with monkeypatch.context() as patch:
+        patch.setattr(OrientationModel, "forward", dying_forward)
+        with pytest.raises(KeyboardInterrupt):
+            _small_run(kset, checkpoint_dir=tmp_path / "killed")
+    assert calls["n"] == 8
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["loop"]["step"] == 6
     resumed = _small_run(kset, checkpoint_dir=tmp_path / "killed", resume=True)
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
@@ -87,6 +91,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(kset, tmp_path, monkeypa
     assert all(torch.equal(best.state_dict()[k], resumed.state_dict()[k]) for k in best.state_dict())
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_or_missing_state(kset, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         _small_run(kset, checkpoint_dir=tmp_path, resume=True)
@@ -96,6 +101,7 @@ def test_resume_refuses_other_settings_or_missing_state(kset, tmp_path):
               model_config=ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32))
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_training_data(trained):
     meta = trained.metadata
     assert meta["accel_voltage"] == 300e3 and meta["k_max"] == 2.0 and meta["centrosymmetric"]
@@ -103,6 +109,7 @@ def test_metadata_describes_the_training_data(trained):
     assert len(meta["symmetry"]) == 24 and meta["token_config"]["max_tokens"] == TokenConfig().max_tokens
 
 
+@pytest.mark.slow
 def test_history_plot(trained):
     import matplotlib.pyplot as plt
 

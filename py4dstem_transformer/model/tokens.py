@@ -197,9 +197,13 @@ def braggvectors_to_tokens(bragg_peaks, config: TokenConfig = TokenConfig(), dev
 
     Examples
     --------
-    >>> tokens = braggvectors_to_tokens(bragg_peaks)            # doctest: +SKIP
-    >>> tokens.tokens.shape, tokens.mask.shape                  # doctest: +SKIP
-    (torch.Size([Rx * Ry, N, 3]), torch.Size([Rx * Ry, N]))
+    >>> from py4dstem_transformer.simulation.scan import simulate_scan
+    >>> from py4dstem_transformer.simulation.simulator import example_crystal
+    >>> bragg_peaks, _ = simulate_scan([example_crystal("Cu")], scan_shape=(4, 5), num_grains=3, seed=0,
+    ...                                progress_bar=False)
+    >>> tokens = braggvectors_to_tokens(bragg_peaks)  # (Rx * Ry, N, 3) tokens, (Rx * Ry, N) mask
+    >>> len(tokens.tokens), tokens.tokens.shape[-1], tokens.mask.shape == tokens.tokens.shape[:2]
+    (20, 3, True)
     """
     return scan_tokens(peaks_from_braggvectors(bragg_peaks), config, device=device)
 
