@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from py4dstem_transformer.io.compatibility import check_crystal_matches_model
-from py4dstem_transformer.io.crystal import CrystalIdentity, crystal_from_metadata, private_copy
+from py4dstem_transformer.core.crystal import CrystalIdentity, crystal_from_metadata, private_copy
 from py4dstem_transformer.simulation.simulator import example_crystal
 
 PRETRAINED = sorted((Path(__file__).parents[1] / "py4dstem_transformer" / "pretrained").glob("*.pt"))

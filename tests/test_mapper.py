@@ -36,6 +36,7 @@ def errors(om, truth, flip):
     return torch.rad2deg(symmetry_min_angle(pred, torch.as_tensor(truth.orientation_matrices), s, flip)).numpy()
 
 
+@pytest.mark.slow
 def test_native_orientation_map(mapped):
     from py4DSTEM.process.diffraction.utils import OrientationMap
 
@@ -49,6 +50,7 @@ def test_native_orientation_map(mapped):
     assert (om.corr[..., 0] >= om.corr[..., 1]).all()  # matches ranked by corr
 
 
+@pytest.mark.slow
 def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
     from py4dstem_transformer.model.tokens import braggvectors_to_tokens
 
@@ -65,6 +67,7 @@ def test_accuracy_beats_chance_and_flip_resolution_helps(mapped, test_scan):
     assert (apart[om.corr[:, :, 1].ravel() > 0] > 5).all()  # later matches are distinct orientations
 
 
+@pytest.mark.slow
 def test_corr_flags_wrong_answers(mapped):
     mapper, om, truth = mapped
     err = errors(om, truth, flip=False)
@@ -109,6 +112,7 @@ def test_true_orientation_beats_its_beam_flip():
         assert (om.corr[:, :, 0] > 0.95).mean() > 0.9  # (the simulated set reaches slightly further out)
 
 
+@pytest.mark.slow
 def test_min_number_peaks_and_empty_positions_give_corr_zero(trained):
     truth = KinematicSet(4, seed=1)
     o = truth.offsets
@@ -125,6 +129,7 @@ def test_min_number_peaks_and_empty_positions_give_corr_zero(trained):
     assert om1.corr[0, 1, 0] > 0 and om1.corr[1, 0, 0] == 0  # no disk left after the direct beam
 
 
+@pytest.mark.slow
 def test_downstream_py4dstem_tools_accept_it(mapped, test_scan, tmp_path):
     from py4DSTEM.process.diffraction import CrystalPhase
 
@@ -146,6 +151,7 @@ def test_downstream_py4dstem_tools_accept_it(mapped, test_scan, tmp_path):
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_users_inputs_are_not_modified(trained, test_scan):
     truth, scan = test_scan
     raw = [pl.data.copy() for row in scan._v_uncal._pointlists for pl in row]
@@ -156,6 +162,7 @@ def test_users_inputs_are_not_modified(trained, test_scan):
     assert float(cu.accel_voltage) == 300e3 and not hasattr(cu, "orientation_ref")
 
 
+@pytest.mark.slow
 def test_single_pattern(trained):
     truth = KinematicSet(1, seed=3)
     cu = make_cu()
@@ -166,6 +173,7 @@ def test_single_pattern(trained):
     assert orientation.matrix.shape == (2, 3, 3) and orientation.corr[0] >= orientation.corr[1] > 0
 
 
+@pytest.mark.slow
 def test_wrong_crystal_or_voltage_is_refused(trained):
     from py4DSTEM.process.diffraction import Crystal
 
@@ -184,6 +192,7 @@ def test_wrong_crystal_or_voltage_is_refused(trained):
                                                                          num_matches_return=3, inversion_symmetry=False)
 
 
+@pytest.mark.slow
 def test_repeated_hypotheses_are_refined_once(trained):
     """Test-time rotations of a sparse pattern often give the same orientation back: symmetry-equivalent,
     beam-flipped or within 1.5 deg of an earlier hypothesis, it is not refined again; a distinct one is."""
@@ -222,6 +231,7 @@ def _run_logged(mapper, tokens, calibration, log, num_matches=1):
                       Query(num_matches), 256)
 
 
+@pytest.mark.slow
 def test_patterns_with_too_few_disks_are_not_turned(trained):
     """Below ``sparse_min_disks`` a pattern is mapped once, however unsure its answer."""
     from conftest import kinematic_tokens
@@ -236,6 +246,7 @@ def test_patterns_with_too_few_disks_are_not_turned(trained):
     assert few and enough and [sorted(t.counts.tolist()) for t in calls] == [few, enough, enough, enough]
 
 
+@pytest.mark.slow
 def test_sure_sparse_patterns_are_not_turned(trained):
     """With a calibration, a sparse pattern is turned only if its unturned answer is unsure; the unsure ones
     reuse the first pass's refined candidates and end where turning every pattern ends."""

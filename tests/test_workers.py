@@ -42,6 +42,7 @@ def test_pool_runs_in_other_processes_in_order_sharing_the_threads():
     assert {threads for _, _, threads in out} == {max(1, torch.get_num_threads() // 2)}  # the threads are shared
 
 
+@pytest.mark.slow
 @linux
 def test_workers_give_the_same_map(trained):
     """Each position's answer lands in its own place. Shares batch differently (padding, one thread), so a

@@ -52,7 +52,7 @@ def by_disk_count(errors: np.ndarray, counts: np.ndarray, bins=((0, 6), (7, 12),
 
 
 def main(argv=None) -> dict:
-    from ..io.crystal import crystal_from_metadata
+    from ..core.crystal import crystal_from_metadata
     from ..model.tokens import braggvectors_to_tokens
     from .common import load_mapper
 

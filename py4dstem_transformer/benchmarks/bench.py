@@ -150,7 +150,7 @@ def _truth_at(truth, pick: np.ndarray):
 
 def _crystal(config: BenchConfig):
     """A fresh py4DSTEM Crystal of the model's material (nothing computed on it yet)."""
-    from ..io.crystal import crystal_from_metadata
+    from ..core.crystal import crystal_from_metadata
 
     return crystal_from_metadata(_model_metadata(config.model))
 

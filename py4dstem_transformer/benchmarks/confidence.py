@@ -43,7 +43,7 @@ def confidence_scores(s1: np.ndarray, s2: np.ndarray, n_disks: np.ndarray, named
 
 
 def main(argv=None) -> dict:
-    from ..io.crystal import crystal_from_metadata
+    from ..core.crystal import crystal_from_metadata
     from ..model.tokens import braggvectors_to_tokens
     from .common import load_mapper
 

@@ -28,7 +28,7 @@ def acom_seconds_per_pattern(crystal, bragg, n: int, seed: int = 0) -> float:
 
 
 def main(argv=None) -> dict:
-    from ..io.crystal import crystal_from_metadata
+    from ..core.crystal import crystal_from_metadata
     from ..simulation.scan import simulate_scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

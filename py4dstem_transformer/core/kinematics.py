@@ -38,7 +38,7 @@ class Reflections:
     @classmethod
     def from_crystal(cls, crystal, k_max: float, accel_voltage: float, tol_structure_factor: float = 1e-4):
         """Compute on a private copy of ``crystal`` (the user's object is not modified)."""
-        from ..io.crystal import private_copy
+        from .crystal import private_copy
 
         fresh = private_copy(crystal)
         with contextlib.redirect_stdout(io.StringIO()):

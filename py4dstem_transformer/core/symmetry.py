@@ -100,7 +100,7 @@ def check_structure_factor_invariance(crystal, rotations, k_max: float = 2.0, rt
     Structure factors are computed by py4DSTEM on a fresh copy of the crystal (the user's object
     is not touched), out to ``k_max`` (1/A).
     """
-    from ..io.crystal import private_copy
+    from .crystal import private_copy
 
     fresh = private_copy(crystal)
     fresh.calculate_structure_factors(k_max)

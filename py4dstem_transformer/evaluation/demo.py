@@ -18,7 +18,7 @@ def run_demo(size: int = 32, num_grains: int = 12, out="demo_out", acom: bool = 
              progress_bar: bool = True) -> dict:
     """Run the comparison; returns the figures it prints (and writes ``out``/demo_*.png)."""
     from .compare import acom_default, evaluate_orientation_map
-    from ..io.crystal import crystal_from_metadata
+    from ..core.crystal import crystal_from_metadata
     from ..mapping.mapper import TransformerOrientationMap
     from ..simulation.scan import simulate_scan
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .crystal import CrystalIdentity, cell_parameters
+from ..core.crystal import CrystalIdentity, cell_parameters
 
 __all__ = ["check_crystal_matches_model", "cell_parameters"]
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..core.defaults import ACCEL_VOLTAGE
 from ..core.device import resolve_device
 from ..io.compatibility import check_crystal_matches_model
-from ..io.crystal import crystals_from_metadata, phase_metadata
+from ..core.crystal import crystals_from_metadata, phase_metadata
 from ..io.orientation_map import build_orientation_map, ensure_plan
 from ..io.peaks import Peaks, peaks_from_braggvectors
 from ..model.model import OrientationModel

@@ -40,7 +40,7 @@ from .simulator import (DEFAULT_THICKNESS, SIGMA_DYNAMICAL, SIGMA_KINEMATIC, Pat
                         is_collinear, training_disks)
 from .training_set import TrainingSet, TrainingSetConfig
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
-from ..io.crystal import CrystalIdentity
+from ..core.crystal import CrystalIdentity
 from ..core.zone_axes import fundamental_zone, pattern_symmetry, triangle_zone, zone_axis_matrices
 
 __all__ = ["generate_training_set", "register"]

@@ -2,7 +2,7 @@
 
 The user's ``Crystal`` is never changed: ``calculate_dynamical_structure_factors`` would overwrite
 its kinematic structure factors and ``orientation_plan`` resets its voltage, so everything runs on a
-private copy rebuilt from its identity (:func:`~py4dstem_transformer.io.crystal.private_copy`).
+private copy rebuilt from its identity (:func:`~py4dstem_transformer.core.crystal.private_copy`).
 
 Recipe (dynamical): ``calculate_dynamical_structure_factors(accel_voltage, 'WK-CP', k_max=2 k_max,
 thermal_sigma=0.08, tol_structure_factor=1e-4)`` so every pair of beams couples and the forbidden
@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
-from ..io.crystal import private_copy
+from ..core.crystal import private_copy
 
 __all__ = ["DEFAULT_THICKNESS", "PatternSimulator", "private_crystal", "example_crystal", "direct_beam",
            "training_disks", "is_collinear", "single_blas_thread"]
@@ -50,7 +50,7 @@ def single_blas_thread():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-#: The former name of :func:`~py4dstem_transformer.io.crystal.private_copy`.
+#: The former name of :func:`~py4dstem_transformer.core.crystal.private_copy`.
 private_crystal = private_copy
 
 

@@ -28,7 +28,7 @@ import torch
 
 from .._version import __version__
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
-from ..io.crystal import CrystalIdentity
+from ..core.crystal import CrystalIdentity
 
 __all__ = [
     "TrainingSetConfig",

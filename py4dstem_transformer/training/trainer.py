@@ -19,7 +19,7 @@ import torch
 
 from .augment import AugmentConfig, augment, rotate_in_plane
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.crystal import CrystalIdentity
+from ..core.crystal import CrystalIdentity
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from ..core.device import autocast, autocast_dtype, resolve_device
 from ..core.defaults import K_MAX_MARGIN
