@@ -21,8 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["CrystalIdentity", "private_copy", "cell_parameters", "phase_metadata", "crystals_from_metadata",
-           "crystal_from_metadata"]
+__all__ = ["CrystalIdentity", "nested_tuples", "private_copy", "cell_parameters", "phase_metadata",
+           "crystals_from_metadata", "crystal_from_metadata"]
 
 _FIX = "train a model for this crystal (crystal.generate_training_set(...), then py4dstem_transformer.train)"
 
@@ -30,11 +30,12 @@ _FIX = "train a model for this crystal (crystal.generate_training_set(...), then
 def _exact(value, dtype) -> tuple:
     """Array-like -> nested tuples of Python numbers of ``dtype`` (exact, hashable)."""
     flat = np.asarray(value, dtype=dtype).tolist()
-    return _tuples(flat)
+    return nested_tuples(flat)
 
 
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+def nested_tuples(x):
+    """Nested lists (e.g. ``ndarray.tolist()``) -> nested tuples (hashable); anything else as is."""
+    return tuple(nested_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 @dataclass(frozen=True)

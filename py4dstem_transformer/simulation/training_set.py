@@ -28,7 +28,7 @@ import torch
 
 from .._version import __version__
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
-from ..core.crystal import CrystalIdentity
+from ..core.crystal import CrystalIdentity, nested_tuples
 
 __all__ = [
     "TrainingSetConfig",
@@ -49,14 +49,10 @@ FORMAT_VERSION = 1
 def frozen(value):
     """Arrays and sequences as nested tuples of Python numbers (hashable, exact); others as is."""
     if isinstance(value, (np.ndarray, list, tuple)):
-        return _tuplify(np.asarray(value).tolist())
+        return nested_tuples(np.asarray(value).tolist())
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
 @dataclass(frozen=True)
