@@ -23,7 +23,8 @@ from .batch import MapBatch
 from .config import MapConfig
 from .phase import Phase
 
-__all__ = ["correlation", "tokens_to_xy", "square_distances", "SEPARATED_KERNELS", "disk_limit", "kinematic_disks", "score"]
+__all__ = ["correlation", "tokens_to_xy", "square_distances", "SEPARATED_KERNELS", "disk_limit", "kinematic_disks",
+           "score"]
 
 
 def tokens_to_xy(tokens: torch.Tensor) -> torch.Tensor:
