@@ -18,7 +18,9 @@ File layout (HDF5 through emdfile): a root ``training_set`` holding Arrays ``qx`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..io.checkpoint import DamagedFileError, ForeignFileError, NewerFormatError, content_checksum
 from ..core.defaults import ACCEL_VOLTAGE, K_MAX
 from ..core.crystal import CrystalIdentity, nested_tuples
 
@@ -43,7 +46,8 @@ _ROOT = "training_set"
 _CONFIG = "training_set_config"
 _INFO = "training_set_info"
 _ARRAYS = ("qx", "qy", "intensity", "offsets", "orientation_matrices", "thickness", "zone_axis_index", "zone_axes")
-FORMAT_VERSION = 1
+#: 2: with a content checksum of the arrays and the config (format-1 files still load, unverified)
+FORMAT_VERSION = 2
 
 
 def frozen(value):
@@ -271,22 +275,61 @@ class TrainingSet:
         for key, value in self.config.to_dict().items():
             config[key] = np.asarray(value) if isinstance(value, tuple) else value
         info = Metadata(name=_INFO)
-        for key, value in {**self.info, "format_version": FORMAT_VERSION}.items():
+        for key, value in {**self.info, "format_version": FORMAT_VERSION, "checksum": self.checksum()}.items():
             info[key] = value
         root.metadata = config
         root.metadata = info
         return root
 
+    def checksum(self) -> str:
+        """SHA-256 of the arrays and the config (:func:`~..io.checkpoint.content_checksum`), stored on save and
+        verified on load."""
+        return content_checksum({"arrays": {name: getattr(self, name) for name in _ARRAYS},
+                                 "config": self.config.to_dict()})
+
     @classmethod
     def load(cls, path) -> "TrainingSet":
-        """Read a file written by :meth:`save`."""
-        import emdfile
+        """Read a file written by :meth:`save`, verifying its checksum.
 
-        root = emdfile.read(str(path))
+        Raises ``FileNotFoundError``, or a ``ValueError`` naming the file and what is wrong with it:
+        :class:`~..io.checkpoint.DamagedFileError` (unreadable, truncated, or arrays that do not match the
+        checksum), :class:`~..io.checkpoint.ForeignFileError` (no training set),
+        :class:`~..io.checkpoint.NewerFormatError`.
+        """
+        import emdfile
+        import h5py
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training-set file at {path}")
+        again = "simulate it again (crystal.generate_training_set / py4dstem-transformer simulate) or copy it again"
+        if not h5py.is_hdf5(path):
+            raise DamagedFileError(f"{path} is damaged or not an HDF5 file (truncated, overwritten or another kind "
+                                   f"of file); {again}")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # emdfile prints as it guesses a file's version
+                root = emdfile.read(str(path))
+        except Exception as err:  # h5py: OSError for truncated files, KeyError for broken trees
+            if "not recognized as an EMD file" in str(err):
+                root = None
+            else:
+                raise DamagedFileError(f"{path} is damaged: its HDF5 tree cannot be read ({err}); {again}") from err
         if not hasattr(root, "metadata") or _CONFIG not in getattr(root, "metadata", {}):
-            raise ValueError(f"{path} does not hold a py4dstem-transformer training set")
-        params = root.metadata[_CONFIG]._params
-        config = TrainingSetConfig.from_dict({k: frozen(v) for k, v in params.items()})
+            raise ForeignFileError(f"{path} does not hold a py4dstem-transformer training set (an HDF5 file of "
+                                   f"another kind); pass a file written by TrainingSet.save or py4dstem-transformer simulate")
         info = dict(root.metadata[_INFO]._params) if _INFO in root.metadata else {}
-        arrays = {name: root.tree(name).data for name in _ARRAYS}
-        return cls(config, info=info, **arrays)
+        version = int(info.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise NewerFormatError(f"{path} was written by a newer py4dstem-transformer ({info.get('version')}, file "
+                                   f"format {version}); upgrade this one (format {FORMAT_VERSION})")
+        params = root.metadata[_CONFIG]._params
+        try:
+            config = TrainingSetConfig.from_dict({k: frozen(v) for k, v in params.items()})
+            arrays = {name: root.tree(name).data for name in _ARRAYS}
+            training_set = cls(config, info=info, **arrays)
+        except Exception as err:
+            raise DamagedFileError(f"{path} is damaged: its arrays or settings cannot be read ({err}); {again}") from err
+        if version >= 2 and info.get("checksum") != training_set.checksum():
+            raise DamagedFileError(f"{path} is damaged: its arrays or settings do not match the checksum written when "
+                                   f"it was saved; {again}")
+        return training_set
