@@ -51,7 +51,7 @@ def test_shipped_model_on_clean_kinematic_and_bloch(capsys, tmp_path):
     path = tmp_path / "r.json"
     report = rb.main(["--n", "16", "--acom-n", "4", "--conditions", "kinematic,ellipse", "--json", str(path)])
     kinematic, ellipse = report["rows"]
-    # 87.5% strict measured on 24 of these patterns (docs/benchmarks.md: 91-ish% at n = 400); 60% leaves room
+    # 87.5% strict measured on 24 of these patterns (docs/benchmarks.md: 94.5% at n = 400); 60% leaves room
     assert kinematic["ours"]["strict_5"] >= 0.6, kinematic["ours"]
     assert kinematic["acom"]["n"] == 4 and kinematic["ours"]["n"] == 16
     assert ellipse["condition"]["held_out"] and not kinematic["condition"]["held_out"]

@@ -115,7 +115,8 @@ def simulate_pattern(crystal, matrix: np.ndarray, condition: Condition, thicknes
     """One py4DSTEM pattern (structured array ``qx, qy`` in 1/A lab frame, ``intensity``, ``h, k, l``; 000 included)."""
     beams = crystal.generate_diffraction_pattern(
         orientation_matrix=matrix, sigma_excitation_error=condition.sigma_excitation_error,
-        tol_intensity=0.0 if condition.dynamical else 1e-5, k_max=K_MAX, precession_angle_degrees=condition.precession_deg)
+        tol_intensity=0.0 if condition.dynamical else 1e-5, k_max=K_MAX,
+        precession_angle_degrees=condition.precession_deg)
     if not condition.dynamical:
         return beams.data
     with warnings.catch_warnings():
@@ -234,14 +235,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """One line per condition: disks, ours (strict, flip, median, AUC, patterns/s), network alone, ours strict on the
     patterns ACOM saw, ACOM (strict, flip, median, AUC, patterns/s)."""
     head = ("| condition | disks | ours ≤5° strict | ours ≤5° flip | ours median | ours AUC | ours patterns/s "
-            "| network ≤5° strict | ours ≤5° strict, ACOM's patterns | ACOM ≤5° strict | ACOM ≤5° flip | ACOM median | ACOM AUC | ACOM patterns/s |\n"
+            "| network ≤5° strict | ours ≤5° strict, ACOM's patterns "
+            "| ACOM ≤5° strict | ACOM ≤5° flip | ACOM median | ACOM AUC | ACOM patterns/s |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         o, a = r["ours"], r.get("acom")
-        acom = (f"{r['ours_on_acom_patterns']:.1%} | {a['strict_5']:.1%} | {a['flip_5']:.1%} | {a['median_strict']:.2f}° | {a['auc']:.2f} | "
+        acom = (f"{r['ours_on_acom_patterns']:.1%} | {a['strict_5']:.1%} | {a['flip_5']:.1%} | "
+                f"{a['median_strict']:.2f}° | {a['auc']:.2f} | "
                 f"{a['patterns_per_s']:,.0f}") if a else "– | – | – | – | – | –"
-        lines.append(f"| {r['condition']['label']} | {r['disks_median']:.0f} | {o['strict_5']:.1%} | {o['flip_5']:.1%} | "
+        lines.append(f"| {r['condition']['label']} | {r['disks_median']:.0f} | {o['strict_5']:.1%} | "
+                     f"{o['flip_5']:.1%} | "
                      f"{o['median_strict']:.2f}° | {o['auc']:.2f} | {o['patterns_per_s']:,.0f} | "
                      f"{r['network']['strict_5']:.1%} | {acom} |")
     return "\n".join(lines)
