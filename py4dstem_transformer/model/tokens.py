@@ -6,7 +6,8 @@ Per scan position, and without a Python loop over positions:
 2. remove the direct beam: every peak within ``direct_beam_radius`` of the origin;
 3. keep disks inside the encoder's radial range ``r <= k_max``;
 4. normalise intensities by the brightest kept disk of the pattern;
-5. drop disks below ``min_relative_intensity``;
+5. drop disks below ``min_relative_intensity``, and exact repeats (a disk listed twice at the same
+   ``(qx, qy)`` counts once, with its brightest intensity);
 6. keep at most ``max_tokens`` disks, brightest first;
 7. pad to ``(B, N, 3)`` with a ``(B, N)`` mask.
 
@@ -114,7 +115,7 @@ def tokenize(
     brightest.scatter_reduce_(0, position, torch.where(keep, intensity, 0), reduce="amax")
     brightest_per_peak = brightest[position]  # (P,)
     keep &= (intensity >= config.min_relative_intensity * brightest_per_peak) & (brightest_per_peak > 0)
-    index = keep.nonzero()[:, 0]  # (K,) kept peaks, still grouped by pattern
+    index = _drop_repeats(keep.nonzero()[:, 0], position, qx, qy, intensity)  # (K,) kept peaks, grouped by pattern
     kept = torch.bincount(position[index], minlength=B)  # (B,)
     if len(index) and int(kept.max()) > config.max_tokens:
         index, kept = _brightest_first(index, position, intensity / brightest_per_peak, kept, config.max_tokens)
@@ -131,6 +132,22 @@ def tokenize(
     mask = torch.zeros(B * N, dtype=torch.bool, device=qx.device)
     mask[slot] = True
     return Tokens(out.view(B, N, 3), mask.view(B, N), kept)
+
+
+def _drop_repeats(index, position, qx, qy, intensity):
+    """``index`` (ascending) without the peaks that repeat a brighter (or an earlier, equally bright) one
+    at exactly the same ``(qx, qy)`` of the same pattern: a disk found twice is one disk, not more evidence."""
+    if len(index) < 2:
+        return index
+    order = torch.argsort(intensity[index], descending=True, stable=True)
+    for key in (qy, qx, position):  # lexicographic by (position, qx, qy), brightest first among equals
+        order = order[torch.argsort(key[index][order], stable=True)]
+    i = index[order]
+    repeat = torch.zeros(len(i), dtype=torch.bool, device=i.device)
+    repeat[1:] = (position[i[1:]] == position[i[:-1]]) & (qx[i[1:]] == qx[i[:-1]]) & (qy[i[1:]] == qy[i[:-1]])
+    if not bool(repeat.any()):
+        return index
+    return torch.sort(i[~repeat]).values
 
 
 def _brightest_first(index, position, relative, kept, max_tokens):
