@@ -165,7 +165,7 @@ def _borderline(p, config):
     return bool((near(config.k_max) | near(config.direct_beam_radius)).any())
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(pattern=patterns(), exponent=st.integers(-60, 60))
 def test_scaling_every_intensity_by_a_power_of_two_changes_nothing(cu_mapper, pattern, exponent):
     """Intensities are relative: 1e-30 or 1e30 times a pattern is the same pattern."""
@@ -237,7 +237,7 @@ def test_nan_or_infinite_peaks_are_refused_naming_the_position(cu_mapper, scan, 
     assert_unchanged(bv, before)
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=20, **SETTINGS)
 @given(pattern=patterns(), copies=st.integers(1, 20), seed=st.integers(0, 2**16))
 def test_a_disk_listed_twice_is_one_disk(cu_mapper, pattern, copies, seed):
     """Exact repeats of peaks (a peak finder reporting a disk twice) add no evidence: same answer, same corr.
