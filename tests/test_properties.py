@@ -166,10 +166,12 @@ def _borderline(p, config):
 
 
 @settings(max_examples=15, **SETTINGS)
-@given(pattern=patterns(), exponent=st.integers(-60, 60))
+@given(pattern=patterns(), exponent=st.one_of(st.integers(-60, 60), st.integers(-900, 900)))
 def test_scaling_every_intensity_by_a_power_of_two_changes_nothing(cu_mapper, pattern, exponent):
-    """Intensities are relative: 1e-30 or 1e30 times a pattern is the same pattern."""
-    pattern = pattern[np.abs(pattern[:, 2]) < 1e10]  # keep c * I inside float32 for every c drawn
+    """Intensities are relative: 1e-300 or 1e300 times a pattern is the same pattern. Before the fix, intensities
+    beyond float32's range (a finite 1e39) were refused as "NaN or infinite", and below it (1e-300) read as 0."""
+    magnitude = np.abs(pattern[:, 2])
+    pattern = pattern[(magnitude == 0) | ((magnitude >= 1e-30) & (magnitude <= 1e30))]  # 2**exponent * I stays normal
     scaled = pattern * np.array([1.0, 1.0, 2.0 ** exponent])
     a = match(cu_mapper, build([pattern], (1, 1), 0.0), num_matches_return=2)
     b = match(cu_mapper, build([scaled], (1, 1), 0.0), num_matches_return=2)
@@ -248,6 +250,18 @@ def test_a_disk_listed_twice_is_one_disk(cu_mapper, pattern, copies, seed):
     a = match(cu_mapper, build([pattern], (1, 1), 10.0), num_matches_return=2, min_number_peaks=0)
     b = match(cu_mapper, build([repeated], (1, 1), 10.0), num_matches_return=2, min_number_peaks=0)
     assert np.array_equal(a.matrix, b.matrix) and np.array_equal(a.corr, b.corr)
+
+
+@pytest.mark.parametrize("intensity", [1e39, 1e300, 1e-300, 5e-324])
+def test_intensities_beyond_float32_map_like_ordinary_ones(cu_mapper, intensity):
+    disks = np.array([[0.5, 0.5, 1.0], [1.0, -0.3, 0.5], [-0.7, 0.4, 0.3], [0.2, -1.1, 0.2]])
+    ordinary = match(cu_mapper, build([disks], (1, 1), 0.0), num_matches_return=2)
+    extreme = match(cu_mapper, build([disks * [1, 1, intensity]], (1, 1), 0.0), num_matches_return=2)
+    assert ordinary.corr[0, 0, 0] > 0
+    if intensity == 5e-324:  # the smallest float64: the fainter disks underflow to 0 even in float64
+        assert_corr(extreme.corr)
+        return
+    assert np.array_equal(ordinary.matrix, extreme.matrix) and np.array_equal(ordinary.corr, extreme.corr)
 
 
 def test_three_random_disks_repeated_are_not_a_confident_match(cu_mapper):
