@@ -138,7 +138,7 @@ def match(mapper, bv, **kw):
 
 # -- properties ------------------------------------------------------------------------------------
 @pytest.mark.slow
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=25, **SETTINGS)
 @given(scan=scans(), num_matches=st.sampled_from([1, 4]))
 def test_any_peak_set_maps_to_proper_rotations_and_corr_in_0_1(cu_mapper, scan, num_matches):
     lists, shape, direct_beam = scan
