@@ -6,7 +6,8 @@ Per scan position, and without a Python loop over positions:
 2. remove the direct beam: every peak within ``direct_beam_radius`` of the origin;
 3. keep disks inside the encoder's radial range ``r <= k_max``;
 4. normalise intensities by the brightest kept disk of the pattern;
-5. drop disks below ``min_relative_intensity``;
+5. drop disks below ``min_relative_intensity``, and exact repeats (a disk listed twice at the same
+   ``(qx, qy)`` counts once, with its brightest intensity);
 6. keep at most ``max_tokens`` disks, brightest first;
 7. pad to ``(B, N, 3)`` with a ``(B, N)`` mask.
 
@@ -114,7 +115,7 @@ def tokenize(
     brightest.scatter_reduce_(0, position, torch.where(keep, intensity, 0), reduce="amax")
     brightest_per_peak = brightest[position]  # (P,)
     keep &= (intensity >= config.min_relative_intensity * brightest_per_peak) & (brightest_per_peak > 0)
-    index = keep.nonzero()[:, 0]  # (K,) kept peaks, still grouped by pattern
+    index = _drop_repeats(keep.nonzero()[:, 0], position, qx, qy, intensity)  # (K,) kept peaks, grouped by pattern
     kept = torch.bincount(position[index], minlength=B)  # (B,)
     if len(index) and int(kept.max()) > config.max_tokens:
         index, kept = _brightest_first(index, position, intensity / brightest_per_peak, kept, config.max_tokens)
@@ -131,6 +132,30 @@ def tokenize(
     mask = torch.zeros(B * N, dtype=torch.bool, device=qx.device)
     mask[slot] = True
     return Tokens(out.view(B, N, 3), mask.view(B, N), kept)
+
+
+def _drop_repeats(index, position, qx, qy, intensity):
+    """``index`` (ascending) without the peaks that repeat a brighter (or an earlier, equally bright) one
+    at exactly the same float32 ``(qx, qy)`` of the same pattern: a disk found twice is one disk, not more evidence.
+    Two stable sorts when nothing repeats (the common case), three more when something does."""
+    if len(index) < 2:
+        return index
+    bits = lambda v: (v[index].float() + 0.0).view(torch.int32).long()  # noqa: E731  exact value, -0 read as 0
+    key, pos = (bits(qx) << 32) | (bits(qy) & 0xFFFFFFFF), position[index]  # (K,) one int64 per (qx, qy)
+
+    def repeats(order):  # (K,) bool: same pattern and place as the disk before it in ``order``
+        k, p = key[order], pos[order]
+        out = torch.zeros(len(order), dtype=torch.bool, device=index.device)
+        out[1:] = (p[1:] == p[:-1]) & (k[1:] == k[:-1])
+        return out
+
+    order = torch.argsort(key, stable=True)
+    if not bool(repeats(order[torch.argsort(pos[order], stable=True)]).any()):
+        return index
+    order = torch.argsort(intensity[index], descending=True, stable=True)  # brightest copy first among equals
+    order = order[torch.argsort(key[order], stable=True)]
+    order = order[torch.argsort(pos[order], stable=True)]
+    return torch.sort(index[order][~repeats(order)]).values
 
 
 def _brightest_first(index, position, relative, kept, max_tokens):
@@ -170,14 +195,37 @@ def iter_scan_tokens(
         a, b = offsets[start], offsets[stop]
         counts = torch.from_numpy(peaks.counts[start:stop]).to(device)
         qx, qy, intensity = (
-            torch.from_numpy(v[a:b]).to(device=device, dtype=torch.float32)
-            for v in (peaks.qx, peaks.qy, peaks.intensity)
+            torch.from_numpy(v).to(device=device, dtype=torch.float32)
+            for v in (peaks.qx[a:b], peaks.qy[a:b], _within_float32(peaks.intensity[a:b], peaks.counts[start:stop]))
         )
         _check_finite(peaks, start, counts, "peaks", qx, qy, intensity)
         if peaks.calibration is not None:
             qx, qy = peaks.calibration.apply(qx, qy, counts, start)
             _check_finite(peaks, start, counts, "calibrated peaks (check the calibration)", qx, qy)
         yield start, tokenize(qx, qy, intensity, counts, config)
+
+
+_FLOAT32_SAFE = 2.0 ** 100  # brightest |I| of a pattern outside [1 / this, this]: rescaled before the float32 cast
+
+
+def _within_float32(intensity: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``intensity`` (float64), with each pattern whose brightest ``|I|`` lies outside ``[2**-100, 2**100]`` scaled by
+    a power of two (exact) into ``[0.5, 1)``, so that the float32 tokens neither overflow to inf (a finite 1e39
+    is no error) nor underflow to 0 (1e-300 is a pattern too). Only relative intensities matter to the tokens, so
+    the answer is the same as at any other scale; every other pattern is returned untouched (the same array)."""
+    with np.errstate(invalid="ignore"):
+        magnitude = np.where(np.isfinite(intensity), np.abs(intensity), 0.0)  # NaN / inf: refused by _check_finite
+    nonzero = magnitude[magnitude > 0]
+    if not len(nonzero) or (nonzero.max() <= _FLOAT32_SAFE and nonzero.min() >= 1 / _FLOAT32_SAFE):
+        return intensity  # the common case: no pattern needs it (a faint disk of a bright pattern may end here too)
+    position = np.repeat(np.arange(len(counts)), counts)
+    brightest = np.zeros(len(counts))
+    np.maximum.at(brightest, position, magnitude)
+    outside = (brightest > 0) & ((brightest > _FLOAT32_SAFE) | (brightest < 1 / _FLOAT32_SAFE))
+    if not outside.any():
+        return intensity
+    shift = np.where(outside, -np.frexp(brightest)[1], 0)  # brightest * 2**shift in [0.5, 1)
+    return np.ldexp(intensity, shift[position])
 
 
 def scan_tokens(peaks: Peaks, config: TokenConfig = TokenConfig(), chunk_size: int = 8192, device=None) -> Tokens:
@@ -221,5 +269,5 @@ def _check_finite(peaks: Peaks, start: int, counts: torch.Tensor, what: str, *ar
     more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
     raise ValueError(
         f"NaN or infinite values in the {what} at scan positions (rx, ry) {where}{more}; "
-        "remove or fix those peaks before mapping"
+        "remove or fix those peaks before mapping (positions beyond float32's range, |x| > 3.4e38, count as infinite)"
     )

@@ -54,6 +54,10 @@ class PhaseTrainingSet:
         self.names = list(names) if names is not None else [formula(ts.crystal().numbers) for ts in self.sets]
         if len(self.names) != len(self.sets) or len(set(self.names)) != len(self.names):
             raise ValueError(f"need one distinct name per training set, got {self.names}")
+        empty = [name for ts, name in zip(self.sets, self.names) if len(ts) == 0]
+        if empty:
+            raise ValueError(f"the training set of phase(s) {empty} holds no patterns; simulate some first "
+                             "(generate_training_set with more zone axes, or a larger k_max)")
         self.phase = np.concatenate([np.full(len(ts), i, dtype=np.int64) for i, ts in enumerate(self.sets)])
         self.qx, self.qy, self.intensity = (np.concatenate([getattr(ts, k) for ts in self.sets]) for k in ("qx", "qy", "intensity"))
         starts = np.cumsum([0] + [ts.offsets[-1] for ts in self.sets])

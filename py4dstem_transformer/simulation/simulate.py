@@ -192,8 +192,11 @@ def generate_training_set(
     1.0
     """
     start = time.perf_counter()
-    if k_max <= 0 or not 0 <= min_relative_intensity < 1:
-        raise ValueError("need k_max > 0 (1/A) and 0 <= min_relative_intensity < 1")
+    _check_arguments(crystal, accel_voltage=accel_voltage, k_max=k_max, num_zone_axes=num_zone_axes,
+                     zone_axes=zone_axes, num_thicknesses=num_thicknesses,
+                     sigma_excitation_error=sigma_excitation_error, precession_angle_degrees=precession_angle_degrees,
+                     min_relative_intensity=min_relative_intensity, tol_structure_factor=tol_structure_factor,
+                     thermal_sigma=thermal_sigma, dedup_tolerance=dedup_tolerance, n_jobs=n_jobs)
     rng = np.random.default_rng(seed)
     symmetry = pattern_symmetry(crystal, dynamical)
     directions, range_name = _directions(symmetry, zone_axis_range, angle_step_zone_axis, num_zone_axes,
@@ -216,7 +219,57 @@ def generate_training_set(
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
     n_jobs = max(1, min(n_jobs, len(tasks)))
     results = _run_all(config, tasks, n_jobs, progress_bar)
-    return _assemble(config, matrices, directions, results, n_jobs, time.perf_counter() - start)
+    training_set = _assemble(config, matrices, directions, results, n_jobs, time.perf_counter() - start)
+    if len(training_set) == 0:
+        dropped = {k: v for k, v in training_set.info.items() if k.startswith("dropped_")}
+        raise ValueError(f"no pattern left to train on: {len(directions)} beam direction(s) simulated, dropped "
+                         f"{dropped} (a pattern is dropped when no disk lies within k_max = {k_max} 1/A above "
+                         "min_relative_intensity, or when its disks lie on one line); use a larger k_max, a smaller "
+                         "min_relative_intensity or more zone axes")
+    return training_set
+
+
+def _check_arguments(crystal, **values) -> None:
+    """A ValueError naming the argument of :func:`generate_training_set` that cannot give a training set."""
+    if not hasattr(crystal, "lat_real"):
+        raise TypeError(f"crystal must be a py4DSTEM Crystal, got {type(crystal).__name__}")
+
+    def number(x):
+        return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+    def whole(x):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    v = values
+    rules = [
+        ("accel_voltage", number(v["accel_voltage"]) and v["accel_voltage"] > 0, "volts > 0 (e.g. 300e3)"),
+        ("k_max", number(v["k_max"]) and v["k_max"] > 0, "a radius > 0 in 1/A (e.g. 2.0)"),
+        ("min_relative_intensity", number(v["min_relative_intensity"]) and 0 <= v["min_relative_intensity"] < 1,
+         "a fraction in [0, 1)"),
+        ("num_zone_axes", v["num_zone_axes"] is None or (whole(v["num_zone_axes"]) and v["num_zone_axes"] >= 1),
+         "a whole number of beam directions >= 1 (or None for the angle_step_zone_axis grid)"),
+        ("num_thicknesses", v["num_thicknesses"] is None or (whole(v["num_thicknesses"]) and v["num_thicknesses"] >= 1),
+         "a whole number >= 1 (or None for every value of thickness)"),
+        ("sigma_excitation_error", v["sigma_excitation_error"] is None
+         or (number(v["sigma_excitation_error"]) and v["sigma_excitation_error"] > 0), "1/A > 0 (or None)"),
+        ("precession_angle_degrees", v["precession_angle_degrees"] is None
+         or (number(v["precession_angle_degrees"]) and v["precession_angle_degrees"] >= 0), "degrees >= 0 (or None)"),
+        ("tol_structure_factor", number(v["tol_structure_factor"]) and v["tol_structure_factor"] >= 0, "a number >= 0"),
+        ("thermal_sigma", number(v["thermal_sigma"]) and v["thermal_sigma"] >= 0, "A >= 0"),
+        ("dedup_tolerance", number(v["dedup_tolerance"]) and v["dedup_tolerance"] >= 0, "a number >= 0"),
+        ("n_jobs", whole(v["n_jobs"]) and (v["n_jobs"] >= 1 or v["n_jobs"] == -1),
+         "a number of worker processes >= 1, or -1 for every core"),
+    ]
+    for name, ok, what in rules:
+        if not ok:
+            raise ValueError(f"generate_training_set: {name} = {v[name]!r}; pass {what}")
+    if v["zone_axes"] is not None:
+        z = np.asarray(v["zone_axes"], dtype=np.float64)
+        z = z[None] if z.ndim == 1 else z
+        if z.ndim != 2 or z.shape[1] != 3 or len(z) == 0 or not np.isfinite(z).all() or \
+                (np.linalg.norm(z, axis=1) == 0).any():
+            raise ValueError(f"generate_training_set: zone_axes must be a (Z, 3) array of Z >= 1 finite, non-zero beam "
+                             f"directions (crystal Cartesian); got shape {np.shape(v['zone_axes'])}")
 
 
 def _directions(symmetry, zone_axis_range, angle_step, num_zone_axes, zone_axes, rng):

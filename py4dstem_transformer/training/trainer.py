@@ -31,6 +31,14 @@ from ..model.tokens import TokenConfig, tokenize
 __all__ = ["TrainConfig", "train", "model_metadata", "plot_history"]
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and bool(np.isfinite(x)) and x > 0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (saved in checkpoints). See :func:`train` for their meaning."""
@@ -52,6 +60,22 @@ class TrainConfig:
     seed: int = 0
     beam_flip_loss: bool = True
     precision: Optional[str] = None  # None: bf16 where fast (CUDA, AMX / AVX-512-BF16 CPUs), else fp32
+
+    def __post_init__(self):
+        def need(ok, name, what):
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: {what}")
+
+        need(self.epochs is None or (_is_int(self.epochs) and self.epochs >= 0), "epochs",
+             "pass a whole number of passes >= 1 (0 builds the model without training it; None: max_minutes)")
+        need(self.max_minutes is None or _positive(self.max_minutes), "max_minutes", "pass minutes > 0 (or None)")
+        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "pass a number of patterns >= 1")
+        need(_positive(self.lr), "lr", "the learning rate must be a finite number > 0 (e.g. 1e-3)")
+        need(_is_int(self.warmup) and self.warmup >= 0, "warmup", "pass a number of steps >= 0")
+        need(np.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1, "val_fraction",
+             "the fraction of zone axes held out must be in [0, 1)")
+        for name in ("val_every", "checkpoint_every", "val_max_patterns"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "pass a whole number >= 1")
 
 
 def train(
@@ -86,6 +110,7 @@ def train(
     epochs, max_minutes : optional
         Stop after this many passes over the training patterns, or this much wall time (the
         learning-rate schedule then follows the elapsed time). Neither given: 30 minutes.
+        ``epochs=0`` returns the initial model (e.g. ``init_weights`` copied in) untrained.
     batch_size, lr, warmup
         Patterns per step, peak AdamW learning rate, warm-up steps.
     device : str or torch.device, optional
@@ -121,6 +146,7 @@ def train(
         max_minutes = 30.0
     if isinstance(training_set, (list, tuple)):
         training_set = training_set[0] if len(training_set) == 1 else PhaseTrainingSet(training_set)
+    _check_training_set(training_set)
     config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup=warmup,
                          val_fraction=val_fraction, seed=seed, precision=precision, **options)
     token_config = token_config or TokenConfig(k_max=float(training_set.config.k_max) * K_MAX_MARGIN)
@@ -136,6 +162,16 @@ def train(
     if resume:
         run.restore()
     return run.fit(progress_bar)
+
+
+def _check_training_set(training_set) -> None:
+    """A clear error for what ``train`` cannot learn from: not a training set, or one without patterns."""
+    if not (hasattr(training_set, "config") and hasattr(training_set, "offsets") and hasattr(training_set, "__len__")):
+        raise TypeError(f"training_set must be a TrainingSet (generate_training_set, or TrainingSet.load(path) for a "
+                        f"file), a PhaseTrainingSet or a list of them; got {type(training_set).__name__}")
+    if len(training_set) == 0:  # (a PhaseTrainingSet refuses an empty phase itself)
+        raise ValueError("the training set holds no patterns; simulate some first (generate_training_set with more "
+                         "zone axes, or a larger k_max)")
 
 
 def model_metadata(training_set, token_config: TokenConfig, symmetry) -> dict:
@@ -198,6 +234,9 @@ class _Run:
         groups = phase_symmetries(sets)
         self.symmetry = (groups[0] if len(groups) == 1 else padded_symmetry(groups)).float()
         self.train_idx, val_idx = split_by_zone_axis(training_set.zone_axis_index, config.val_fraction, config.seed)
+        if len(self.train_idx) == 0:
+            raise ValueError(f"val_fraction = {config.val_fraction} holds out every pattern of the training set "
+                             f"({len(training_set)} pattern(s)); pass val_fraction=0 or simulate more zone axes")
         torch.manual_seed(config.seed)
         meta = model_metadata(training_set, token_config, groups)
         self.model = OrientationModel(model_config, meta).to(device)
