@@ -12,9 +12,9 @@ Each source is mapped with the shipped Cu model in a fresh interpreter, so that 
   with ``mapper.match_orientations``, as from ``datacube.find_Bragg_disks``;
 * ``peaks``: the flat peaks alone, already in memory (the mapping's own share).
 
-Memory is the resident set (Linux ``/proc``) of the whole process tree, the mapping's worker processes
-included, sampled every 0.2 s; pages a forked worker shares with its parent count once per process, so
-the tree figure is an upper bound. The peaks are synthetic (:func:`.tokens.synthetic_peaks`): memory
+Memory is that of the whole process tree, the mapping's worker processes included: the sum of their
+proportional set sizes (Linux ``/proc/PID/smaps_rollup``: a page shared by n processes counts 1/n in each,
+so the sum counts the physical memory once), sampled every 0.2 s. The peaks are synthetic (:func:`.tokens.synthetic_peaks`): memory
 does not depend on what they are.
 """
 
@@ -33,12 +33,14 @@ from pathlib import Path
 SOURCES = ("file", "braggvectors", "peaks")
 
 
-def _rss_gb(pid: int) -> float:
-    """Resident set (GB) of process ``pid`` (0 if it is gone)."""
+def _memory_gb(pid: int) -> float:
+    """Proportional set size (GB) of process ``pid``: its private pages plus its share of the pages it shares
+    (a forked worker shares the parent's peaks and model), so that summed over processes each page counts
+    once; 0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("VmRSS"):
+                if line.startswith("Pss:"):
                     return int(line.split()[1]) / 1e6
     except OSError:
         pass
@@ -57,7 +59,8 @@ def _children(pid: int) -> list:
 
 
 class TreePeak:
-    """The largest resident set (GB) of this process and its descendants, sampled every ``interval`` s."""
+    """The largest memory (GB, summed proportional set sizes) of this process and its descendants, sampled every
+    ``interval`` s."""
 
     def __init__(self, interval: float = 0.2):
         self.peak, self._interval, self._stop = 0.0, interval, threading.Event()
@@ -65,7 +68,7 @@ class TreePeak:
 
     def now(self) -> float:
         me = os.getpid()
-        return _rss_gb(me) + sum(_rss_gb(c) for c in _children(me))
+        return _memory_gb(me) + sum(_memory_gb(c) for c in _children(me))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -156,7 +159,7 @@ def main(argv=None) -> dict:
         for source in sources:
             r = report["sources"][source] = _run(common + ["--child", source, "--path", path])
             print(f"{source:>12}: {args.size}² x {args.disks} disks: imports + model {r['base_gb']:.2f} GB, data "
-                  f"+{r['data_gb']:.2f} GB ({r['load_s']:.0f} s), peak {r['peak_gb']:.2f} GB (process tree); "
+                  f"+{r['data_gb']:.2f} GB ({r['load_s']:.0f} s), peak {r['peak_gb']:.2f} GB (process tree, PSS); "
                   f"mapped in {r['map_s']:.0f} s ({r['patterns_per_s']:,.0f} patterns/s)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
