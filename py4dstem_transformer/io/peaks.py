@@ -125,6 +125,10 @@ def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_
     return bv
 
 
+#: Scan positions read from a file at once by :func:`read_peaks`.
+_READ_BLOCK = 65536
+
+
 def read_peaks(path, name: Optional[str] = None) -> Peaks:
     """Read Bragg peaks and their calibration straight from a file written by ``py4DSTEM.save``.
 
@@ -141,10 +145,15 @@ def read_peaks(path, name: Optional[str] = None) -> Peaks:
 
     with h5py.File(path, "r") as f:
         group = _find_braggvectors(f, name)
-        data = group[_VECTORS]["data"][()]  # (Rx, Ry) object array of structured arrays
+        data = group[_VECTORS]["data"]  # (Rx, Ry) dataset of variable-length structured arrays
         calibration = _read_calibration(f, group)
         cal = DetectorCalibration.from_py4dstem(calibration, None)
-    return _from_structured(list(data.ravel()), tuple(data.shape), cal)
+        rows = max(1, _READ_BLOCK // max(1, data.shape[1]))
+        # in blocks of scan rows, so that the 1 M small per-position arrays of a 1024^2 scan never exist at once
+        parts = [_from_structured(list(data[r:r + rows].ravel()), (-1,), cal) for r in range(0, data.shape[0], rows)]
+    counts = np.concatenate([p.counts for p in parts])
+    fields = (np.concatenate([getattr(p, k) for p in parts]) for k in ("qx", "qy", "intensity"))
+    return Peaks(*fields, counts=counts, scan_shape=tuple(data.shape), calibration=cal)
 
 
 def _from_structured(data, scan_shape, calibration) -> Peaks:
