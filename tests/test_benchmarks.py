@@ -1,5 +1,6 @@
 """The benchmark commands run (tiny sizes) and return the figures they print."""
 
+import numpy as np
 import pytest
 
 from py4dstem_transformer.benchmarks import accuracy, memory, speed, tokens
@@ -60,3 +61,16 @@ def test_phase_benchmark_runs(tmp_path, capsys):
     assert report["acom"]["extrapolated"] and report["crystal_phase"]["n"] == 8
     assert json.loads((tmp_path / "p.json").read_text())["size"] == 12
     assert "(extrapolated)" in capsys.readouterr().out
+
+
+def test_equivalence_compare_reports_the_largest_difference(tmp_path):
+    from py4dstem_transformer.benchmarks import equivalence
+
+    a = {"Cu/x/K1/matrix": np.eye(3)[None], "Cu/x/K1/corr": np.array([0.5])}
+    np.savez(tmp_path / "a.npz", **a)
+    np.savez(tmp_path / "b.npz", **{**a, "Cu/x/K1/corr": np.array([0.25])})
+    assert equivalence.compare(tmp_path / "a.npz", tmp_path / "a.npz") == {"matrix": 0.0, "corr": 0.0}
+    assert equivalence.compare(tmp_path / "a.npz", tmp_path / "b.npz") == {"matrix": 0.0, "corr": 0.25}
+    np.savez(tmp_path / "c.npz", **{"Cu/y/K1/corr": np.array([0.5])})
+    with pytest.raises(ValueError, match="different arrays"):
+        equivalence.compare(tmp_path / "a.npz", tmp_path / "c.npz")
