@@ -148,19 +148,23 @@ def read_peaks(path, name: Optional[str] = None) -> Peaks:
         data = group[_VECTORS]["data"]  # (Rx, Ry) dataset of variable-length structured arrays
         calibration = _read_calibration(f, group)
         cal = DetectorCalibration.from_py4dstem(calibration, None)
-        rows = max(1, _READ_BLOCK // max(1, data.shape[1]))
+        scan_shape, rows = tuple(data.shape), max(1, _READ_BLOCK // max(1, data.shape[1]))
         # in blocks of scan rows, so that the 1 M small per-position arrays of a 1024^2 scan never exist at once
-        parts = [_from_structured(list(data[r:r + rows].ravel()), (-1,), cal) for r in range(0, data.shape[0], rows)]
-    counts = np.concatenate([p.counts for p in parts])
-    fields = (np.concatenate([getattr(p, k) for p in parts]) for k in ("qx", "qy", "intensity"))
-    return Peaks(*fields, counts=counts, scan_shape=tuple(data.shape), calibration=cal)
+        parts = [_flat_fields(list(data[r:r + rows].ravel())) for r in range(0, scan_shape[0], rows)]
+    counts, qx, qy, intensity = (np.concatenate(field) for field in zip(*parts))
+    return Peaks(qx, qy, intensity, counts=counts, scan_shape=scan_shape, calibration=cal)
+
+
+def _flat_fields(data) -> tuple:
+    """``(counts, qx, qy, intensity)`` of a list of per-position structured arrays (float64, flat)."""
+    counts = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+    flat = np.concatenate(data) if data else np.zeros(0, [("qx", "f8"), ("qy", "f8"), ("intensity", "f8")])
+    return (counts, *(np.ascontiguousarray(flat[k], dtype=np.float64) for k in ("qx", "qy", "intensity")))
 
 
 def _from_structured(data, scan_shape, calibration) -> Peaks:
-    counts = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
-    flat = np.concatenate(data) if data else np.zeros(0, [("qx", "f8"), ("qy", "f8"), ("intensity", "f8")])
-    fields = (np.ascontiguousarray(flat[k], dtype=np.float64) for k in ("qx", "qy", "intensity"))
-    return Peaks(*fields, counts=counts, scan_shape=scan_shape, calibration=calibration)
+    counts, qx, qy, intensity = _flat_fields(data)
+    return Peaks(qx, qy, intensity, counts=counts, scan_shape=scan_shape, calibration=calibration)
 
 
 def _find_braggvectors(f, name):
