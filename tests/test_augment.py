@@ -108,3 +108,40 @@ def test_bucketed_batches_cover_every_pattern_once_and_cut_padding():
     padded = sum(len(b) * int(counts[b].max()) for b in batches)
     random = sum(32 * int(counts[torch.randperm(1000)[:32]].max()) for _ in range(len(batches)))
     assert padded < 0.8 * random
+
+
+def _only(**kw):
+    cfg = {**AugmentConfig.none().to_dict(), "in_plane_rotation": False, "mirror": False}
+    return AugmentConfig(**{**cfg, **kw})
+
+
+def test_scale_error_scales_every_disk_of_a_pattern_alike(kset40):
+    batch = PatternStore(kset40).gather(torch.arange(40))
+    out = augment(batch, _only(p_scale=1.0, scale_max=0.03), torch.Generator().manual_seed(3), False)
+    ratio = torch.hypot(out.qx, out.qy) / torch.hypot(batch.qx, batch.qy)
+    per = torch.split(ratio, batch.counts.tolist())
+    assert all(float(r.max() - r.min()) < 1e-5 for r in per)
+    factors = torch.stack([r[0] for r in per])
+    assert float((factors - 1).abs().max()) <= 0.03 + 1e-6 and float((factors - 1).abs().max()) > 0.01
+    assert torch.equal(out.matrix, batch.matrix) and torch.equal(out.intensity, batch.intensity)
+
+
+def test_origin_error_shifts_every_disk_of_a_pattern_alike(kset40):
+    batch = PatternStore(kset40).gather(torch.arange(40))
+    out = augment(batch, _only(p_origin=1.0, origin_max=0.03), torch.Generator().manual_seed(4), False)
+    dx, dy = out.qx - batch.qx, out.qy - batch.qy
+    for x, y in zip(torch.split(dx, batch.counts.tolist()), torch.split(dy, batch.counts.tolist())):
+        assert float(x.max() - x.min()) < 1e-5 and float(y.max() - y.min()) < 1e-5
+        assert float(torch.hypot(x[0], y[0])) <= 0.03 + 1e-6
+
+
+def test_ellipse_error_stretches_one_axis_only():
+    # disks on the unit circle: after a stretch e along n, |q| ranges over [1, 1 + e] (or [1 + e, 1])
+    theta = torch.linspace(0, 2 * np.pi, 73)[:-1]
+    batch = Batch(torch.cos(theta), torch.sin(theta), torch.ones(72), torch.tensor([72]), torch.eye(3)[None],
+                  torch.zeros(1, dtype=torch.int64))
+    out = augment(batch, _only(p_ellipse=1.0, ellipse_max=0.02), torch.Generator().manual_seed(5), False)
+    r = torch.hypot(out.qx, out.qy)
+    lo, hi = float(r.min()), float(r.max())
+    assert (abs(lo - 1) < 2e-3 or abs(hi - 1) < 2e-3) and 1e-3 < hi - lo <= 0.02 + 1e-3
+    assert float(torch.hypot(out.qx.mean(), out.qy.mean())) < 1e-5  # no shift

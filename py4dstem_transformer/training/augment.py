@@ -9,7 +9,10 @@ Geometric augmentations change the label exactly:
 
 Damage augmentations imitate disk detection on real data and leave the label alone: weakest disks
 dropped, random disks dropped, position jitter, multiplicative intensity noise, intensity
-flattening (``I -> I**gamma``), spurious disks. Unlike the published code there is no Friedel-pair
+flattening (``I -> I**gamma``), spurious disks. Calibration augmentations imitate a detector whose
+calibration is slightly off, and leave the label alone too: the pattern's disks go through
+``q -> A q + t``, with ``A`` a Q pixel-size error (isotropic scale) times an ellipse (a stretch along
+a random axis) and ``t`` an origin error (the direct beam placed a pixel or two off). Unlike the published code there is no Friedel-pair
 condition on removals (theirs kept a removal only if it *broke* pairing, which looks inverted; real
 detections break pairing all the time), and angles are continuous, so nothing wraps or clamps.
 """
@@ -53,6 +56,12 @@ class AugmentConfig:
     spurious_max: int = 2  # disks added to an affected pattern
     spurious_intensity_max: float = 0.5  # relative to the pattern's brightest disk
     spurious_r_min: float = 0.3  # 1/A
+    p_scale: float = 0.5
+    scale_max: float = 0.03  # relative Q pixel-size error, drawn in +-scale_max
+    p_ellipse: float = 0.4
+    ellipse_max: float = 0.02  # relative stretch along a random axis, drawn in +-ellipse_max
+    p_origin: float = 0.5
+    origin_max: float = 0.03  # 1/A, origin error (every disk shifted by it), drawn in a disk of this radius
     k_max: float = K_MAX  # 1/A, outer radius for spurious disks
 
     def to_dict(self) -> dict:
@@ -61,7 +70,8 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Only the label-exact geometric augmentations, no damage."""
-        return cls(p_drop_weak=0, p_drop_random=0, p_jitter=0, p_intensity_noise=0, p_flatten=0, p_spurious=0)
+        return cls(p_drop_weak=0, p_drop_random=0, p_jitter=0, p_intensity_noise=0, p_flatten=0, p_spurious=0,
+                   p_scale=0, p_ellipse=0, p_origin=0)
 
 
 def rotate_in_plane(batch: Batch, phi: torch.Tensor, mirror: torch.Tensor) -> Batch:
@@ -85,6 +95,7 @@ def augment(batch: Batch, config: AugmentConfig, generator: torch.Generator, cen
     phi = (2 * u(B) - 1) * math.pi if config.in_plane_rotation else torch.zeros(B)
     mirror = (u(B) < 0.5) & torch.as_tensor(centrosymmetric) & config.mirror
     batch = rotate_in_plane(batch, phi, mirror)
+    batch = _miscalibrate(batch, config, u)
     batch = _perturb(batch, config, u)
     keep = _drop_mask(batch, config, u)
     return _add_spurious(_select(batch, keep), config, u)
@@ -93,6 +104,24 @@ def augment(batch: Batch, config: AugmentConfig, generator: torch.Generator, cen
 def _per_pattern(p: float, magnitude: float, u, B: int) -> torch.Tensor:
     """(B,) strengths: U(0, magnitude) where the pattern is affected (probability p), else 0."""
     return (u(B) < p).float() * u(B) * magnitude
+
+
+def _miscalibrate(batch: Batch, config: AugmentConfig, u) -> Batch:
+    """Disks through ``q -> A q + t`` per pattern: ``A = s (I + e n n^T)`` (scale ``s``, stretch ``e`` along the
+    unit vector ``n``), ``t`` an origin error. Patterns not drawn for an error keep ``s = 1``, ``e = 0``, ``t = 0``."""
+    B, pos = len(batch.counts), batch.position
+    if not (config.p_scale or config.p_ellipse or config.p_origin):
+        return batch
+    scale = 1 + (u(B) < config.p_scale).float() * (2 * u(B) - 1) * config.scale_max
+    stretch = (u(B) < config.p_ellipse).float() * (2 * u(B) - 1) * config.ellipse_max
+    axis = u(B) * math.pi
+    radius = (u(B) < config.p_origin).float() * torch.sqrt(u(B)) * config.origin_max  # uniform in the disk
+    turn = 2 * math.pi * u(B)
+    nx, ny = torch.cos(axis)[pos], torch.sin(axis)[pos]
+    along = stretch[pos] * (nx * batch.qx + ny * batch.qy)
+    qx = scale[pos] * (batch.qx + along * nx) + (radius * torch.cos(turn))[pos]
+    qy = scale[pos] * (batch.qy + along * ny) + (radius * torch.sin(turn))[pos]
+    return Batch(qx, qy, batch.intensity, batch.counts, batch.matrix, batch.phase)
 
 
 def _perturb(batch: Batch, config: AugmentConfig, u) -> Batch:
