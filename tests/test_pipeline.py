@@ -36,7 +36,7 @@ def test_match_orientations_takes_py4dstems_positional_arguments():
         assert [p.default for p in mine[1:]] == [p.default for p in host[1:]]  # the defaults too (after the data)
     keyword_only = {p.name for p in inspect.signature(TransformerOrientationMap.match_orientations).parameters.values()
                     if p.kind == p.KEYWORD_ONLY}
-    assert keyword_only == {"batch_size", "device", "chunk_size", "refine"}
+    assert keyword_only == {"batch_size", "device", "chunk_size", "refine", "self_calibrate"}
 
 
 def test_min_angle_between_matches_is_honoured(cu_mapper):
@@ -93,7 +93,7 @@ def test_the_stages_compose_to_the_pipeline(cu_mapper):
     by_hand = run_stages(batch, cu_mapper.phases[0], config)
     mapped = map_tokens(tokens, network, cu_mapper.phases, config, Query(2), batch_size=len(tokens) + 1)
     np.testing.assert_allclose(mapped.matrix[:, 0], by_hand.matrix.double().numpy(), atol=1e-5)
-    np.testing.assert_allclose(mapped.score[:, 0], by_hand.corr.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(mapped.score[:, 0], by_hand.corr.double().numpy(), atol=1e-5)
 
 
 def test_refine_false_skips_the_refinement_stages(cu_mapper):

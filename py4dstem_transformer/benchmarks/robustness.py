@@ -192,15 +192,22 @@ def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float) ->
 
 
 def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True) -> dict:
-    """The shipped model through ``match_orientations``; ``refine=False``: the network alone (its
-    uncalibrated-``corr`` warning is silenced, ``corr`` is not used there)."""
+    """The shipped model through ``match_orientations`` (defaults: refined, self-calibrated); ``refine=False``:
+    the network alone, on the calibration as given (its uncalibrated-``corr`` warning is silenced, ``corr`` is
+    not used there)."""
     with warnings.catch_warnings():
         if not refine:
             warnings.simplefilter("ignore", UserWarning)
         t0 = time.perf_counter()
-        om = mapper.match_orientations(bragg, refine=refine, progress_bar=False)
+        om = mapper.match_orientations(bragg, refine=refine, progress_bar=False, self_calibrate=refine)
         seconds = time.perf_counter() - t0
-    return _figures(om, matrices, mapper.symmetry, seconds)
+    figures = _figures(om, matrices, mapper.symmetry, seconds)
+    measured = om.self_calibration
+    if refine and measured is not None:
+        figures["self_calibration"] = {k: getattr(measured, k) for k in
+                                       ("scale", "scale_error", "ellipticity", "ellipticity_error", "axis_deg",
+                                        "patterns", "applied")}
+    return figures
 
 
 def run_acom(crystal, bragg, matrices: np.ndarray, symmetry) -> dict:

@@ -5,7 +5,10 @@ The transform is py4DSTEM's (``BraggVectors.cal``), applied to whole flat peak a
 1. subtract the origin ``(qx0, qy0)`` (pixels; a scalar or one value per scan position),
 2. correct the ellipse ``(a, b, theta)`` if calibrated,
 3. multiply by the Q pixel size (1/A per pixel),
-4. rotate by the QR rotation (and swap qx, qy first if ``QR_flip``), if calibrated.
+4. rotate by the QR rotation (and swap qx, qy first if ``QR_flip``), if calibrated;
+5. apply a lab-frame correction ``q -> C q`` (a 2 x 2 matrix), if one was measured: the mapper's
+   self-calibration (:mod:`~py4dstem_transformer.mapping.selfcal`) fits it to the crystal's own disks
+   when the Q pixel size or the ellipse is off.
 
 As in ``crystal.match_orientations``, origin and pixel size are always required; ellipse and
 rotation are applied when the BraggVectors' ``calstate`` says so.
@@ -52,6 +55,9 @@ class DetectorCalibration:
         Rotation (radians) from detector to scan frame; None = not applied.
     qr_flip : bool
         Swap qx and qy before rotating (py4DSTEM ``QR_flip``).
+    correction : ((c00, c01), (c10, c11)) or None
+        Lab-frame linear correction applied last, ``(qx, qy) -> C (qx, qy)``; None = none. Not a py4DSTEM
+        calibration: the mapper's self-calibration sets it on a copy (never on the user's Bragg vectors).
     """
 
     origin: Tuple[ArrayOrFloat, ArrayOrFloat]
@@ -59,6 +65,7 @@ class DetectorCalibration:
     ellipse: Optional[Tuple[ArrayOrFloat, ArrayOrFloat, ArrayOrFloat]] = None
     qr_rotation: Optional[float] = None
     qr_flip: bool = False
+    correction: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
 
     @classmethod
     def from_py4dstem(cls, calibration, calstate: Optional[dict] = None) -> "DetectorCalibration":
@@ -115,7 +122,15 @@ class DetectorCalibration:
             if self.qr_flip:
                 qx, qy = qy, qx
             qx, qy = rotate_xy(qx, qy, float(self.qr_rotation))
+        if self.correction is not None:
+            (c00, c01), (c10, c11) = self.correction
+            qx, qy = c00 * qx + c01 * qy, c10 * qx + c11 * qy
         return qx, qy
+
+    @classmethod
+    def identity(cls) -> "DetectorCalibration":
+        """For peaks already in 1/A about the direct beam: origin 0, pixel size 1, nothing else."""
+        return cls((0.0, 0.0), 1.0)
 
     def _correct_ellipse(self, qx, qy, where):
         a, b, theta = (self._per_peak(v, where, qx) for v in self.ellipse)

@@ -26,10 +26,12 @@ class MapBatch:
     query: Query
     device: torch.device
     earlier: Optional[torch.Tensor] = None  # (b, C0, 3, 3) the first C0 candidates, already refined
+    earlier_shift: Optional[torch.Tensor] = None  # (b, C0, 2) their fitted origin errors (1/A)
     # candidates (expand)
     candidates: Optional[torch.Tensor] = None  # (b, C, 3, 3)
     distinct: Optional[torch.Tensor] = None  # (b, C) bool: not a repeat of an earlier hypothesis (None: all)
     fresh: Optional[torch.Tensor] = None  # (b, C) bool: still to be refined
+    shift: Optional[torch.Tensor] = None  # (b, C, 2) each candidate's origin error (1/A): observed = simulated + shift
     # refine
     noise: Optional[torch.Tensor] = None  # (b, C) position noise (1/A) of the fresh refined candidates, inf elsewhere
     # score

@@ -48,7 +48,11 @@ def expand(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
         return dataclasses.replace(batch, candidates=candidates, fresh=torch.zeros(b, H * len(right), dtype=torch.bool))
     distinct = distinct_hypotheses(batch.hypotheses.cpu(), phase.symmetry, config.repeat_deg).repeat_interleave(len(right), 1)
     fresh = distinct.clone()
+    shift = torch.zeros(b, candidates.shape[1], 2)
     if batch.earlier is not None:
-        candidates = torch.cat([batch.earlier.to(candidates), candidates[:, batch.earlier.shape[1]:]], 1)
-        fresh[:, :batch.earlier.shape[1]] = False
-    return dataclasses.replace(batch, candidates=candidates, distinct=distinct, fresh=fresh)
+        C0 = batch.earlier.shape[1]
+        candidates = torch.cat([batch.earlier.to(candidates), candidates[:, C0:]], 1)
+        fresh[:, :C0] = False
+        if batch.earlier_shift is not None:
+            shift[:, :C0] = batch.earlier_shift.cpu()
+    return dataclasses.replace(batch, candidates=candidates, distinct=distinct, fresh=fresh, shift=shift)

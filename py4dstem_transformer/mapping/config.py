@@ -50,6 +50,8 @@ class RefineConfig:
     subset_margin: float = 0.1  # widening (1/A) of the excitation window they are chosen in
     damping: float = 1e-3
     max_step_deg: float = 3.0
+    fit_origin: bool = True  # fit each candidate's origin error (a shift of all its disks) alongside
+    sigma_origin: float = 0.03  # expected origin error (1/A, ~1.7 px at 0.0175 1/A per px): the prior's width
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import warnings
 from typing import Optional
 
 import numpy as np
+import torch
 
 from ..core.defaults import ACCEL_VOLTAGE
 from ..core.device import resolve_device
@@ -28,6 +29,7 @@ from .phase import build_phases
 from .pipeline import Mapped, map_tokens
 from .predict import Network, default_batch_size
 from .schedule import map_scan
+from .selfcal import SelfCalibration, SelfCalibrationConfig, self_calibrate as measure_correction, with_correction
 from .workers import resolve_workers
 
 __all__ = ["TransformerOrientationMap"]
@@ -83,6 +85,8 @@ class TransformerOrientationMap:
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage = float(meta.get("accel_voltage", ACCEL_VOLTAGE))
+        self.self_calibration_config = SelfCalibrationConfig()
+        self.self_calibration: Optional[SelfCalibration] = None  # the last scan's measurement
         self._warn_if_uncalibrated(refine=True)
 
     @classmethod
@@ -130,7 +134,8 @@ class TransformerOrientationMap:
                            min_angle_between_matches_deg: Optional[float] = None, min_number_peaks: int = 3,
                            inversion_symmetry: bool = True, multiple_corr_reset: bool = True,
                            return_orientation: bool = True, progress_bar: bool = True, *,
-                           batch_size: Optional[int] = None, device=None, chunk_size: int = 16384, refine: bool = True):
+                           batch_size: Optional[int] = None, device=None, chunk_size: int = 16384, refine: bool = True,
+                           self_calibrate: bool = True):
         """Orientation map of a whole scan, like ``crystal.match_orientations(bragg_peaks_array)``.
 
         Parameters
@@ -151,6 +156,12 @@ class TransformerOrientationMap:
             CUDA), the device for this call, scan positions processed at once (bounds memory)
         refine : refine every candidate against the disks (sub-degree, a reliable beam-flip choice); ``False``
             gives the network's answer with the flip chosen by the score alone
+        self_calibrate : measure the scan's Q pixel-size and ellipse error from the patterns the mapper is sure of
+            and, where it is significant, map with it corrected (:mod:`.selfcal`; never changes
+            ``bragg_peaks_array``). The measurement is printed with the progress output and kept as the
+            map's ``self_calibration`` (a :class:`~.selfcal.SelfCalibration`), e.g.
+            ``orientation_map.self_calibration.corrected_q_pixel_size(old_size)``. ``False``: the
+            calibration as given.
 
         Returns
         -------
@@ -158,7 +169,7 @@ class TransformerOrientationMap:
         one per crystal (:meth:`match_phases` also gives the phase map).
         """
         maps, _ = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg, min_number_peaks,
-                              inversion_symmetry, progress_bar, batch_size, device, chunk_size, refine)
+                              inversion_symmetry, progress_bar, batch_size, device, chunk_size, refine, self_calibrate)
         if return_orientation:
             return maps[0] if self.n_phases == 1 else maps
 
@@ -167,7 +178,7 @@ class TransformerOrientationMap:
     def match_phases(self, bragg_peaks_array, num_matches_return: int = 1,
                      min_angle_between_matches_deg: Optional[float] = None, min_number_peaks: int = 3,
                      inversion_symmetry: bool = True, progress_bar: bool = True, *, batch_size: Optional[int] = None,
-                     device=None, chunk_size: int = 16384, refine: bool = True):
+                     device=None, chunk_size: int = 16384, refine: bool = True, self_calibrate: bool = True):
         """Phase and orientation of every position in one pass (multi-phase models); arguments as in
         :meth:`match_orientations`.
 
@@ -181,7 +192,7 @@ class TransformerOrientationMap:
 
         maps, probability = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg,
                                         min_number_peaks, inversion_symmetry, progress_bar, batch_size, device,
-                                        chunk_size, refine)
+                                        chunk_size, refine, self_calibrate)
         return PhaseMap.from_orientation_maps(maps, probability, self.crystals, self.phase_names)
 
     def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1,
@@ -219,7 +230,7 @@ class TransformerOrientationMap:
                           batch_size or default_batch_size(device))
 
     def _match(self, bragg_peaks, num_matches, min_angle_deg, min_number_peaks, inversion_symmetry, progress_bar,
-               batch_size, device, chunk_size, refine):
+               batch_size, device, chunk_size, refine, self_calibrate=True):
         """(one OrientationMap per phase, phase probability (Rx, Ry, P))."""
         peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
         if len(peaks.scan_shape) != 2:
@@ -230,6 +241,15 @@ class TransformerOrientationMap:
         if not refine:
             self._warn_if_uncalibrated(refine=False)
         self.phases  # built here, before any worker forks
+        measured = SelfCalibration(note="self-calibration: off (self_calibrate=False)")
+        if self_calibrate:
+            measured = self.measure_calibration(peaks, batch_size, device)
+            if progress_bar:
+                from tqdm.auto import tqdm
+                tqdm.write(measured.note)
+            if measured.applied:
+                peaks = with_correction(peaks, measured.matrix)
+        self.self_calibration = measured
 
         def run(tokens):
             mapped = self.map_tokens(tokens, K, inversion_symmetry, refine, min_angle_deg, batch_size, device)
@@ -243,7 +263,27 @@ class TransformerOrientationMap:
         Rx, Ry = peaks.scan_shape
         maps = [self._orientation_map(p, matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K))
                 for p in range(self.n_phases)]
+        for m in maps:
+            m.self_calibration = measured
         return maps, probability.reshape(Rx, Ry, self.n_phases)
+
+    def measure_calibration(self, bragg_peaks, batch_size: Optional[int] = None, device=None) -> SelfCalibration:
+        """The scan-wide Q pixel-size and ellipse error of ``bragg_peaks`` (BraggVectors or Peaks), measured on a
+        sample of its patterns (:func:`.selfcal.self_calibrate`, settings ``self.self_calibration_config``);
+        nothing is mapped beyond the sample and nothing is changed."""
+        peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
+        device = self.device if device is None else resolve_device(device)
+        calibration = self.calibration if self.calibrated_confidence else None
+
+        def best_matches(tokens):
+            mapped = self.map_tokens(tokens, 1, True, True, None, batch_size, device)
+            sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * mapped.probability)  # (b, P)
+            confidence, phase = sure.max(1)
+            matrix = torch.from_numpy(mapped.matrix[np.arange(len(tokens)), phase.numpy(), 0])
+            return matrix, confidence, phase
+
+        return measure_correction(peaks, self.token_config, best_matches, self.phases,
+                                  self.config.score.sigma_excitation_error, self.self_calibration_config)
 
     def _orientation_map(self, phase: int, matrix: np.ndarray, corr: np.ndarray):
         crystal = self.crystals[phase]

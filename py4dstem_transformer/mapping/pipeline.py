@@ -69,12 +69,14 @@ class Mapped:
 @dataclass
 class _Found:
     """Ranked matches of a batch, per phase: matrix (b, P, K, 3, 3), corr (b, P, K) raw scores, features
-    (b, P, K, F), and the refined candidates (b, P, C, 3, 3) of the phases ``done`` (b, P)."""
+    (b, P, K, F), and the refined candidates (b, P, C, 3, 3) with their origin errors (b, P, C, 2) of the
+    phases ``done`` (b, P)."""
 
     matrix: torch.Tensor
     corr: torch.Tensor
     features: torch.Tensor
     candidates: torch.Tensor
+    shift: torch.Tensor
     done: torch.Tensor
 
     def __getitem__(self, rows: torch.Tensor) -> "_Found":
@@ -133,20 +135,23 @@ def _map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, de
     b, P, K = len(tokens), len(phases), query.num_matches
     C = hypotheses.shape[1] * len(partners(K, query.inversion_symmetry))
     found = _Found(hypotheses[:, None, :1].cpu().expand(b, P, K, 3, 3).clone(), torch.zeros(b, P, K),
-                   torch.zeros(b, P, K, len(FEATURES)), torch.zeros(b, P, C, 3, 3), torch.zeros(b, P, dtype=torch.bool))
+                   torch.zeros(b, P, K, len(FEATURES)), torch.zeros(b, P, C, 3, 3), torch.zeros(b, P, C, 2),
+                   torch.zeros(b, P, dtype=torch.bool))
     for p, phase in enumerate(phases):
         rows = prob[:, p].cpu() >= config.min_phase_probability  # always all rows for one phase
         if not rows.any():
             continue
-        earlier = None
+        earlier = earlier_shift = None
         if refined is not None and bool(refined.done[rows, p].all()):
-            earlier = refined.candidates[rows, p]
+            earlier, earlier_shift = refined.candidates[rows, p], refined.shift[rows, p]
         sub = tokens if rows.all() else tokens[rows]
-        batch = run_stages(MapBatch(sub, hypotheses[rows.to(hypotheses.device)], query, device, earlier), phase, config,
-                           stages)
+        batch = run_stages(MapBatch(sub, hypotheses[rows.to(hypotheses.device)], query, device, earlier, earlier_shift),
+                           phase, config, stages)
         found.matrix[rows, p], found.corr[rows, p] = batch.matrix, batch.corr
         found.features[rows, p] = torch.stack([batch.features[k] for k in FEATURES], -1)
         found.candidates[rows, p], found.done[rows, p] = batch.candidates.cpu(), True
+        if batch.shift is not None:
+            found.shift[rows, p] = batch.shift.cpu()
     return found
 
 

@@ -164,6 +164,8 @@ def polish(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     device, (b, C) = batch.device, chosen.shape
     rows = torch.arange(b).repeat_interleave(C)[chosen.flatten()]
     obs, mask = tokens_to_xy(batch.tokens.tokens)[rows].to(device), batch.tokens.mask[rows].to(device)
+    if batch.shift is not None:  # each candidate's disks about its own fitted origin
+        obs = torch.cat([obs[..., :2] - batch.shift.reshape(b * C, 2)[chosen.flatten()][:, None].to(obs), obs[..., 2:]], -1)
     flat = batch.candidates.reshape(b * C, 3, 3)
     at = chosen.flatten().to(flat.device)
     polished, _ = polish_orientations(flat[at], obs, mask, phase.reflections.to(device), config.score,

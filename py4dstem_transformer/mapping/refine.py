@@ -13,6 +13,11 @@ The network is fast but ~1-3 deg off; the physics is precise. For each candidate
    ``s_g ~ g_lab,z - lambda |g|^2 / 2`` and an unknown scale ``c`` fitted alongside;
 4. solve the normal equations for ``(omega, ln c, tau)`` (Marquardt-damped) and update; repeat.
 
+With ``fit_origin`` the fit also moves the pattern's origin: ``t`` (1/A), a shift of every observed disk
+(the direct beam is rarely placed to better than a pixel), with a Gaussian prior of width
+``sigma_origin``; positions are compared as ``q - t``. A shift and the in-plane angle are told apart
+because a turn moves disks in proportion to their radius and a shift moves all alike.
+
 How much the positions count against the intensities follows the data: each pattern's position
 noise is estimated from its own assigned residuals (their RMS, between ``sigma_position_floor`` and
 ``sigma_position``). Precisely measured disks then pin the orientation by their positions, which
@@ -46,7 +51,7 @@ _FAR = 1e4  # 1/A: where a reflection that is not excited is put, so that no dis
 
 def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_mask: torch.Tensor,
                         reflections: Reflections, config: RefineConfig = RefineConfig(), k_max: float = None,
-                        r_min: float = 0.0, return_noise: bool = False):
+                        r_min: float = 0.0, return_noise: bool = False, return_shift: bool = False):
     """Refine (B, 3, 3) orientations against observed disks.
 
     Parameters
@@ -62,7 +67,8 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     -------
     (B, 3, 3) float32 tensor of refined proper rotations. Patterns with fewer than two assigned
     disks stay where they started. With ``return_noise`` also the (B,) position noise (1/A) estimated
-    at the last step, within ``[sigma_position_floor, sigma_position]``.
+    at the last step, within ``[sigma_position_floor, sigma_position]``; with ``return_shift`` also the
+    (B, 2) fitted origin error ``t`` (1/A; zeros unless ``config.fit_origin``): observed = simulated + t.
     """
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3): crystal -> lab
     q = observed[..., :2].float()  # (B, N, 2)
@@ -78,6 +84,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         selectable = table_log_f2.masked_fill(~subset_mask, -torch.inf)  # slots the subset did not fill: never
     law = torch.zeros(len(rot), 2, device=matrix.device)  # (ln c, tau): I = c |F|^2 exp(-tau s^2)
     law[:, 1] = 1 / (2 * config.sigma_excitation**2)
+    shift = torch.zeros(len(rot), 2, device=matrix.device)  # (B, 2) origin error t: observed = simulated + t
     max_step = torch.deg2rad(torch.tensor(config.max_step_deg))
     for it in range(config.iterations):
         radius = config.radii[min(it, len(config.radii) - 1)]
@@ -91,20 +98,25 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
         log_f2 = torch.gather(table_log_f2, 1, local)  # (B, K)
         far = g_lab[..., :2].masked_fill(~sim_mask[..., None], _FAR)  # reflections not excited: out of reach
-        d2 = square_distances(q, far)  # (B, N, K)
+        q_t = q - shift[:, None]  # (B, N, 2) observed disks about the fitted origin
+        d2 = square_distances(q_t, far)  # (B, N, K)
         best, j = d2.min(-1)  # nearest candidate reflection of every observed disk
         w = (observed_mask & (best < radius**2)).float()  # (B, N) assigned disks
-        pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q,
+        pair = _Pairs(torch.gather(g_lab, 1, j[..., None].expand(-1, -1, 3)), q_t,
                       log_i - torch.gather(log_f2, 1, j), w,
                       w * torch.exp(config.intensity_weight_power * log_i))
         sigma_xy = _position_noise(pair, config)  # (B,)
-        step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy)  # (B, 5)
+        step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy,
+                                  shift if config.fit_origin else None)  # (B, 5) or (B, 7)
         omega = step[:, :3] * (max_step / step[:, :3].norm(dim=-1, keepdim=True).clamp_min(max_step))
         enough = (w.sum(-1) >= 2)[:, None]
         rot = exp_so3(omega * enough) @ rot
-        law = law + step[:, 3:] * enough
+        law = law + step[:, 3:5] * enough
         law[:, 1].clamp_(min=0.0)
-    return (rot.transpose(-1, -2), sigma_xy) if return_noise else rot.transpose(-1, -2)
+        if config.fit_origin:
+            shift = shift + step[:, 5:] * enough
+    out = (rot.transpose(-1, -2),) + ((sigma_xy,) if return_noise else ()) + ((shift,) if return_shift else ())
+    return out[0] if len(out) == 1 else out
 
 
 def _subset(matrix: torch.Tensor, g: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
@@ -143,8 +155,10 @@ class _Pairs:
 
 
 def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineConfig,
-                       sigma_xy: torch.Tensor) -> torch.Tensor:
-    """One damped Gauss-Newton step (B, 5) in (omega, ln c, tau).
+                       sigma_xy: torch.Tensor, shift: torch.Tensor = None) -> torch.Tensor:
+    """One damped Gauss-Newton step (B, 5) in (omega, ln c, tau), or (B, 7) in (omega, ln c, tau, t) where the
+    current (B, 2) origin error ``shift`` is given (``p.q`` is then already ``q - t``; prior width
+    ``config.sigma_origin``).
 
     Residuals: in-plane position ``g_lab,xy - q`` (``sigma_xy`` (B,), 1/A) and the kinematic intensity law
     ``ln(I / |F|^2) - ln c + tau s^2`` (sigma_log_intensity in ln I), with ``tau = 1 / 2 sigma^2``
@@ -162,7 +176,13 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     # the three residuals of every disk (x, y, intensity) as rows of one (B, 3N, 5) Jacobian
     j_i = torch.cat([(2 * tau * s)[..., None] * d_z, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
     pad = torch.zeros_like(d_x[..., :2])
-    jac = torch.stack([torch.cat([d_x, pad], -1), torch.cat([d_y, pad], -1), j_i], 2).flatten(1, 2)  # (B, 3N, 5)
+    one = torch.ones_like(x)[..., None]
+    if shift is None:
+        jac = torch.stack([torch.cat([d_x, pad], -1), torch.cat([d_y, pad], -1), j_i], 2).flatten(1, 2)  # (B, 3N, 5)
+    else:  # d (g - (q - t)) / d t = identity
+        rows = [torch.cat([d_x, pad, one, 0 * one], -1), torch.cat([d_y, pad, 0 * one, one], -1),
+                torch.cat([j_i, pad], -1)]
+        jac = torch.stack(rows, 2).flatten(1, 2)  # (B, 3N, 7)
     e = torch.stack([x - p.q[..., 0], y - p.q[..., 1], e_i], 2).flatten(1, 2)  # (B, 3N)
     wx = p.weight / sigma_xy[:, None] ** 2
     w = torch.stack([wx, wx, p.intensity_weight / config.sigma_log_intensity**2], 2).flatten(1, 2)  # (B, 3N)
@@ -173,6 +193,11 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     prior = config.tau_prior_weight / tau0**2  # weak prior on tau, in units of one disk's residual
     a[:, 4, 4] += prior
     b[:, 4] += prior * (tau[:, 0] - tau0)
+    if shift is not None:  # Gaussian prior on the origin error, in the units of the position residuals
+        origin_prior = 1 / config.sigma_origin**2
+        a[:, 5, 5] += origin_prior
+        a[:, 6, 6] += origin_prior
+        b[:, 5:] += origin_prior * shift
     diag = a.diagonal(dim1=-2, dim2=-1)  # Marquardt: damp each parameter on its own scale
     a = a + torch.diag_embed(config.damping * diag + 1e-12)
     return -torch.linalg.solve(a, b[..., None])[..., 0]
@@ -189,9 +214,11 @@ def refine(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     rows = torch.arange(b).repeat_interleave(C)[fresh]  # pattern of every refined candidate
     obs, mask = tokens_to_xy(batch.tokens.tokens)[rows].to(device), batch.tokens.mask[rows].to(device)
     start = batch.candidates.reshape(b * C, 3, 3)[fresh.to(batch.candidates.device)].to(device)
-    refined, noise = refine_orientations(start, obs, mask, phase.reflections.to(device), config.refine,
-                                         return_noise=True, **phase.window)
+    refined, noise, fitted = refine_orientations(start, obs, mask, phase.reflections.to(device), config.refine,
+                                                 return_noise=True, return_shift=True, **phase.window)
     out = batch.candidates.reshape(b * C, 3, 3).to(device=device, dtype=torch.float32).clone()
     out[fresh.to(device)] = refined
     noise = torch.full((b * C,), torch.inf).masked_scatter_(fresh, noise.cpu()).view(b, C)
-    return dataclasses.replace(batch, candidates=out.view(b, C, 3, 3), noise=noise)
+    shift = (batch.shift if batch.shift is not None else torch.zeros(b, C, 2)).reshape(b * C, 2).clone()
+    shift[fresh] = fitted.cpu().to(shift.dtype)
+    return dataclasses.replace(batch, candidates=out.view(b, C, 3, 3), noise=noise, shift=shift.view(b, C, 2))

@@ -114,9 +114,12 @@ def kinematic_disks(candidates: torch.Tensor, counts: torch.Tensor, phase: Phase
 @torch.inference_mode()
 def score(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: every candidate's :func:`correlation` with its pattern's disks (``score`` (b, C), -1 for a
-    repeated hypothesis, which is not a candidate of its own) and its simulated ``disks``."""
+    repeated hypothesis, which is not a candidate of its own) and its simulated ``disks`` (moved by the
+    candidate's fitted origin error, ``shift``)."""
     device = batch.device
     sim, sim_mask = kinematic_disks(batch.candidates, batch.tokens.counts, phase, config, device)
+    if batch.shift is not None and bool(batch.shift.any()):  # each candidate's disks where its fitted origin puts them
+        sim = torch.cat([sim[..., :2] + batch.shift.to(sim)[:, :, None], sim[..., 2:]], -1)
     obs = tokens_to_xy(batch.tokens.tokens).to(device)
     corr = correlation(obs, batch.tokens.mask.to(device), sim, sim_mask, config.score.kernel, config.score.power,
                        phase.separation).cpu()

@@ -28,7 +28,7 @@ from ..core.patterns import rank_within_pattern
 from ..core.rotations import rotate_polar
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
-__all__ = ["TokenConfig", "Tokens", "tokenize", "rotate_tokens", "iter_scan_tokens", "scan_tokens",
+__all__ = ["TokenConfig", "Tokens", "tokenize", "rotate_tokens", "iter_scan_tokens", "position_tokens", "scan_tokens",
            "braggvectors_to_tokens"]
 
 
@@ -189,20 +189,27 @@ def iter_scan_tokens(
     Memory stays bounded by the chunk. Raises ``ValueError`` naming the scan positions whose
     peaks (or calibration) are NaN or infinite.
     """
-    offsets = peaks.offsets
     for start in range(0, peaks.num_positions, chunk_size):
-        stop = min(start + chunk_size, peaks.num_positions)
-        a, b = offsets[start], offsets[stop]
-        counts = torch.from_numpy(peaks.counts[start:stop]).to(device)
-        qx, qy, intensity = (
-            torch.from_numpy(v).to(device=device, dtype=torch.float32)
-            for v in (peaks.qx[a:b], peaks.qy[a:b], _within_float32(peaks.intensity[a:b], peaks.counts[start:stop]))
-        )
-        _check_finite(peaks, start, counts, "peaks", qx, qy, intensity)
-        if peaks.calibration is not None:
-            qx, qy = peaks.calibration.apply(qx, qy, counts, start)
-            _check_finite(peaks, start, counts, "calibrated peaks (check the calibration)", qx, qy)
-        yield start, tokenize(qx, qy, intensity, counts, config)
+        yield start, position_tokens(peaks, start, min(start + chunk_size, peaks.num_positions), config, device)
+
+
+def position_tokens(peaks: Peaks, start: int, stop: int, config: TokenConfig = TokenConfig(), device=None) -> Tokens:
+    """Tokens of the consecutive scan positions ``start ... stop - 1`` (flat, C order), calibrated.
+
+    Raises ``ValueError`` naming the scan positions whose peaks (or calibration) are NaN or infinite.
+    """
+    offsets = peaks.offsets
+    a, b = offsets[start], offsets[stop]
+    counts = torch.from_numpy(peaks.counts[start:stop]).to(device)
+    qx, qy, intensity = (
+        torch.from_numpy(v).to(device=device, dtype=torch.float32)
+        for v in (peaks.qx[a:b], peaks.qy[a:b], _within_float32(peaks.intensity[a:b], peaks.counts[start:stop]))
+    )
+    _check_finite(peaks, start, counts, "peaks", qx, qy, intensity)
+    if peaks.calibration is not None:
+        qx, qy = peaks.calibration.apply(qx, qy, counts, start)
+        _check_finite(peaks, start, counts, "calibrated peaks (check the calibration)", qx, qy)
+    return tokenize(qx, qy, intensity, counts, config)
 
 
 _FLOAT32_SAFE = 2.0 ** 100  # brightest |I| of a pattern outside [1 / this, this]: rescaled before the float32 cast

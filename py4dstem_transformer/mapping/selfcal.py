@@ -1,0 +1,242 @@
+"""Self-calibration: one scan-wide correction of the Q pixel size and the ellipse, measured on the crystal's disks.
+
+A Q pixel size a few per cent off (a camera length that is not the one calibrated) or an ellipse left
+uncorrected moves every disk by a fixed fraction of its ``|q|``; ACOM's correlation barely notices, but a
+network trained on true positions does. The mapper measures the error from the patterns it is sure of:
+
+1. map a sample of the scan (``sample`` positions, in evenly spaced runs of consecutive positions);
+2. keep the patterns whose best match is sure (confidence >= ``min_confidence``) with >= ``min_disks`` disks;
+3. pair every observed disk with the nearest kinematic disk of that match within ``radii[i]`` (1/A);
+4. fit the symmetric 2 x 2 ``C`` minimizing ``sum |C q_observed - q_simulated|^2`` (no rotation: each
+   pattern's orientation absorbs one); its uncertainty by a jackknife over ``groups`` groups of patterns;
+5. map the sample again with ``C`` applied and fit again (the matches move, and so do the pairs), up to
+   ``iterations`` times.
+
+``C = s * E`` with ``s = sqrt(det C)``, the factor the Q pixel size is off by (the corrected size is the
+calibrated one times ``s``), and ``E`` (``det E = 1``) the ellipse: a stretch by ``1 + ellipticity`` along
+``axis_deg`` relative to the perpendicular axis. The correction is applied (to a copy of the calibration,
+never the user's) only where it is significant: beyond ``significance`` standard errors and beyond
+``min_change``; otherwise mapping is exactly what it is without self-calibration. A lattice parameter that
+differs from the crystal's (strain, alloying) reads as a pixel-size error: the two are the same to a pattern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..core.kinematics import simulate_disks
+from ..io.detector import DetectorCalibration
+from ..io.peaks import Peaks
+from ..model.tokens import TokenConfig, Tokens, position_tokens
+from .score import square_distances, tokens_to_xy
+
+__all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_pairs", "sample_runs",
+           "with_correction", "self_calibrate"]
+
+
+@dataclass(frozen=True)
+class SelfCalibrationConfig:
+    """Settings of :func:`self_calibrate` (lengths in 1/A)."""
+
+    sample: int = 2048  # scan positions mapped to measure the correction (all, for smaller scans)
+    runs: int = 16  # in this many evenly spaced runs of consecutive positions
+    min_confidence: float = 0.5  # patterns whose best match is at least this sure take part
+    min_disks: int = 6  # ... and that have at least this many disks
+    min_patterns: int = 20  # fewer sure patterns: nothing is measured
+    radii: tuple = (0.08, 0.05, 0.04)  # pairing radius per iteration (last one repeats)
+    max_disks: int = 64  # simulated disks per match to pair with
+    iterations: int = 3  # fits at most (each maps the sample once)
+    groups: int = 8  # jackknife groups for the standard errors
+    significance: float = 3.0  # apply only beyond this many standard errors ...
+    min_change: float = 0.002  # ... and beyond this relative change (0.2%)
+    converged: float = 0.0005  # stop iterating when a fit changes C by less than this
+
+
+@dataclass(frozen=True)
+class SelfCalibration:
+    """The measured correction: ``q_true = matrix @ q_calibrated`` (lab frame).
+
+    Attributes
+    ----------
+    matrix : ((c00, c01), (c10, c11)), the symmetric correction (identity where nothing was measured)
+    scale, scale_error : the Q pixel size is off by this factor (multiply it by ``scale``), and its standard error
+    ellipticity, ellipticity_error : the ellipse: lengths along ``axis_deg`` are short by this fraction relative
+        to the perpendicular axis (0: none), and its standard error
+    axis_deg : direction (lab frame, degrees from qx towards qy, in [0, 180)) the correction stretches most
+    patterns, disks : how many sure patterns and paired disks the last fit used
+    applied : whether the mapping used it (significant), or mapped with the calibration as given
+    note : one line for people, e.g. for the progress output
+    """
+
+    matrix: Tuple[Tuple[float, float], Tuple[float, float]] = ((1.0, 0.0), (0.0, 1.0))
+    scale: float = 1.0
+    scale_error: float = math.inf
+    ellipticity: float = 0.0
+    ellipticity_error: float = math.inf
+    axis_deg: float = 0.0
+    patterns: int = 0
+    disks: int = 0
+    applied: bool = False
+    note: str = "not measured"
+
+    def corrected_q_pixel_size(self, q_pixel_size: float) -> float:
+        """The Q pixel size (1/A per pixel) the measurement implies, from the calibrated one."""
+        return float(q_pixel_size) * self.scale
+
+    def __str__(self) -> str:
+        return self.note
+
+
+def _decompose(c: np.ndarray) -> Tuple[float, float, float]:
+    """``(scale, ellipticity, axis_deg)`` of a symmetric positive definite (2, 2) matrix."""
+    values, vectors = np.linalg.eigh(c)  # ascending
+    scale = float(math.sqrt(max(values[0] * values[1], 0.0)))
+    ellipticity = float(values[1] / values[0] - 1) if values[0] > 0 else math.inf
+    axis = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1])) % 180.0
+    return scale, ellipticity, axis
+
+
+def fit_correction(observed: np.ndarray, simulated: np.ndarray, group: np.ndarray,
+                   groups: int = 8) -> Tuple[np.ndarray, float, float]:
+    """Least-squares symmetric ``C`` (2, 2) with ``C @ observed[i] ~ simulated[i]``.
+
+    Parameters
+    ----------
+    observed, simulated : (n, 2) arrays of paired disk positions (1/A).
+    group : (n,) int array, each pair's pattern; the jackknife leaves out groups of patterns.
+
+    Returns
+    -------
+    ``(C, scale_error, ellipticity_error)``: jackknife standard errors over ``groups`` groups (inf with fewer
+    than two groups).
+    """
+    c = _solve(observed, simulated)
+    labels = np.unique(group)
+    G = min(groups, len(labels))
+    if G < 2:
+        return c, math.inf, math.inf
+    member = np.random.default_rng(0).permutation(len(labels)) % G  # pattern -> jackknife group
+    of_pair = member[np.searchsorted(labels, group)]
+    parts = np.array([_decompose(_solve(observed[of_pair != g], simulated[of_pair != g]))[:2] for g in range(G)])
+    errors = np.sqrt((G - 1) / G * ((parts - parts.mean(0)) ** 2).sum(0))
+    return c, float(errors[0]), float(errors[1])
+
+
+def _solve(observed: np.ndarray, simulated: np.ndarray) -> np.ndarray:
+    """Symmetric (2, 2) ``[[a, b], [b, d]]`` minimizing ``sum |C q - g|^2``: rows ``[qx, qy, 0] -> gx``,
+    ``[0, qx, qy] -> gy``."""
+    qx, qy = observed[:, 0], observed[:, 1]
+    zero = np.zeros_like(qx)
+    design = np.concatenate([np.stack([qx, qy, zero], 1), np.stack([zero, qx, qy], 1)])
+    target = np.concatenate([simulated[:, 0], simulated[:, 1]])
+    (a, b, d), *_ = np.linalg.lstsq(design, target, rcond=None)
+    return np.array([[a, b], [b, d]])
+
+
+@torch.inference_mode()
+def disk_pairs(tokens: Tokens, matrix: torch.Tensor, phase, sigma_excitation_error: float, radius: float,
+               max_disks: int = 64) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every observed disk of B patterns and the nearest kinematic disk of its pattern's match within ``radius``.
+
+    Parameters
+    ----------
+    tokens : Tokens of B patterns.
+    matrix : (B, 3, 3) their matches (lab -> crystal), all of the crystal of ``phase`` (a :class:`~.phase.Phase`).
+
+    Returns
+    -------
+    ``(observed (n, 2), simulated (n, 2), pattern (n,))``: paired positions (1/A) and each pair's pattern index.
+    """
+    if len(tokens) == 0:
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    sim, sim_mask = simulate_disks(matrix.float(), phase.reflections, sigma_excitation_error, max_disks,
+                                   k_max=phase.k_max * 1.1, r_min=phase.r_min * 0.9, ordered=False)
+    obs = tokens_to_xy(tokens.tokens)[..., :2]  # (B, N, 2)
+    far = sim[..., :2].masked_fill(~sim_mask[..., None], 1e4)
+    best, j = square_distances(obs, far).min(-1)  # (B, N)
+    paired = tokens.mask & (best < radius**2)
+    nearest = torch.gather(sim[..., :2], 1, j[..., None].expand(-1, -1, 2))  # (B, N, 2)
+    pattern = torch.arange(len(tokens))[:, None].expand_as(paired)
+    return obs[paired].double().numpy(), nearest[paired].double().numpy(), pattern[paired].numpy()
+
+
+def sample_runs(num_positions: int, sample: int, runs: int) -> list:
+    """``[(start, stop), ...]``: ``runs`` evenly spaced runs of consecutive positions, ``sample`` in all (every
+    position where there are no more than ``sample``)."""
+    if num_positions <= sample:
+        return [(0, num_positions)] if num_positions else []
+    runs = max(1, min(runs, sample))
+    length = sample // runs
+    starts = np.linspace(0, num_positions - length, runs).round().astype(int)
+    return [(int(s), int(s) + length) for s in starts]
+
+
+def with_correction(peaks: Peaks, matrix) -> Peaks:
+    """A copy of ``peaks`` whose calibration ends in the lab-frame ``matrix`` (the peak arrays are shared, not
+    copied; nothing of ``peaks`` changes). Composes with a correction ``peaks`` already carries."""
+    calibration = peaks.calibration or DetectorCalibration.identity()
+    c = np.asarray(matrix, dtype=float)
+    if calibration.correction is not None:
+        c = c @ np.asarray(calibration.correction, dtype=float)
+    c = tuple(tuple(float(v) for v in row) for row in c)
+    return dataclasses.replace(peaks, calibration=dataclasses.replace(calibration, correction=c))
+
+
+def self_calibrate(peaks: Peaks, token_config: TokenConfig,
+                   best_matches: Callable[[Tokens], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                   phases: Sequence, sigma_excitation_error: float,
+                   config: SelfCalibrationConfig = SelfCalibrationConfig()) -> SelfCalibration:
+    """Measure the scan-wide correction of ``peaks``' calibration (the module's recipe).
+
+    Parameters
+    ----------
+    best_matches : ``tokens -> (matrix (b, 3, 3), confidence (b,), phase (b,))``: each pattern's best match,
+        how sure it is and its phase index into ``phases``.
+    """
+    spans = sample_runs(peaks.num_positions, config.sample, config.runs)
+    c = np.eye(2)
+    result = SelfCalibration(note="self-calibration: no sure patterns to measure on")
+    for it in range(config.iterations):
+        corrected = with_correction(peaks, c) if it else peaks
+        tokens = [position_tokens(corrected, a, b, token_config) for a, b in spans]
+        obs, sim, group, patterns = [], [], [], 0
+        for t in tokens:
+            matrix, confidence, phase = best_matches(t)
+            sure = (confidence >= config.min_confidence) & (t.counts >= config.min_disks)
+            for p, ph in enumerate(phases):
+                rows = torch.nonzero(sure & (phase == p)).flatten()
+                o, s, g = disk_pairs(t[rows], matrix[rows], ph, sigma_excitation_error,
+                                     config.radii[min(it, len(config.radii) - 1)], config.max_disks)
+                obs.append(o), sim.append(s), group.append(g + patterns)
+                patterns += len(rows)
+        obs, sim, group = np.concatenate(obs), np.concatenate(sim), np.concatenate(group)
+        n_sure = len(np.unique(group))
+        if n_sure < config.min_patterns:
+            note = (f"self-calibration: only {n_sure} sure patterns with >= {config.min_disks} disks "
+                    f"(need {config.min_patterns}); the calibration is used as given")
+            return dataclasses.replace(result, note=note) if it == 0 else result
+        step, scale_error, ellipticity_error = fit_correction(obs, sim, group, config.groups)
+        c = step @ c
+        result = _result(c, scale_error, ellipticity_error, n_sure, len(obs), config)
+        if not result.applied or np.abs(step - np.eye(2)).max() < config.converged:
+            break
+    return result
+
+
+def _result(c: np.ndarray, scale_error: float, ellipticity_error: float, patterns: int, disks: int,
+            config: SelfCalibrationConfig) -> SelfCalibration:
+    scale, ellipticity, axis = _decompose(c)
+    significant = ((abs(scale - 1) > max(config.significance * scale_error, config.min_change))
+                   or (ellipticity > max(config.significance * ellipticity_error, config.min_change)))
+    verdict = "applied" if significant else "not significant, calibration used as given"
+    note = (f"self-calibration: Q pixel size x {scale:.4f} +- {scale_error:.4f}, ellipse {100 * ellipticity:.2f}% "
+            f"+- {100 * ellipticity_error:.2f}% (axis {axis:.0f} deg), from {patterns} sure patterns "
+            f"({disks} disks): {verdict}")
+    return SelfCalibration(tuple(tuple(float(v) for v in row) for row in c), scale, scale_error, ellipticity,
+                           ellipticity_error, axis, patterns, disks, significant, note)
