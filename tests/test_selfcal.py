@@ -1,0 +1,135 @@
+"""Self-calibration: the scan-wide Q pixel-size and ellipse error measured on the crystal's own disks, and the
+per-candidate origin error the refinement fits."""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from py4dstem_transformer.core.rotations import symmetry_min_angle
+from py4dstem_transformer.core.symmetry import point_group_rotations
+from py4dstem_transformer.io.peaks import Peaks, peaks_to_braggvectors
+from py4dstem_transformer.mapping.config import RefineConfig
+from py4dstem_transformer.mapping.refine import refine_orientations
+from py4dstem_transformer.mapping.score import tokens_to_xy
+from py4dstem_transformer.mapping.selfcal import (SelfCalibrationConfig, _result, fit_correction, sample_runs,
+                                                  with_correction)
+
+from conftest import KinematicSet, kinematic_tokens, make_cu, perturb
+
+
+def _distortion(scale, ellipticity, axis_deg):
+    """q_true = C q for a detector whose lengths along ``axis_deg`` read ``1 + ellipticity`` short."""
+    a = np.radians(axis_deg)
+    n = np.array([np.cos(a), np.sin(a)])
+    e = np.eye(2) + ellipticity * np.outer(n, n)
+    return scale * e / np.sqrt(np.linalg.det(e))
+
+
+def test_fit_recovers_a_known_distortion_with_honest_errors():
+    rng = np.random.default_rng(0)
+    truth = _distortion(0.98, 0.015, 30.0)
+    g = rng.uniform(-2, 2, (3000, 2))  # true disk positions
+    observed = g @ np.linalg.inv(truth).T + rng.normal(0, 0.004, g.shape)  # what the miscalibrated detector says
+    group = np.repeat(np.arange(300), 10)
+    c, scale_error, ellipticity_error = fit_correction(observed, g, group)
+    np.testing.assert_allclose(c, truth, atol=5e-4)
+    r = _result(c, scale_error, ellipticity_error, 300, 3000, SelfCalibrationConfig())
+    assert abs(r.scale - 0.98) < 4 * scale_error and 0 < scale_error < 1e-3
+    assert abs(r.ellipticity - 0.015) < 4 * ellipticity_error + 1e-4
+    assert abs(r.axis_deg - 30.0) < 2.0 and r.applied
+    assert r.corrected_q_pixel_size(0.0125) == pytest.approx(0.0125 * r.scale)
+    # nothing to correct: identity within the errors, not applied
+    c0, se0, ee0 = fit_correction(g + rng.normal(0, 0.004, g.shape), g, group)
+    assert not _result(c0, se0, ee0, 300, 3000, SelfCalibrationConfig()).applied
+
+
+def test_sample_runs_cover_small_scans_and_spread_over_large_ones():
+    assert sample_runs(500, 2048, 16) == [(0, 500)]
+    runs = sample_runs(100_000, 2048, 16)
+    assert len(runs) == 16 and sum(b - a for a, b in runs) == 2048
+    assert runs[0][0] == 0 and runs[-1][1] == 100_000 and all(a < b for a, b in runs)
+
+
+def test_with_correction_copies_and_composes():
+    peaks = Peaks.from_lists([np.array([[1.0, 0.5, 1.0]])], (1, 1))
+    once = with_correction(peaks, [[1.02, 0.0], [0.0, 1.02]])
+    twice = with_correction(once, [[1.0, 0.01], [0.01, 1.0]])
+    assert peaks.calibration is None and once.qx is peaks.qx  # the peaks untouched, their arrays shared
+    np.testing.assert_allclose(twice.calibration.correction, np.array([[1.0, 0.01], [0.01, 1.0]]) @ np.diag([1.02, 1.02]))
+    from py4dstem_transformer.model.tokens import position_tokens
+    xy = tokens_to_xy(position_tokens(once, 0, 1).tokens)[0, 0, :2]
+    np.testing.assert_allclose(xy.numpy(), [1.02, 0.51], rtol=1e-5)
+
+
+def _scan(ks, q_pixel_size_given, n, true_q_pixel=0.0125, origin=(127.3, 129.1)):
+    o = ks.offsets
+    raw = []
+    for i in range(n):
+        qx, qy, inten = ks.qx[o[i]:o[i + 1]], ks.qy[o[i]:o[i + 1]], ks.intensity[o[i]:o[i + 1]]
+        pix = np.stack([qx / true_q_pixel + origin[0], qy / true_q_pixel + origin[1], inten], 1)
+        raw.append(np.vstack([[origin[0], origin[1], 10.0], pix]))
+    return peaks_to_braggvectors(Peaks.from_lists(raw, (n // 10, 10)), origin=origin, q_pixel_size=q_pixel_size_given)
+
+
+@pytest.fixture(scope="module")
+def cu_mapper():
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+    from py4dstem_transformer.pretrained import load_pretrained
+    return TransformerOrientationMap(make_cu(), load_pretrained("Cu"), precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def scan_set():
+    return KinematicSet(120, seed=21)
+
+
+def test_a_pixel_size_error_is_measured_and_corrected(cu_mapper, scan_set):
+    s = point_group_rotations(make_cu())
+    truth = torch.as_tensor(scan_set.orientation_matrices)
+
+    def strict(om):
+        err = torch.rad2deg(symmetry_min_angle(torch.as_tensor(om.matrix[:, :, 0]).reshape(-1, 3, 3), truth, s))
+        return float((err <= 5).float().mean())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        right = _scan(scan_set, 0.0125, 120)
+        good = cu_mapper.match_orientations(right, progress_bar=False)
+        assert not good.self_calibration.applied and good.self_calibration.patterns >= 20
+        plain = cu_mapper.match_orientations(right, progress_bar=False, self_calibrate=False)
+        np.testing.assert_array_equal(good.matrix, plain.matrix)  # a no-op where the calibration is right
+        off = _scan(scan_set, 0.0125 * 1.025, 120)  # the camera length 2.5% off
+        before = off.calibration.get_Q_pixel_size()
+        bad = cu_mapper.match_orientations(off, progress_bar=False)
+        uncorrected = cu_mapper.match_orientations(off, progress_bar=False, self_calibrate=False)
+    m = bad.self_calibration
+    assert m.applied and abs(m.scale * 1.025 - 1) < 0.003, m.note  # the reported correction within 0.3%
+    assert m.corrected_q_pixel_size(before) == pytest.approx(0.0125, rel=0.003)
+    assert off.calibration.get_Q_pixel_size() == before  # the user's calibration untouched
+    assert strict(bad) >= strict(good) - 0.03 and strict(bad) > strict(uncorrected)
+
+
+def test_refinement_fits_an_origin_error():
+    ks, tokens, reflections = kinematic_tokens(60, seed=7)
+    s = point_group_rotations(make_cu())
+    true = torch.as_tensor(ks.orientation_matrices)
+    obs = tokens_to_xy(tokens.tokens)
+    t = torch.tensor([0.02, -0.015])
+    shifted = torch.cat([obs[..., :2] + t, obs[..., 2:]], -1)  # every disk off by the origin error
+    start = perturb(true, 0.5, 1.0, seed=1).float()
+    fit, noise, shift = refine_orientations(start, shifted, tokens.mask, reflections, k_max=2.1, r_min=0.1,
+                                            return_noise=True, return_shift=True)
+    plain = refine_orientations(start, shifted, tokens.mask, reflections, RefineConfig(fit_origin=False),
+                                k_max=2.1, r_min=0.1)
+    ok = tokens.counts >= 8
+    err = torch.rad2deg(symmetry_min_angle(fit.double(), true, s))[ok]
+    err_plain = torch.rad2deg(symmetry_min_angle(plain.double(), true, s))[ok]
+    assert float((shift[ok] - t).norm(dim=-1).median()) < 0.002
+    assert float(err.median()) < 0.1 < float(err_plain.median())
+    # without an origin error the fitted shift stays near zero
+    _, _, none = refine_orientations(start, obs, tokens.mask, reflections, k_max=2.1, r_min=0.1,
+                                     return_noise=True, return_shift=True)
+    assert float(none[ok].norm(dim=-1).median()) < 0.002
