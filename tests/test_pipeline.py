@@ -87,8 +87,8 @@ def test_every_stage_leaves_its_input_alone(cu_mapper):
 
 
 def test_the_stages_compose_to_the_pipeline(cu_mapper):
-    """Without the turns, the pipeline of a batch is the stages run in order on the network's answer."""
-    config = dataclasses.replace(cu_mapper.config, turns=TurnConfig(turns=1))
+    """Without the turns and the library search, the pipeline of a batch is the stages run in order on the network's answer."""
+    config = dataclasses.replace(cu_mapper.config, turns=TurnConfig(turns=1), search=None)
     batch, network, tokens = _batch(cu_mapper)
     by_hand = run_stages(batch, cu_mapper.phases[0], config)
     mapped = map_tokens(tokens, network, cu_mapper.phases, config, Query(2), batch_size=len(tokens) + 1)

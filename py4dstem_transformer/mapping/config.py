@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "MapConfig", "Query", "config_differences",
+__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "MapConfig", "Query", "config_differences",
            "uncalibrated_warning"]
 
 
@@ -79,8 +79,24 @@ class TurnConfig:
 
     max_disks: int = 12
     turns: int = 4
+    turn_max_disks: int = 12  # patterns with more disks than this are never turned
     confidence: float = 0.85
     min_disks: int = 4
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The library search for unsure patterns (:mod:`.library`): patterns whose best match (calibrated
+    confidence x phase probability) is below ``confidence`` also get the ``top`` best of ``size`` library
+    orientations (``disks`` kinematic disks each, seed ``seed``, scored on a raster of ``step``) as hypotheses. Needs a calibration and
+    ``refine=True``."""
+
+    confidence: float = 0.85
+    size: int = 20000
+    disks: int = 32
+    top: int = 8
+    seed: int = 0
+    step: float = 0.01  # raster step (1/A) the patterns are scored on (a third of the score's kernel)
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,7 @@ class MapConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     polish: Optional[PolishConfig] = field(default_factory=PolishConfig)  # None: no pattern search
     turns: TurnConfig = field(default_factory=TurnConfig)
+    search: Optional[SearchConfig] = field(default_factory=SearchConfig)  # None: no library search
     repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
     margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
     min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
@@ -101,7 +118,7 @@ class MapConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MapConfig":
-        parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig}
+        parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig, "search": SearchConfig}
         kw = {}
         for k, v in d.items():
             if k in parts:

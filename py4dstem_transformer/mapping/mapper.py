@@ -219,14 +219,15 @@ class TransformerOrientationMap:
     # -- tokens in, matches out ----------------------------------------------------------------
     def map_tokens(self, tokens: Tokens, num_matches: int = 1, inversion_symmetry: bool = True, refine: bool = True,
                    min_angle_deg: Optional[float] = None, batch_size: Optional[int] = None, device=None,
-                   phases=None) -> Mapped:
+                   phases=None, config: Optional[MapConfig] = None) -> Mapped:
         """The pipeline (:func:`.pipeline.map_tokens`) on a batch of tokens: ranked matches, raw scores, the
         confidence features and phase probabilities of every pattern and phase (:class:`~.pipeline.Mapped`).
-        ``phases``: other physics than :attr:`phases` (e.g. another calibration deciding the turns)."""
+        ``phases``: other physics than :attr:`phases` (e.g. another calibration deciding the turns).; ``config``: other settings than :attr:`config`"""
         device = self.device if device is None else resolve_device(device)
         query = Query(int(num_matches), inversion_symmetry, refine,
                       self.config.margin_deg if min_angle_deg is None else float(min_angle_deg))
-        return map_tokens(tokens, Network(self.model, device, self.precision), phases or self.phases, self.config, query,
+        return map_tokens(tokens, Network(self.model, device, self.precision), phases or self.phases, config or self.config,
+                          query,
                           batch_size or default_batch_size(device))
 
     def _match(self, bragg_peaks, num_matches, min_angle_deg, min_number_peaks, inversion_symmetry, progress_bar,
@@ -275,8 +276,10 @@ class TransformerOrientationMap:
         device = self.device if device is None else resolve_device(device)
         calibration = self.calibration if self.calibrated_confidence else None
 
+        quick = self.config.replace(search=None)  # the sure patterns are sure without the library
+
         def best_matches(tokens):
-            mapped = self.map_tokens(tokens, 1, True, True, None, batch_size, device)
+            mapped = self.map_tokens(tokens, 1, True, True, None, batch_size, device, config=quick)
             sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * mapped.probability)  # (b, P)
             confidence, phase = sure.max(1)
             matrix = torch.from_numpy(mapped.matrix[np.arange(len(tokens)), phase.numpy(), 0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,6 +42,16 @@ class Phase:
     k_max: float
     r_min: float
     calibration: Optional[Calibration] = None
+    _libraries: dict = field(default_factory=dict, compare=False, repr=False)  # built on first use
+
+    def library(self, search, score):
+        """The orientation library (:func:`~.library.build_library`) for these settings, built once."""
+        from .library import build_library
+
+        key = (search, score)
+        if key not in self._libraries:
+            self._libraries[key] = build_library(self, search, score)
+        return self._libraries[key]
 
     @property
     def symmetry(self) -> torch.Tensor:

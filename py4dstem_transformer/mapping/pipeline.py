@@ -11,6 +11,8 @@ score, noisy disks only) -> ``score`` (correlation with the disks) -> ``rank`` (
 Sparse patterns (:class:`~.config.TurnConfig`) whose best answer is not sure (calibrated confidence x
 phase probability below ``turns.confidence``) are predicted again from their input turned in-plane, and
 the stages run again over all their hypotheses; the candidates refined the first time are reused.
+Then every pattern still unsure (:class:`~.config.SearchConfig`) gets the best orientations of a coarse
+library (:mod:`.library`) beside its own answers, and the stages run once more over those.
 Chunking, devices and worker processes stay outside (:mod:`.schedule`).
 """
 
@@ -29,12 +31,13 @@ from .batch import MapBatch
 from .candidates import expand, partners
 from .config import MapConfig, Query
 from .confidence import FEATURES, calibrated, confidence
+from .library import library_hypotheses
 from .phase import Phase
 from .polish import polish
 from .predict import Network, count_sorted_batches
 from .rank import rank
 from .refine import refine
-from .score import score
+from .score import score, tokens_to_xy
 
 __all__ = ["STAGES", "run_stages", "map_tokens", "Mapped"]
 
@@ -104,7 +107,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
     matrix[empty], probability[empty] = torch.eye(3), 1.0 / P
     turns = config.turns
     # the wider search for sparse patterns only pays off when refinement follows
-    sparse = (tokens.counts >= turns.min_disks) & (tokens.counts <= turns.max_disks) & query.refine
+    sparse = (tokens.counts >= turns.min_disks) & (tokens.counts <= turns.turn_max_disks) & query.refine
     calibration = phases[0].calibration
     for subset, n_turns in ((~sparse & ~empty, 1), (sparse & ~empty, turns.turns)):
         # with a calibration, a sparse pattern is turned only if its first answer is not already sure
@@ -121,6 +124,8 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
                     again = _map_phases(batch[unsure], torch.cat([hypotheses[on], more], 1), prob[on], network.device,
                                         phases, config, query, stages, found[unsure])
                     found.assign(unsure, again)
+            if config.search is not None and query.refine and calibration is not None:
+                _search_library(batch, prob, found, network.device, phases, config, query, calibration, stages)
             probability[idx] = prob.cpu()
             matrix[idx], corr[idx], features[idx] = found.matrix, found.corr, found.features
     matrix = symmetric_orthogonalization(matrix.double())  # float32 network output -> exact in float64
@@ -153,6 +158,24 @@ def _map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, de
         if batch.shift is not None:
             found.shift[rows, p] = batch.shift.cpu()
     return found
+
+
+def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, phases: Sequence[Phase],
+                    config: MapConfig, query: Query, calibration, stages=STAGES) -> None:
+    """Unsure patterns (:class:`~.config.SearchConfig`) mapped again with their own best match per phase and
+    the library's best orientations of every phase as hypotheses; their matches are replaced (in ``found``)
+    by the new ranking, in which their first answers compete too."""
+    search = config.search
+    unsure = (_sureness(found, prob, calibration) < search.confidence).cpu()
+    if not unsure.any():
+        return
+    sub = tokens[unsure]
+    observed = tokens_to_xy(sub.tokens)
+    extra = [library_hypotheses(observed, sub.mask, phase.library(search, config.score), config.score.kernel,
+                                config.score.power, search.top) for phase in phases]
+    hypotheses = torch.cat([found.matrix[unsure][:, :, 0]] + extra, 1).to(device)  # (u, P + P * top, 3, 3)
+    on = unsure.to(prob.device)
+    found.assign(unsure, _map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
 
 
 def _sureness(found: _Found, prob: torch.Tensor, calibration) -> torch.Tensor:

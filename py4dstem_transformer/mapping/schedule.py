@@ -39,3 +39,4 @@ def map_scan(peaks: Peaks, token_config: TokenConfig, map_tokens: Callable[[Toke
                 bar.update(len(i))
     bar.close()
     return matrix, corr, probability
+
