@@ -243,8 +243,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
     patterns ACOM saw, ACOM (strict, flip, median, AUC, patterns/s)."""
     head = ("| condition | disks | ours ≤5° strict | ours ≤5° flip | ours median | ours AUC | ours patterns/s "
             "| network ≤5° strict | ours ≤5° strict, ACOM's patterns "
-            "| ACOM ≤5° strict | ACOM ≤5° flip | ACOM median | ACOM AUC | ACOM patterns/s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| ACOM ≤5° strict | ACOM ≤5° flip | ACOM median | ACOM AUC | ACOM patterns/s | self-calibration |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         o, a = r["ours"], r.get("acom")
@@ -254,8 +254,18 @@ def markdown_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {r['condition']['label']} | {r['disks_median']:.0f} | {o['strict_5']:.1%} | "
                      f"{o['flip_5']:.1%} | "
                      f"{o['median_strict']:.2f}° | {o['auc']:.2f} | {o['patterns_per_s']:,.0f} | "
-                     f"{r['network']['strict_5']:.1%} | {acom} |")
+                     f"{r['network']['strict_5']:.1%} | {acom} | {_self_calibration(o)} |")
     return "\n".join(lines)
+
+
+def _self_calibration(ours: dict) -> str:
+    """``Q x 0.9804 ± 0.0001, ellipse 0.02% (applied)``, or ``–`` where nothing was measured."""
+    m = ours.get("self_calibration")
+    if not m or not m["patterns"]:
+        return "–"
+    verdict = "applied" if m["applied"] else "not applied"
+    return (f"Q × {m['scale']:.4f} ± {m['scale_error']:.4f}, ellipse {100 * m['ellipticity']:.2f}% "
+            f"± {100 * m['ellipticity_error']:.2f}% ({verdict})")
 
 
 def _warm_up(mapper, crystal) -> None:
@@ -277,10 +287,11 @@ def main(argv=None) -> dict:
                         help="comma-separated names: " + ", ".join(c.name for c in CONDITIONS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--model", default="Cu", help="a shipped model's name or a model file (default Cu)")
     args = parser.parse_args(argv)
     by_name = {c.name: c for c in CONDITIONS}
     chosen = [by_name[name] for name in args.conditions.split(",") if name]
-    mapper = load_mapper("Cu")
+    mapper = load_mapper(args.model)
     crystal = crystal_from_metadata(mapper.model.metadata)
     _warm_up(mapper, crystal)
     t0 = time.perf_counter()
