@@ -164,7 +164,7 @@ def _cmd_calibrate(args) -> int:
 
     mapper = TransformerOrientationMap.from_model(args.model)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
-                    progress_bar=not args.no_progress, passes=args.passes)
+                    progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
     attach_calibration(mapper.model, cal)
     mapper.model.save(args.out)
     info = cal.fitted_on
@@ -180,6 +180,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--n", type=int, default=4000, help="simulated patterns per phase (default 4000)")
     p.add_argument("--seed", type=int, default=1000, help="keep it apart from the benchmarks' seeds 0-199")
     p.add_argument("--damaged-fraction", type=float, default=0.5)
+    p.add_argument("--varied-fraction", type=float, default=0.4,
+                   help="share of the patterns (taken from the clean ones) simulated under other experiments: "
+                        "detector edges, only bright disks, other beam selections, kinematic (default 0.4)")
     p.add_argument("--passes", type=int, default=2,
                    help="fits, each mapping the patterns under the one before (the calibration decides which "
                         "sparse patterns are turned); default 2")

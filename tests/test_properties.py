@@ -261,7 +261,9 @@ def test_intensities_beyond_float32_map_like_ordinary_ones(cu_mapper, intensity)
     if intensity == 5e-324:  # the smallest float64: the fainter disks underflow to 0 even in float64
         assert_corr(extreme.corr)
         return
-    assert np.array_equal(ordinary.matrix, extreme.matrix) and np.array_equal(ordinary.corr, extreme.corr)
+    # the rescaled float32 intensities may differ from the ordinary ones in the last bit (~3e-8), no more
+    np.testing.assert_allclose(extreme.matrix, ordinary.matrix, atol=1e-5)
+    np.testing.assert_allclose(extreme.corr, ordinary.corr, atol=1e-6)
 
 
 def test_three_random_disks_repeated_are_not_a_confident_match(cu_mapper):

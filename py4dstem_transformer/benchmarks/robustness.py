@@ -206,7 +206,7 @@ def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True) -> dict:
     if refine and measured is not None:
         figures["self_calibration"] = {k: getattr(measured, k) for k in
                                        ("scale", "scale_error", "ellipticity", "ellipticity_error", "axis_deg",
-                                        "patterns", "applied")}
+                                        "patterns", "applied", "reach", "reach_applied")}
     return figures
 
 

@@ -16,8 +16,22 @@ from .confidence import METADATA_KEY, Calibration, fit_calibration
 __all__ = ["calibrate", "attach_calibration", "roc_auc"]
 
 
+#: Other experiments the confidence is fitted on (``varied_fraction`` of the patterns, in equal parts): sparse
+#: patterns (a detector edge, only the brighter disks), other beam selections and kinematic intensities. The
+#: values differ on purpose from the robustness benchmark's conditions (edge 1.4 1/A, 3%, sigma 0.02), which
+#: stay a test of settings the fit never saw.
+VARIED = (
+    {"k_max": 1.2},
+    {"k_max": 1.7},
+    {"min_relative_intensity": 0.05},
+    {"sigma_excitation_error": 0.03},
+    {"dynamical": False, "sigma_excitation_error": 0.03},
+)
+
+
 def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float = 0.5,
-              thickness=(20.0, 500.0), progress_bar: bool = True, passes: int = 2) -> Calibration:
+              thickness=(20.0, 500.0), progress_bar: bool = True, passes: int = 2,
+              varied_fraction: float = 0.0) -> Calibration:
     """Fit ``mapper``'s confidence on ``n`` simulated patterns (per phase) and return the calibration.
 
     The calibration also decides which sparse patterns are turned (``config.turns.confidence``), so the
@@ -29,24 +43,29 @@ def calibrate(mapper, n: int = 4000, seed: int = 1000, damaged_fraction: float =
     The patterns: orientations uniform on SO(3), Bloch-wave, thickness uniform in ``thickness`` (A),
     the model's voltage and k_max, raw detector pixels + calibration; a ``damaged_fraction`` of them
     damaged as in the accuracy benchmark (0.01 1/A jitter, 20% intensity noise, weakest 20% dropped,
-    a spurious disk). Use other seeds than the benchmarks' (0-199) so they stay a fair test.
+    a spurious disk); a ``varied_fraction`` of them (taken from the clean ones) from :data:`VARIED` experiments,
+    half of those damaged too. Use other seeds than the benchmarks' (0-199) so they stay a fair test.
     Attach the result with :func:`attach_calibration`.
     """
     sets = []  # (phase, tokens, true matrices) per simulated set
     for p, crystal in enumerate(mapper.crystals):
-        n_damaged = int(n * damaged_fraction)
-        for part, (count, damaged) in enumerate(((n - n_damaged, False), (n_damaged, True))):
-            if count == 0:
+        n_damaged, n_varied = int(n * damaged_fraction), int(n * varied_fraction)
+        parts = [(n - n_damaged - n_varied, False, {}), (n_damaged, True, {})]
+        each = n_varied // (2 * len(VARIED))
+        parts += [(each, damaged, v) for v in VARIED for damaged in (False, True)]
+        for part, (count, damaged, setting) in enumerate(parts):
+            if count <= 0:
                 continue
-            bragg, truth = simulate_random_orientations(crystal, count, seed + 10 * p + part, damaged, thickness,
-                                                        progress_bar, accel_voltage=mapper.accel_voltage,
-                                                        k_max=mapper.token_config.k_max)
+            kw = {"accel_voltage": mapper.accel_voltage, "k_max": mapper.token_config.k_max, **setting}
+            bragg, truth = simulate_random_orientations(crystal, count, seed + 100 * p + part, damaged, thickness,
+                                                        progress_bar, **kw)
             sets.append((p, braggvectors_to_tokens(bragg, mapper.token_config), truth.orientation_matrices[0]))
     cal = mapper.calibration
     for _ in range(max(1, passes)):
         cal = _fit_on(mapper, sets, cal)
     cal.fitted_on.update({"patterns": int(sum(len(t) for _, t, _ in sets)), "seed": seed,
                           "damaged_fraction": damaged_fraction, "thickness_A": list(thickness), "passes": passes,
+                          "varied_fraction": varied_fraction, "varied": [dict(v) for v in VARIED],
                           "map_config": mapper.config.to_dict()})
     return cal
 

@@ -15,8 +15,9 @@ orientation (docs/benchmarks.md, confidence section):
 * ``unmatched``: the ``I**power``-weighted fraction of simulated disks with no observed disk that near
   (reflections the orientation predicts but the pattern lacks);
 * ``residual``: the RMS distance (1/A) of the explained disks to their simulated ones;
-* ``moved_deg``: how far (deg, beam flip allowed) the answer lies from the network's own prediction;
-  the network rarely misses by much, so a long way means the search ended somewhere else.
+* ``moved_deg``: how far (deg, beam flip allowed) the answer lies from the nearest hypothesis it could
+  have started from (the network's answers, turned inputs', or the library's); a hypothesis is rarely
+  off by much, so a long way means the refinement drifted somewhere else.
 
 A tiny network (F -> 8 -> 1, tanh) maps them to the probability of "strict misorientation < 5 deg".
 It is fitted by :func:`calibrate` on simulated Bloch-wave patterns at orientations uniform on SO(3)
@@ -175,11 +176,14 @@ def calibrated(score: torch.Tensor, features: dict, calibration: Calibration) ->
 @torch.inference_mode()
 def confidence(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: the named confidence ``features`` (b, K) of every match (:func:`confidence_features`): how the
-    match's disks pair with the observed ones (within twice the score's kernel) and how far it moved from
-    the network's first answer (deg, beam flip allowed)."""
+    match's disks pair with the observed ones (within twice the score's kernel) and how far it lies from the
+    nearest hypothesis (deg, beam flip allowed)."""
     b, K = batch.corr.shape
-    moved = torch.rad2deg(symmetry_min_angle(batch.matrix, batch.hypotheses[:, :1].cpu().float(), phase.symmetry,
-                                             allow_beam_flip=True))
+    H = batch.hypotheses.shape[1]
+    start = batch.hypotheses.cpu().float()[:, None].expand(b, K, H, 3, 3)
+    moved = torch.rad2deg(symmetry_min_angle(batch.matrix[:, :, None].expand(b, K, H, 3, 3).reshape(-1, 3, 3),
+                                             start.reshape(-1, 3, 3), phase.symmetry, allow_beam_flip=True))
+    moved = moved.view(b, K, H).min(-1).values  # from the nearest hypothesis: how far the search drifted
     sim, sim_mask = batch.disks
     rows, pick = torch.arange(b)[:, None].to(sim.device), batch.pick.to(sim.device)
     sim, sim_mask = sim[rows, pick], sim_mask[rows, pick]  # the matches' disks, (b, K, M, 3), (b, K, M)

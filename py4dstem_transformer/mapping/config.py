@@ -91,12 +91,13 @@ class SearchConfig:
     orientations (``disks`` kinematic disks each, seed ``seed``, scored on a raster of ``step``) as hypotheses. Needs a calibration and
     ``refine=True``."""
 
-    confidence: float = 0.85
+    confidence: float = 0.5  # 0.85 searches ~3x as many patterns for 0-1 point more (docs/benchmarks.md)
+    min_disks: int = 2  # patterns with fewer disks are not searched
     size: int = 20000
     disks: int = 32
-    top: int = 8
+    top: int = 4
     seed: int = 0
-    step: float = 0.01  # raster step (1/A) the patterns are scored on (a third of the score's kernel)
+    step: float = 0.015  # raster step (1/A) the patterns are scored on (half the score's kernel)
 
 
 @dataclass(frozen=True)

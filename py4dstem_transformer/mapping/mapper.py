@@ -29,7 +29,8 @@ from .phase import build_phases
 from .pipeline import Mapped, map_tokens
 from .predict import Network, default_batch_size
 from .schedule import map_scan
-from .selfcal import SelfCalibration, SelfCalibrationConfig, self_calibrate as measure_correction, with_correction
+from .selfcal import (SelfCalibration, SelfCalibrationConfig, phases_within_reach, self_calibrate as measure_correction,
+                      with_correction)
 from .workers import resolve_workers
 
 __all__ = ["TransformerOrientationMap"]
@@ -251,9 +252,10 @@ class TransformerOrientationMap:
             if measured.applied:
                 peaks = with_correction(peaks, measured.matrix)
         self.self_calibration = measured
+        phases = phases_within_reach(self.phases, measured, self.self_calibration_config)
 
         def run(tokens):
-            mapped = self.map_tokens(tokens, K, inversion_symmetry, refine, min_angle_deg, batch_size, device)
+            mapped = self.map_tokens(tokens, K, inversion_symmetry, refine, min_angle_deg, batch_size, device, phases)
             return mapped.matrix, mapped.confidence(calibration), mapped.probability
 
         matrix, corr, probability = map_scan(peaks, self.token_config, run, (self.n_phases, K),

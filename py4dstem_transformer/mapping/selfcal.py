@@ -18,6 +18,12 @@ calibrated one times ``s``), and ``E`` (``det E = 1``) the ellipse: a stretch by
 never the user's) only where it is significant: beyond ``significance`` standard errors and beyond
 ``min_change``; otherwise mapping is exactly what it is without self-calibration. A lattice parameter that
 differs from the crystal's (strain, alloying) reads as a pixel-size error: the two are the same to a pattern.
+
+The detector's reach is measured on the same sample: the ``reach_quantile`` of the patterns' outermost disk
+radius (patterns with >= ``min_disks`` disks). Where it falls short of the model's window by more than
+``reach_margin`` (a detector edge, or a cut in disk detection), the simulated disks the stages score against
+are cut there too (at ``reach + reach_pad``), so that reflections the detector cannot record do not count as
+missing.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from ..model.tokens import TokenConfig, Tokens, position_tokens
 from .score import square_distances, tokens_to_xy
 
 __all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_pairs", "sample_runs",
-           "with_correction", "self_calibrate"]
+           "with_correction", "self_calibrate", "detector_reach", "phases_within_reach"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class SelfCalibrationConfig:
     significance: float = 3.0  # apply only beyond this many standard errors ...
     min_change: float = 0.002  # ... and beyond this relative change (0.2%)
     converged: float = 0.0005  # stop iterating when a fit changes C by less than this
+    reach_quantile: float = 0.95  # the detector's reach: this quantile of the patterns' outermost disk radius
+    reach_margin: float = 0.3  # 1/A: applied where it falls this far inside the model's window (a clear edge) ...
+    reach_pad: float = 0.05  # 1/A: ... and the simulated disks are then cut this far beyond it
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,8 @@ class SelfCalibration:
     axis_deg : direction (lab frame, degrees from qx towards qy, in [0, 180)) the correction stretches most
     patterns, disks : how many sure patterns and paired disks the last fit used
     applied : whether the mapping used it (significant), or mapped with the calibration as given
+    reach : the detector's measured reach (1/A; inf where not measured), and ``reach_applied``: whether the
+        simulated disks were cut there (it falls short of the model's window)
     note : one line for people, e.g. for the progress output
     """
 
@@ -83,6 +94,8 @@ class SelfCalibration:
     patterns: int = 0
     disks: int = 0
     applied: bool = False
+    reach: float = math.inf
+    reach_applied: bool = False
     note: str = "not measured"
 
     def corrected_q_pixel_size(self, q_pixel_size: float) -> float:
@@ -199,12 +212,17 @@ def self_calibrate(peaks: Peaks, token_config: TokenConfig,
     best_matches : ``tokens -> (matrix (b, 3, 3), confidence (b,), phase (b,))``: each pattern's best match,
         how sure it is and its phase index into ``phases``.
     """
+    if peaks.num_positions < config.min_patterns:
+        return SelfCalibration(note=f"self-calibration: {peaks.num_positions} positions, fewer than the "
+                                    f"{config.min_patterns} sure patterns it needs; the calibration is used as given")
     spans = sample_runs(peaks.num_positions, config.sample, config.runs)
     c = np.eye(2)
     result = SelfCalibration(note="self-calibration: no sure patterns to measure on")
     for it in range(config.iterations):
         corrected = with_correction(peaks, c) if it else peaks
         tokens = [position_tokens(corrected, a, b, token_config) for a, b in spans]
+        if it == 0:
+            reach = detector_reach(tokens, config)
         obs, sim, group, patterns = [], [], [], 0
         for t in tokens:
             matrix, confidence, phase = best_matches(t)
@@ -220,13 +238,46 @@ def self_calibrate(peaks: Peaks, token_config: TokenConfig,
         if n_sure < config.min_patterns:
             note = (f"self-calibration: only {n_sure} sure patterns with >= {config.min_disks} disks "
                     f"(need {config.min_patterns}); the calibration is used as given")
-            return dataclasses.replace(result, note=note) if it == 0 else result
+            if it == 0:
+                result = dataclasses.replace(result, note=note)
+            break
         step, scale_error, ellipticity_error = fit_correction(obs, sim, group, config.groups)
         c = step @ c
         result = _result(c, scale_error, ellipticity_error, n_sure, len(obs), config)
         if not result.applied or np.abs(step - np.eye(2)).max() < config.converged:
             break
-    return result
+    return _with_reach(result, reach * result.scale if result.applied else reach, phases, config)
+
+
+def detector_reach(tokens: Sequence[Tokens], config: SelfCalibrationConfig) -> float:
+    """The ``reach_quantile`` of the outermost disk radius (1/A) of patterns with >= ``min_disks`` disks; inf if
+    there are none."""
+    outer = []
+    for t in tokens:
+        if t.tokens.shape[1] == 0:
+            continue
+        r = t.tokens[..., 0].masked_fill(~t.mask, 0.0).max(-1).values
+        outer.append(r[t.counts >= config.min_disks])
+    outer = torch.cat(outer) if outer else torch.zeros(0)
+    return float(torch.quantile(outer.double(), config.reach_quantile)) if len(outer) else math.inf
+
+
+def _with_reach(result: SelfCalibration, reach: float, phases: Sequence, config: SelfCalibrationConfig) -> SelfCalibration:
+    window = min(p.k_max for p in phases)
+    applied = bool(reach < window - config.reach_margin)
+    if not math.isfinite(reach):
+        return result
+    note = f"{result.note}; detector reach {reach:.2f} 1/A" + (f" (simulated disks cut there, not at {window:.2f})"
+                                                               if applied else "")
+    return dataclasses.replace(result, reach=reach, reach_applied=applied, note=note)
+
+
+def phases_within_reach(phases: Sequence, measured: SelfCalibration, config: SelfCalibrationConfig) -> tuple:
+    """``phases`` whose window ends at the measured reach (+ ``reach_pad``) where it is applied; else as they are."""
+    if not measured.reach_applied:
+        return tuple(phases)
+    k_max = measured.reach + config.reach_pad
+    return tuple(dataclasses.replace(p, k_max=min(p.k_max, k_max), _libraries={}) for p in phases)
 
 
 def _result(c: np.ndarray, scale_error: float, ellipticity_error: float, patterns: int, disks: int,
