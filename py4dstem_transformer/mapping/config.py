@@ -79,7 +79,6 @@ class TurnConfig:
 
     max_disks: int = 12
     turns: int = 4
-    turn_max_disks: int = 12  # patterns with more disks than this are never turned
     confidence: float = 0.85
     min_disks: int = 4
 

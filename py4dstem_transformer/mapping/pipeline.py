@@ -107,7 +107,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
     matrix[empty], probability[empty] = torch.eye(3), 1.0 / P
     turns = config.turns
     # the wider search for sparse patterns only pays off when refinement follows
-    sparse = (tokens.counts >= turns.min_disks) & (tokens.counts <= turns.turn_max_disks) & query.refine
+    sparse = (tokens.counts >= turns.min_disks) & (tokens.counts <= turns.max_disks) & query.refine
     calibration = phases[0].calibration
     for subset, n_turns in ((~sparse & ~empty, 1), (sparse & ~empty, turns.turns)):
         # with a calibration, a sparse pattern is turned only if its first answer is not already sure
