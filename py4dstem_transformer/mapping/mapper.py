@@ -253,6 +253,9 @@ class TransformerOrientationMap:
                 peaks = with_correction(peaks, measured.matrix)
         self.self_calibration = measured
         phases = phases_within_reach(self.phases, measured, self.self_calibration_config)
+        if refine and calibration is not None and self.config.search is not None and peaks.num_positions >= 8192:
+            for phase in phases:  # built once here rather than in every worker process
+                phase.library(self.config.search, self.config.score)
 
         def run(tokens):
             mapped = self.map_tokens(tokens, K, inversion_symmetry, refine, min_angle_deg, batch_size, device, phases)
