@@ -133,3 +133,34 @@ def test_refinement_fits_an_origin_error():
     _, _, none = refine_orientations(start, obs, tokens.mask, reflections, k_max=2.1, r_min=0.1,
                                      return_noise=True, return_shift=True)
     assert float(none[ok].norm(dim=-1).median()) < 0.002
+
+
+def test_the_detector_reach_is_the_outer_radius_most_patterns_reach():
+    from types import SimpleNamespace
+
+    from py4dstem_transformer.mapping.selfcal import SelfCalibration, detector_reach, phases_within_reach
+    from py4dstem_transformer.model.tokens import tokenize
+
+    rng = np.random.default_rng(0)
+    n, k = 200, 10
+    r = rng.uniform(0.3, 1.4, (n, k))  # a detector edge at 1.4 1/A
+    theta = rng.uniform(-np.pi, np.pi, (n, k))
+    qx, qy = (torch.as_tensor(v.ravel(), dtype=torch.float32) for v in (r * np.cos(theta), r * np.sin(theta)))
+    tokens = tokenize(qx, qy, torch.ones(n * k), torch.full((n,), k))
+    config = SelfCalibrationConfig()
+    reach = detector_reach([tokens], config)
+    assert 1.3 < reach <= 1.4
+    phase = SimpleNamespace(k_max=2.2)  # the model's window
+    cut = SelfCalibration(reach=reach, reach_applied=True)
+    k_max = [p.k_max for p in phases_within_reach([_phase_like(2.2)], cut, config)]
+    assert k_max == [pytest.approx(reach + config.reach_pad)]
+    assert phases_within_reach([phase], SelfCalibration(reach=reach), config)[0] is phase  # not applied: as given
+
+
+def _phase_like(k_max):
+    from py4dstem_transformer.core.kinematics import Reflections
+    from py4dstem_transformer.mapping.phase import Phase
+
+    crystal = make_cu()
+    reflections = Reflections.from_crystal(crystal, k_max, 300e3)
+    return Phase("Cu", crystal, reflections, point_group_rotations(crystal).numpy(), 0.5, k_max, 0.1)
