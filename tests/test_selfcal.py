@@ -43,7 +43,8 @@ def test_fit_recovers_a_known_distortion_with_honest_errors():
     assert r.corrected_q_pixel_size(0.0125) == pytest.approx(0.0125 * r.scale)
     # nothing to correct: identity within the errors, not applied
     c0, se0, ee0 = fit_correction(g + rng.normal(0, 0.004, g.shape), g, group)
-    assert not _result(c0, se0, ee0, 300, 3000, SelfCalibrationConfig()).applied
+    r0 = _result(c0, se0, ee0, 300, 3000, SelfCalibrationConfig())
+    assert not r0.applied and r0.note.endswith("not significant, calibration used as given") and r0.reach == np.inf
 
 
 def test_sample_runs_cover_small_scans_and_spread_over_large_ones():
@@ -107,6 +108,7 @@ def test_a_pixel_size_error_is_measured_and_corrected(cu_mapper, scan_set):
         uncorrected = cu_mapper.match_orientations(off, progress_bar=False, self_calibrate=False)
     m = bad.self_calibration
     assert m.applied and abs(m.scale * 1.025 - 1) < 0.003, m.note  # the reported correction within 0.3%
+    assert m.note.startswith("self-calibration: Q pixel size x 0.97") and "applied" in m.note
     assert m.corrected_q_pixel_size(before) == pytest.approx(0.0125, rel=0.003)
     assert off.calibration.get_Q_pixel_size() == before  # the user's calibration untouched
     assert strict(bad) >= strict(good) - 0.03 and strict(bad) > strict(uncorrected)

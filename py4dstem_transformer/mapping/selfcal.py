@@ -4,7 +4,8 @@ A Q pixel size a few per cent off (a camera length that is not the one calibrate
 uncorrected moves every disk by a fixed fraction of its ``|q|``; ACOM's correlation barely notices, but a
 network trained on true positions does. The mapper measures the error from the patterns it is sure of:
 
-1. map a sample of the scan (``sample`` positions, in evenly spaced runs of consecutive positions);
+1. map a sample of the scan (an eighth of it, 256 to 2048 positions, in evenly spaced runs of consecutive
+   positions);
 2. keep the patterns whose best match is sure (confidence >= ``min_confidence``) with >= ``min_disks`` disks;
 3. pair every observed disk with the nearest kinematic disk of that match within ``radii[i]`` (1/A);
 4. fit the symmetric 2 x 2 ``C`` minimizing ``sum |C q_observed - q_simulated|^2`` (no rotation: each
@@ -50,7 +51,9 @@ __all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_p
 class SelfCalibrationConfig:
     """Settings of :func:`self_calibrate` (lengths in 1/A)."""
 
-    sample: int = 2048  # scan positions mapped to measure the correction (all, for smaller scans)
+    sample: int = 2048  # scan positions mapped to measure the correction, at most ...
+    sample_fraction: float = 0.125  # ... and at most this fraction of the scan ...
+    min_sample: int = 256  # ... but at least this many (all, for smaller scans)
     runs: int = 16  # in this many evenly spaced runs of consecutive positions
     min_confidence: float = 0.5  # patterns whose best match is at least this sure take part
     min_disks: int = 6  # ... and that have at least this many disks
@@ -215,7 +218,8 @@ def self_calibrate(peaks: Peaks, token_config: TokenConfig,
     if peaks.num_positions < config.min_patterns:
         return SelfCalibration(note=f"self-calibration: {peaks.num_positions} positions, fewer than the "
                                     f"{config.min_patterns} sure patterns it needs; the calibration is used as given")
-    spans = sample_runs(peaks.num_positions, config.sample, config.runs)
+    size = max(config.min_sample, min(config.sample, int(config.sample_fraction * peaks.num_positions)))
+    spans = sample_runs(peaks.num_positions, size, config.runs)
     c = np.eye(2)
     result = SelfCalibration(note="self-calibration: no sure patterns to measure on")
     for it in range(config.iterations):
@@ -286,8 +290,9 @@ def _result(c: np.ndarray, scale_error: float, ellipticity_error: float, pattern
     significant = ((abs(scale - 1) > max(config.significance * scale_error, config.min_change))
                    or (ellipticity > max(config.significance * ellipticity_error, config.min_change)))
     verdict = "applied" if significant else "not significant, calibration used as given"
-    note = (f"self-calibration: Q pixel size x {scale:.4f} +- {scale_error:.4f}, ellipse {100 * ellipticity:.2f}% "
-            f"+- {100 * ellipticity_error:.2f}% (axis {axis:.0f} deg), from {patterns} sure patterns "
+    note = (f"self-calibration: Q pixel size x {scale:.4f} +- {scale_error:.2g}, ellipse {100 * ellipticity:.2f}% "
+            f"+- {100 * ellipticity_error:.2g}% (axis {axis:.0f} deg), from {patterns} sure patterns "
             f"({disks} disks): {verdict}")
-    return SelfCalibration(tuple(tuple(float(v) for v in row) for row in c), scale, scale_error, ellipticity,
-                           ellipticity_error, axis, patterns, disks, significant, note)
+    return SelfCalibration(matrix=tuple(tuple(float(v) for v in row) for row in c), scale=scale,
+                           scale_error=scale_error, ellipticity=ellipticity, ellipticity_error=ellipticity_error,
+                           axis_deg=axis, patterns=patterns, disks=disks, applied=significant, note=note)
