@@ -256,7 +256,7 @@ def test_sure_sparse_patterns_are_not_turned(trained):
     results, calls = {}, {}
     for name, sure, threshold in (("sure", 0.9, 0.85), ("unsure", 0.8, 0.85), ("always", 0.9, 1.0)):
         mapper = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=3, polish_config=None,
-                                           precision="fp32", sparse_confidence=threshold)
+                                           precision="fp32", sparse_confidence=threshold, search=None)  # turns only
         calls[name] = []
         results[name] = _run_logged(mapper, tokens, _constant_calibration(sure), calls[name], num_matches=2)
     lengths = {name: [len(t) for t in log] for name, log in calls.items()}
@@ -269,6 +269,6 @@ def test_sure_sparse_patterns_are_not_turned(trained):
     assert float(apart.max()) < 0.02
     np.testing.assert_allclose(results["unsure"].score, results["always"].score, atol=1e-5)
     unturned = TransformerOrientationMap(make_cu(), trained, sparse_disks=1000, sparse_turns=1, polish_config=None,
-                                         precision="fp32")
+                                         precision="fp32", search=None)
     np.testing.assert_allclose(results["sure"].matrix,
                                _run_logged(unturned, tokens, _constant_calibration(0.9), [], num_matches=2).matrix, atol=1e-5)
