@@ -42,13 +42,15 @@ class Phase:
     k_max: float
     r_min: float
     calibration: Optional[Calibration] = None
-    _libraries: dict = field(default_factory=dict, compare=False, repr=False)  # built on first use
+    # built on first use; shared by the copies ``dataclasses.replace`` makes (keyed by the window, too)
+    _libraries: dict = field(default_factory=dict, compare=False, repr=False)
 
     def library(self, search, score):
-        """The orientation library (:func:`~.library.build_library`) for these settings, built once."""
+        """The orientation library (:func:`~.library.build_library`) for these settings and this window, built
+        once."""
         from .library import build_library
 
-        key = (search, score)
+        key = (search, score, self.k_max, self.r_min)
         if key not in self._libraries:
             self._libraries[key] = build_library(self, search, score)
         return self._libraries[key]

@@ -281,7 +281,7 @@ def phases_within_reach(phases: Sequence, measured: SelfCalibration, config: Sel
     if not measured.reach_applied:
         return tuple(phases)
     k_max = measured.reach + config.reach_pad
-    return tuple(dataclasses.replace(p, k_max=min(p.k_max, k_max), _libraries={}) for p in phases)
+    return tuple(dataclasses.replace(p, k_max=min(p.k_max, k_max)) for p in phases)
 
 
 def _result(c: np.ndarray, scale_error: float, ellipticity_error: float, patterns: int, disks: int,
