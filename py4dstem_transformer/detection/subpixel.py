@@ -1,0 +1,170 @@
+"""Sub-pixel positions of correlation maxima: py4DSTEM's ``poly`` and ``multicorr``, for a batch.
+
+``poly``: a parabola through each maximum and its two neighbours along x and along y of the smoothed
+correlation, and the intensity bilinearly interpolated there (``get_maxima_2D``).
+
+``multicorr``: py4DSTEM upsamples the unsmoothed correlation by a matrix DFT on a grid of
+``1 / upsample_factor`` pixels over 1.5 pixels around the ``poly`` position rounded to half a pixel,
+takes the grid's maximum and a parabola through its neighbours (``upsampled_correlation``). The DFT is
+the band-limited (trigonometric) interpolation of the correlation; here it is summed in real space
+over a window of ``2 * window`` pixels around the peak with the same Dirichlet kernel, which costs
+``window**2`` instead of ``Qx * Qy`` per peak (the far pixels' terms alternate in sign and cancel on a
+correlation as smooth as a disk's). ``tests/test_detection.py`` holds the result to py4DSTEM's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .maxima import Maxima
+
+__all__ = ["refine_poly", "refine_multicorr", "dirichlet"]
+
+
+def refine_poly(maxima: Maxima, ar: torch.Tensor):
+    """(x, y, intensity) float64 (M,) each: parabolic sub-pixel positions on ``ar`` (B, X, Y), smoothed."""
+    b, x, y = maxima.pattern, maxima.x, maxima.y
+    a = ar.double()
+    c = a[b, x, y]
+    xm, xp, ym, yp = a[b, x - 1, y], a[b, x + 1, y], a[b, x, y - 1], a[b, x, y + 1]
+    fx = x.double() + (xp - xm) / (4 * c - 2 * xp - 2 * xm)
+    fy = y.double() + (yp - ym) / (4 * c - 2 * yp - 2 * ym)
+    return fx, fy, _bilinear(a, b, fx, fy)
+
+
+def _bilinear(a, b, fx, fy):
+    """py4DSTEM's ``linear_interpolation_2D`` (floor / ceil neighbours) at float positions."""
+    x0, x1 = torch.floor(fx).long(), torch.ceil(fx).long()
+    y0, y1 = torch.floor(fy).long(), torch.ceil(fy).long()
+    dx, dy = fx - x0, fy - y0
+    nx, ny = a.shape[-2:]
+    x0, x1, y0, y1 = x0.clamp(0, nx - 1), x1.clamp(0, nx - 1), y0.clamp(0, ny - 1), y1.clamp(0, ny - 1)
+    return (
+        (1 - dx) * (1 - dy) * a[b, x0, y0]
+        + (1 - dx) * dy * a[b, x0, y1]
+        + dx * (1 - dy) * a[b, x1, y0]
+        + dx * dy * a[b, x1, y1]
+    )
+
+
+def dirichlet(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Real part of ``(1/n) sum_{f=-n/2}^{n/2-1} exp(2 pi i f t / n)``: the interpolation kernel of an
+    ``n``-periodic band-limited signal, with numpy's frequency order (the Nyquist term as -n/2)."""
+    t = t.double()
+    s = torch.sin(math.pi * t / n)
+    near = s.abs() < 1e-12  # t a multiple of n; in a window narrower than n, only t = 0
+    safe = torch.where(near, torch.ones_like(s), s)
+    if n % 2 == 0:
+        # |f| <= n/2 - 1 sums to sin((n - 1) pi t / n) / sin(pi t / n) (n - 1 at t = 0); the Nyquist term adds cos(pi t)
+        core = torch.where(near, torch.full_like(t, n - 1.0), torch.sin((n - 1) * math.pi * t / n) / safe)
+        return (core + torch.cos(math.pi * t)) / n
+    return torch.where(near, torch.ones_like(t), torch.sin(math.pi * t) / (n * safe))
+
+
+def refine_multicorr(
+    fx: torch.Tensor,
+    fy: torch.Tensor,
+    pattern: torch.Tensor,
+    cc: torch.Tensor,
+    upsample_factor: int = 16,
+    near: int = 8,
+    nodes: int = 6,
+):
+    """Refine ``poly`` positions (fx, fy) on the unsmoothed correlation ``cc`` (B, X, Y) as py4DSTEM's multicorr.
+
+    Returns (x, y) float64 (M,).
+    """
+    if len(fx) == 0:
+        return fx, fy
+    u = int(upsample_factor)
+    nx, ny = cc.shape[-2:]
+    n_grid = math.ceil(1.5 * u)
+    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
+    sx, sy = torch.round(fx * 2) / 2, torch.round(fy * 2) / 2  # half-pixel, as py4DSTEM
+    offsets = (torch.arange(n_grid, dtype=torch.float64, device=cc.device) - shift_grid) / u  # (G,)
+    up = _upsampled(cc, pattern, sx, sy, offsets, near, nodes)  # (M, G, G)
+    flat = up.flatten(1).argmax(1)
+    gx, gy = flat // n_grid, flat % n_grid
+    inside = (gx >= 1) & (gx <= n_grid - 2) & (gy >= 1) & (gy <= n_grid - 2)
+    m = torch.arange(len(fx), device=cc.device)
+    gxc, gyc = gx.clamp(1, n_grid - 2), gy.clamp(1, n_grid - 2)
+    c = up[m, gxc, gyc]
+    xm, xp, ym, yp = up[m, gxc - 1, gyc], up[m, gxc + 1, gyc], up[m, gxc, gyc - 1], up[m, gxc, gyc + 1]
+    # py4DSTEM falls back to no parabola (both axes) when the grid maximum is on the grid's border
+    dx = torch.where(inside, (xp - xm) / (4 * c - 2 * xp - 2 * xm), torch.zeros_like(c))
+    dy = torch.where(inside, (yp - ym) / (4 * c - 2 * yp - 2 * ym), torch.zeros_like(c))
+    return sx + (gx - shift_grid + dx) / u, sy + (gy - shift_grid + dy) / u
+
+
+def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int):
+    """The interpolation kernel along one axis, ``K(s + offset_g - i)`` for every pixel i, factored.
+
+    Pixels within ``near`` of ``s`` keep their kernel values; for the far ones the kernel is
+    ``(-1)**i sin(pi (s + d)) g(pi (s + d - i) / n) / n`` (g = cot for even n, 1/sin for odd n), and g,
+    smooth in the offset d there, is interpolated from ``nodes`` Chebyshev nodes in d. So
+    ``K[g, i] = near_k[g, j] (i = index[j]) + sum_k coef[g, k] far_w[k, i]`` to ~1e-7.
+
+    Returns index (M, 2 near), near_k (M, G, 2 near), coef (M, G, nodes), far_w (M, nodes, n).
+    """
+    m, dev = len(s), s.device
+    wn = min(near, n // 2)
+    index = torch.floor(s).long()[:, None] + torch.arange(-wn + 1, wn + 1, device=dev)  # (M, 2 wn)
+    near_k = dirichlet(s[:, None, None] + offsets[None, :, None] - index[:, None, :], n)  # (M, G, 2 wn)
+    index = index % n
+    lo, hi = float(offsets.min()), float(offsets.max())
+    k = torch.arange(nodes, dtype=torch.float64, device=dev)
+    d_nodes = (lo + hi) / 2 + (hi - lo) / 2 * torch.cos(math.pi * (k + 0.5) / nodes)  # Chebyshev nodes
+    # Lagrange basis of the nodes at every offset: (G, nodes)
+    diff = offsets[:, None] - d_nodes[None, :]
+    basis = torch.ones(len(offsets), nodes, dtype=torch.float64, device=dev)
+    for j in range(nodes):
+        for i in range(nodes):
+            if i != j:
+                basis[:, j] *= diff[:, i] / (d_nodes[j] - d_nodes[i])
+    coef = torch.sin(math.pi * (s[:, None] + offsets[None, :]))[:, :, None] * basis[None] / n  # (M, G, nodes)
+    i = torch.arange(n, dtype=torch.float64, device=dev)
+    a = math.pi * (s[:, None, None] + d_nodes[None, :, None] - i[None, None, :]) / n  # (M, nodes, n)
+    g = torch.cos(a) / torch.sin(a) if n % 2 == 0 else 1 / torch.sin(a)
+    sign = 1 - 2 * (torch.arange(n, device=dev) % 2)
+    far = torch.ones(m, n, dtype=torch.bool, device=dev)
+    far[torch.arange(m, device=dev)[:, None], index] = False
+    far_w = torch.where(far[:, None, :], g * sign, torch.zeros_like(g))
+    return index, near_k, coef, far_w
+
+
+def _upsampled(cc, pattern, sx, sy, offsets, near, nodes):
+    """(M, G, G): the band-limited interpolation of ``cc`` at ``(sx + offsets, sy + offsets)`` of each peak.
+
+    With the factored kernels of :func:`_axis` (A = [near_k | coef], rows near pixels and far moments),
+    value = A_x @ [[c_nn, c_nf], [c_fn, c_ff]] @ A_y^T; only the far moments touch the whole image
+    (one matrix product per pattern for all of its peaks).
+    """
+    nx, ny = cc.shape[-2:]
+    ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes)
+    iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes)
+    m, dev = len(sx), cc.device
+    c = cc.double()
+    # far moments along y of every row, for all peaks of a pattern at once: r[p] = c[b_p] @ wy[p]^T (X, nodes)
+    order = torch.argsort(pattern, stable=True)
+    counts = torch.bincount(pattern, minlength=cc.shape[0])
+    slot = torch.empty_like(pattern)
+    slot[order] = torch.arange(m, device=dev) - (torch.cumsum(counts, 0) - counts)[pattern[order]]
+    width = int(counts.max())
+    used = torch.unique(pattern)
+    row = torch.full((cc.shape[0],), -1, dtype=torch.long, device=dev)
+    row[used] = torch.arange(len(used), device=dev)
+    w_all = torch.zeros(len(used), width, nodes, ny, dtype=torch.float64, device=dev)
+    w_all[row[pattern], slot] = wy
+    r_all = c[used] @ w_all.flatten(1, 2).transpose(1, 2)  # (U, X, width * nodes)
+    r = r_all.view(len(used), nx, width, nodes)[row[pattern], :, slot]  # (M, X, nodes)
+    p = pattern[:, None, None]
+    c_nn = c[p, ix[:, :, None], iy[:, None, :]]  # (M, 2wx, 2wy)
+    c_nf = torch.gather(r, 1, ix[:, :, None].expand(-1, -1, nodes))  # (M, 2wx, nodes)
+    c_fn = wx @ c[p, torch.arange(nx, device=dev)[None, :, None], iy[:, None, :]]  # (M, nodes, 2wy)
+    c_ff = wx @ r  # (M, nodes, nodes)
+    top = torch.cat([c_nn, c_nf], 2)
+    bottom = torch.cat([c_fn, c_ff], 2)
+    a_x, a_y = torch.cat([kx, cx], 2), torch.cat([ky, cy], 2)  # (M, G, 2w + nodes)
+    return a_x @ torch.cat([top, bottom], 1) @ a_y.transpose(1, 2)
