@@ -20,10 +20,6 @@ import torch
 
 __all__ = ["Maxima", "local_maxima", "filter_maxima"]
 
-#: Bound on the pairwise-distance table of one greedy spacing pass (booleans).
-_PAIRS = 1 << 25
-
-
 @dataclass
 class Maxima:
     """Maxima of a batch, brightest first within each pattern.
@@ -97,41 +93,36 @@ def filter_maxima(
         # patterns with no more than relativeToPeak maxima are not filtered (py4DSTEM's rule); NaN compares False
         maxima = maxima.select(~(maxima.value / ref < min_relative))
     if min_spacing > 0 and len(maxima):
-        maxima = maxima.select(_greedy_spacing(maxima, n_patterns, float(min_spacing)))
+        maxima = maxima.select(_greedy_spacing(maxima, n_patterns, float(min_spacing), max_num_peaks))
     if max_num_peaks is not None and len(maxima):
         rank, _ = _rank(maxima.pattern, n_patterns)
         maxima = maxima.select(rank < int(max_num_peaks))
     return maxima
 
 
-def _greedy_spacing(maxima: Maxima, n_patterns: int, spacing: float) -> torch.Tensor:
-    """(M,) bool: kept by the brightest-first greedy rule (no brighter kept maximum closer than ``spacing``)."""
+def _greedy_spacing(maxima: Maxima, n_patterns: int, spacing: float, limit=None) -> torch.Tensor:
+    """(M,) bool: kept by the brightest-first greedy rule (no brighter kept maximum closer than ``spacing``).
+
+    In rounds, all patterns at once: each round keeps every pattern's brightest remaining maximum and
+    drops the remaining ones within ``spacing`` of it; it stops after ``limit`` rounds (``maxNumPeaks``:
+    later ones would be cut anyway) or when nothing remains.
+    """
     rank, counts = _rank(maxima.pattern, n_patterns)
-    keep = torch.zeros(len(maxima), dtype=torch.bool, device=maxima.value.device)
+    dev = maxima.value.device
     width = int(counts.max())
-    # patterns in groups small enough for a (group, width, width) table
-    per_group = max(1, _PAIRS // max(1, width * width))
-    starts = torch.cumsum(counts, 0) - counts
-    for g0 in range(0, n_patterns, per_group):
-        g1 = min(n_patterns, g0 + per_group)
-        lo, hi = int(starts[g0]), int(starts[g1 - 1] + counts[g1 - 1])
-        if hi == lo:
-            continue
-        sel = slice(lo, hi)
-        p, r = maxima.pattern[sel] - g0, rank[sel]
-        w = int(counts[g0:g1].max())
-        xy = torch.full((g1 - g0, w, 2), float("inf"), dtype=torch.float64, device=keep.device)
-        valid = torch.zeros((g1 - g0, w), dtype=torch.bool, device=keep.device)
-        xy[p, r, 0], xy[p, r, 1] = maxima.x[sel].double(), maxima.y[sel].double()
-        valid[p, r] = True
-        d2 = (xy[:, :, None, 0] - xy[:, None, :, 0]) ** 2 + (xy[:, :, None, 1] - xy[:, None, :, 1]) ** 2
-        close = (d2 < spacing**2) & torch.ones(w, w, dtype=torch.bool, device=keep.device).tril(-1)  # brighter j < i
-        kept = valid.clone()
-        # fixed point of kept[i] = valid[i] and no kept j < i is close; exact after at most w passes
-        for _ in range(w + 1):
-            new = valid & ~(close & kept[:, None, :]).any(-1)
-            if torch.equal(new, kept):
-                break
-            kept = new
-        keep[sel] = kept[p, r]
-    return keep
+    xy = torch.zeros((n_patterns, width, 2), dtype=torch.float64, device=dev)
+    remaining = torch.zeros((n_patterns, width), dtype=torch.bool, device=dev)
+    xy[maxima.pattern, rank, 0], xy[maxima.pattern, rank, 1] = maxima.x.double(), maxima.y.double()
+    remaining[maxima.pattern, rank] = True
+    kept = torch.zeros_like(remaining)
+    rows = torch.arange(n_patterns, device=dev)
+    rounds = width if limit is None else min(width, int(limit))
+    for _ in range(rounds):
+        has = remaining.any(1)
+        if not bool(has.any()):
+            break
+        first = remaining.to(torch.uint8).argmax(1)  # the brightest remaining (first in rank order)
+        kept[rows[has], first[has]] = True
+        d2 = ((xy - xy[rows, first][:, None, :]) ** 2).sum(-1)
+        remaining &= ~(d2 < spacing**2)  # drops the kept one itself too (distance 0)
+    return kept[maxima.pattern, rank]

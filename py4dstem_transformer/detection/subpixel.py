@@ -70,7 +70,7 @@ def refine_multicorr(
     cc: torch.Tensor,
     upsample_factor: int = 16,
     near: int = 8,
-    nodes: int = 6,
+    nodes: int = 4,
 ):
     """Refine ``poly`` positions (fx, fy) on the unsmoothed correlation ``cc`` (B, X, Y) as py4DSTEM's multicorr.
 
@@ -124,10 +124,13 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int)
             if i != j:
                 basis[:, j] *= diff[:, i] / (d_nodes[j] - d_nodes[i])
     coef = torch.sin(math.pi * (s[:, None] + offsets[None, :]))[:, :, None] * basis[None] / n  # (M, G, nodes)
-    i = torch.arange(n, dtype=torch.float64, device=dev)
-    a = math.pi * (s[:, None, None] + d_nodes[None, :, None] - i[None, None, :]) / n  # (M, nodes, n)
-    g = torch.cos(a) / torch.sin(a) if n % 2 == 0 else 1 / torch.sin(a)
-    sign = 1 - 2 * (torch.arange(n, device=dev) % 2)
+    # g(pi (s + d_k - i) / n) from sin / cos of the two parts (A = pi (s + d_k) / n, B = pi i / n): no (M, nodes, n) trig
+    big_a = math.pi * (s[:, None] + d_nodes[None, :]) / n  # (M, nodes)
+    big_b = math.pi * torch.arange(n, dtype=torch.float64, device=dev) / n  # (n,)
+    sa, ca, sb, cb = torch.sin(big_a)[..., None], torch.cos(big_a)[..., None], torch.sin(big_b), torch.cos(big_b)
+    sin_ab = sa * cb - ca * sb
+    sign = (1 - 2 * (torch.arange(n, device=dev) % 2)).double()
+    g = (ca * cb + sa * sb) / sin_ab if n % 2 == 0 else 1 / sin_ab
     far = torch.ones(m, n, dtype=torch.bool, device=dev)
     far[torch.arange(m, device=dev)[:, None], index] = False
     far_w = torch.where(far[:, None, :], g * sign, torch.zeros_like(g))
@@ -145,8 +148,8 @@ def _upsampled(cc, pattern, sx, sy, offsets, near, nodes):
     ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes)
     iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes)
     m, dev = len(sx), cc.device
-    c = cc.double()
-    # far moments along y of every row, for all peaks of a pattern at once: r[p] = c[b_p] @ wy[p]^T (X, nodes)
+    # far moments of every peak, all peaks of a pattern in one product per axis:
+    #   r[p] = wy[p] @ cc[b_p]^T (nodes, X) and q[p] = wx[p] @ cc[b_p] (nodes, Y)
     order = torch.argsort(pattern, stable=True)
     counts = torch.bincount(pattern, minlength=cc.shape[0])
     slot = torch.empty_like(pattern)
@@ -155,15 +158,20 @@ def _upsampled(cc, pattern, sx, sy, offsets, near, nodes):
     used = torch.unique(pattern)
     row = torch.full((cc.shape[0],), -1, dtype=torch.long, device=dev)
     row[used] = torch.arange(len(used), device=dev)
-    w_all = torch.zeros(len(used), width, nodes, ny, dtype=torch.float64, device=dev)
-    w_all[row[pattern], slot] = wy
-    r_all = c[used] @ w_all.flatten(1, 2).transpose(1, 2)  # (U, X, width * nodes)
-    r = r_all.view(len(used), nx, width, nodes)[row[pattern], :, slot]  # (M, X, nodes)
-    p = pattern[:, None, None]
-    c_nn = c[p, ix[:, :, None], iy[:, None, :]]  # (M, 2wx, 2wy)
-    c_nf = torch.gather(r, 1, ix[:, :, None].expand(-1, -1, nodes))  # (M, 2wx, nodes)
-    c_fn = wx @ c[p, torch.arange(nx, device=dev)[None, :, None], iy[:, None, :]]  # (M, nodes, 2wy)
-    c_ff = wx @ r  # (M, nodes, nodes)
+    c_used = cc if len(used) == cc.shape[0] else cc[used]
+
+    def moments(w, image):  # (M, nodes, n) weights -> (M, nodes, n') products with each peak's own pattern
+        w_all = torch.zeros(len(used), width, nodes, w.shape[-1], dtype=cc.dtype, device=dev)
+        w_all[row[pattern], slot] = w.to(cc.dtype)
+        out = w_all.flatten(1, 2) @ image  # (U, width * nodes, n'): float32, the costly product
+        return out.view(len(used), width, nodes, -1)[row[pattern], slot].double()
+
+    r = moments(wy, c_used.transpose(1, 2))  # (M, nodes, X)
+    q = moments(wx, c_used)  # (M, nodes, Y)
+    c_nn = cc[pattern[:, None, None], ix[:, :, None], iy[:, None, :]].double()  # (M, 2wx, 2wy)
+    c_nf = torch.gather(r, 2, ix[:, None, :].expand(-1, nodes, -1)).transpose(1, 2)  # (M, 2wx, nodes)
+    c_fn = torch.gather(q, 2, iy[:, None, :].expand(-1, nodes, -1))  # (M, nodes, 2wy)
+    c_ff = wx @ r.transpose(1, 2)  # (M, nodes, nodes)
     top = torch.cat([c_nn, c_nf], 2)
     bottom = torch.cat([c_fn, c_ff], 2)
     a_x, a_y = torch.cat([kx, cx], 2), torch.cat([ky, cy], 2)  # (M, G, 2w + nodes)
