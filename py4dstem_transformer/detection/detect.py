@@ -39,6 +39,9 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
     kernel, or None to look for maxima of the patterns themselves (py4DSTEM's ``template=None``).
     """
     n = patterns.shape[0]
+    if n == 0:
+        z = np.zeros(0)
+        return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
     if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
         patterns = smooth(patterns, config.sigma_dp)
     cc, _ = correlate(patterns, template_ft, config.corrPower)

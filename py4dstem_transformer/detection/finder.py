@@ -173,11 +173,17 @@ def _array_chunks(stack: np.ndarray):
 
 
 def _check_origin(datacube):
+    """What py4DSTEM's radial background subtraction needs: a polar datacube and an origin."""
     origin = datacube.calibration.get_origin() if datacube.calibration is not None else None
     if origin is None or origin[0] is None:
         raise ValueError(
             "radial_bksb=True subtracts a radial median around the origin, which this datacube's calibration does "
             "not have: set it first (datacube.calibration.set_origin((qx0, qy0)), e.g. from datacube.get_probe_size)"
+        )
+    if getattr(datacube, "polar", None) is None:
+        raise ValueError(
+            "radial_bksb=True reads the radial median from the datacube's polar transform, which it does not have: "
+            "build it first as for py4DSTEM's own find_Bragg_disks (see py4DSTEM's DataCube.polar / PolarDatacube)"
         )
 
 

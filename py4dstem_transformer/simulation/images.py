@@ -83,3 +83,66 @@ def render_patterns(
     f[counts == 0] = 1.0
     mean = dose * ((1 - f)[:, None, None] * sharp + f[:, None, None] * diffuse)
     return rng.poisson(mean).astype(np.float32)
+
+
+def simulate_datacube(
+    crystals,
+    scan_shape: Tuple[int, int] = (16, 16),
+    Qshape: Tuple[int, int] = (128, 128),
+    q_pixel_size: Optional[float] = None,
+    probe_radius: Optional[float] = None,
+    dose: float = 1e6,
+    num_grains: Optional[int] = None,
+    seed: int = 3,
+    out: Optional[np.ndarray] = None,
+    progress_bar: bool = False,
+):
+    """A py4DSTEM ``DataCube`` of rendered diffraction images of a simulated polycrystal, and its truth.
+
+    :func:`~py4dstem_transformer.simulation.scan.simulate_scan` makes the disks (Bloch-wave, grains
+    20-500 A thick, one grain a hole in the film, a drifting direct beam), :func:`render_patterns`
+    the images (the background fraction grows with thickness: 0.05 + 0.3 t / 500 A). The detector
+    reaches 2.24 1/A from its centre at any size: the default pixel size is ``0.035 * 128 / Qx`` and
+    the default probe radius ``3 * Qx / 128`` pixels.
+
+    Parameters
+    ----------
+    out : (Rx, Ry, Qx, Qy) float32 array, optional
+        Where to write the images (e.g. an ``np.memmap`` for scans larger than memory); rendered 256
+        patterns at a time.
+
+    Returns
+    -------
+    datacube : DataCube (no calibration set)
+    truth : GroundTruth (orientation, phase, thickness, origin per position)
+    disks : Peaks, the simulated disks in detector pixels (the answer key)
+    """
+    import py4DSTEM
+
+    from ..io.peaks import peaks_from_braggvectors
+    from .scan import simulate_scan
+
+    q = int(Qshape[0])
+    q_pixel_size = 0.035 * 128 / q if q_pixel_size is None else q_pixel_size
+    probe_radius = 3.0 * q / 128 if probe_radius is None else probe_radius
+    n = int(np.prod(scan_shape))
+    grains = num_grains if num_grains is not None else max(6, n // 40)
+    bv, truth = simulate_scan(
+        crystals, scan_shape=tuple(scan_shape), num_grains=grains, num_vacuum_grains=1, vacuum_boundaries=False,
+        min_relative_intensity=1e-5, q_pixel_size=q_pixel_size, Qshape=tuple(Qshape), origin_offset=(2.4, -1.7),
+        origin_drift=2.0, seed=seed, progress_bar=progress_bar,
+    )
+    disks = peaks_from_braggvectors(bv)
+    t = truth.thickness.ravel()
+    fraction = np.where(np.isnan(t), 1.0, 0.05 + 0.3 * np.nan_to_num(t) / 500)
+    images = np.zeros((*scan_shape, *Qshape), dtype=np.float32) if out is None else out
+    flat = images.reshape(n, *Qshape)
+    rng, offsets, origin = np.random.default_rng(seed), disks.offsets, truth.origin.reshape(-1, 2)
+    for b0 in range(0, n, 256):
+        b1 = min(n, b0 + 256)
+        s, e = offsets[b0], offsets[b1]
+        flat[b0:b1] = render_patterns(
+            disks.qx[s:e], disks.qy[s:e], disks.intensity[s:e], disks.counts[b0:b1], tuple(Qshape), origin[b0:b1],
+            q_pixel_size, probe_radius, dose, fraction[b0:b1], rng,
+        )
+    return py4DSTEM.DataCube(data=images), truth, disks

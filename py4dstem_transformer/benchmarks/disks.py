@@ -1,0 +1,225 @@
+"""Benchmark: batched disk detection against py4DSTEM's ``find_Bragg_disks``, and DataCube -> OrientationMap.
+
+``python -m py4dstem_transformer.benchmarks.disks [--scan 24] [--sizes 128,256] [--json FILE]``
+
+The data: :func:`~py4dstem_transformer.simulation.images.simulate_datacube`, a Cu polycrystal
+(Bloch-wave disks, grains 20-500 A thick, a hole in the film, a drifting direct beam) rendered as
+noisy detector images (probe-convolved disks, a diffuse background, Poisson counts at 1e6 electrons
+per pattern), ``--scan`` x ``--scan`` positions, at each detector size in ``--sizes`` (the detector
+always reaches 2.24 1/A; the probe radius is 3 px at 128 x 128). The kernel comes from the scan's
+vacuum as in tutorial 04 (``get_vacuum_probe``, ``get_kernel(mode="sigmoid")``).
+
+For each detector and each setting, py4DSTEM 0.14.18 (``datacube.find_Bragg_disks``, CPU) and
+:func:`~py4dstem_transformer.find_bragg_disks` run on the same whole scan, in the same run:
+
+- ``default``: py4DSTEM's defaults (``subpixel="multicorr"``, ``minPeakSpacing=60``, ...);
+- ``default-poly``: the same with ``subpixel="poly"``;
+- ``tutorial``, ``tutorial-multicorr``: tutorial 04's settings (``sigma_cc=1``, no relative cut,
+  spacing 8 px and edge 4 px at 128, scaled with the detector, an absolute cut of 2.5 (128 / Qx)**2).
+
+Printed: patterns/s of each and the ratio; how many of py4DSTEM's peaks we find within 0.1 px and
+within 0.01 px; the difference in peak counts. For the tutorial settings the scan is also mapped
+from either set of peaks with the shipped Cu model (calibration from the simulation: the true origin
+of every position and pixel size), and the maps compared position by position (symmetry-reduced
+misorientation; "control": the same for py4DSTEM's peaks against themselves moved by 1e-3 px at
+random, i.e. the mapper's own sensitivity), and with the truth. Last, the time from DataCube to OrientationMap with our finder
+and mapper (tutorial settings, poly), per pattern and projected to a 256 x 256 scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["SETTINGS", "settings_for", "make_scan", "compare_peaks", "run_size", "main"]
+
+#: name -> keywords (tutorial ones at 128 x 128; :func:`settings_for` scales them with the detector).
+SETTINGS = {
+    "default": {},
+    "default-poly": {"subpixel": "poly"},
+    "tutorial": dict(sigma_cc=1, subpixel="poly", minRelativeIntensity=0, minPeakSpacing=8, edgeBoundary=4,
+                     maxNumPeaks=80, minAbsoluteIntensity=2.5),
+    "tutorial-multicorr": dict(sigma_cc=1, subpixel="multicorr", minRelativeIntensity=0, minPeakSpacing=8,
+                                edgeBoundary=4, maxNumPeaks=80, minAbsoluteIntensity=2.5),
+}
+
+
+def settings_for(name: str, q: int) -> dict:
+    """The keywords of setting ``name`` for a ``q`` x ``q`` detector (lengths scale with q, heights with 1/q**2)."""
+    kw = dict(SETTINGS[name])
+    if name.startswith("tutorial"):
+        s = q / 128
+        kw.update(minPeakSpacing=8 * s, edgeBoundary=int(round(4 * s)), minAbsoluteIntensity=2.5 / s**2)
+    return kw
+
+
+def make_scan(scan: int, q: int, seed: int = 3):
+    """(datacube, kernel, truth) for a ``scan`` x ``scan`` Cu polycrystal on a ``q`` x ``q`` detector."""
+    from ..simulation.images import simulate_datacube
+    from ..simulation.simulate import example_crystal
+
+    datacube, truth, _ = simulate_datacube([example_crystal("Cu")], (scan, scan), (q, q), seed=seed)
+    vacuum = np.isnan(truth.thickness)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        probe = datacube.get_vacuum_probe(ROI=vacuum)
+        alpha, px0, py0 = probe.measure_disk(plot=False)
+        kernel = probe.get_kernel(mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
+    return datacube, kernel, truth
+
+
+def compare_peaks(reference, ours) -> dict:
+    """How many of ``reference``'s peaks (BraggVectors) ``ours`` has within 0.1 and 0.01 px; count differences."""
+    from scipy.spatial import cKDTree
+
+    rx, ry = reference.Rshape
+    n_ref = n_ours = n_01 = n_001 = count_diff = 0
+    worst = 0.0
+    for i in range(rx):
+        for j in range(ry):
+            a, b = reference.raw[i, j], ours.raw[i, j]
+            n_ref, n_ours, count_diff = n_ref + len(a.qx), n_ours + len(b.qx), count_diff + abs(len(a.qx) - len(b.qx))
+            if len(a.qx) and len(b.qx):
+                d, _ = cKDTree(np.stack([b.qx, b.qy], 1)).query(np.stack([a.qx, a.qy], 1))
+                n_01, n_001, worst = n_01 + int((d < 0.1).sum()), n_001 + int((d < 0.01).sum()), max(worst, float(d.max()))
+    return {"peaks_reference": n_ref, "peaks_ours": n_ours, "within_0.1px": n_01 / max(1, n_ref),
+            "within_0.01px": n_001 / max(1, n_ref), "count_difference": count_diff / max(1, n_ref), "worst_px": worst}
+
+
+def _calibrate(datacube, truth, q):
+    cal = datacube.calibration
+    cal.set_origin((truth.origin[..., 0], truth.origin[..., 1]))
+    cal.set_Q_pixel_units("A^-1")
+    cal.set_Q_pixel_size(0.035 * 128 / q)
+
+
+def _jittered(bragg, datacube, sigma_px: float, seed: int = 0):
+    """A copy of ``bragg`` (attached to ``datacube``, so calibrated alike) with every peak moved by N(0, sigma_px)."""
+    from py4DSTEM import BraggVectors
+
+    rng = np.random.default_rng(seed)
+    out = BraggVectors(bragg.Rshape, bragg.Qshape, name="jittered")
+    for i, j in np.ndindex(*bragg.Rshape):
+        d = bragg.raw[i, j].data.copy()
+        d["qx"] += rng.normal(0, sigma_px, len(d))
+        d["qy"] += rng.normal(0, sigma_px, len(d))
+        out._v_uncal[i, j].data = d
+    datacube.attach(out)
+    return out
+
+
+def _quiet(fn, *args, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3) -> dict:
+    """All the measurements for one detector size (see the module docstring)."""
+    from ..core.symmetry import point_group_rotations
+    from ..detection.finder import find_bragg_disks
+    from ..evaluation.compare import evaluate_orientation_map, misorientation_deg
+
+    datacube, kernel, truth = make_scan(scan, q, seed)
+    n = scan * scan
+    out = {"detector": q, "patterns": n, "settings": {}}
+    find_bragg_disks(datacube.data[0, :4], kernel, progress_bar=False)  # warm-up (threads, allocator)
+    crystalline = ~np.isnan(truth.thickness)
+    for name in settings:
+        kw = settings_for(name, q)
+        t0 = time.perf_counter()
+        reference = _quiet(datacube.find_Bragg_disks, template=kernel, name="reference", **kw)
+        t_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ours = find_bragg_disks(datacube, kernel, progress_bar=False, name="ours", **kw)
+        t_ours = time.perf_counter() - t0
+        row = {"keywords": kw, "py4dstem_per_s": n / t_ref, "ours_per_s": n / t_ours, "ratio": t_ref / t_ours}
+        row.update(compare_peaks(reference, ours))
+        row["peaks_per_pattern"] = row["peaks_reference"] / n
+        if mapper is not None and name.startswith("tutorial"):
+            _calibrate(datacube, truth, q)
+            maps = [mapper.match_orientations(bv, progress_bar=False) for bv in (reference, ours)]
+            symmetry = point_group_rotations(mapper.crystal)
+            between = misorientation_deg(maps[0].matrix[:, :, 0][crystalline], maps[1].matrix[:, :, 0][crystalline], symmetry)
+            row["maps_within_0.1deg"] = float((between <= 0.1).mean())
+            row["maps_within_1deg"] = float((between <= 1).mean())
+            # control: py4DSTEM's peaks moved by 1e-3 px at random, mapped again: how much of the maps'
+            # disagreement is the mapper's own sensitivity to changes far below the finders' differences
+            control = mapper.match_orientations(_jittered(reference, datacube, 1e-3), progress_bar=False)
+            moved = misorientation_deg(maps[0].matrix[:, :, 0][crystalline], control.matrix[:, :, 0][crystalline], symmetry)
+            row["control_within_0.1deg"] = float((moved <= 0.1).mean())
+            for label, om in zip(("map_reference", "map_ours"), maps):
+                r = evaluate_orientation_map(om, truth.orientation_matrices, symmetry, crystalline)
+                row[label + "_strict_5deg"] = r["strict"]["within_5"]
+        out["settings"][name] = row
+    if mapper is not None and "tutorial" in settings:
+        kw = settings_for("tutorial", q)
+        t0 = time.perf_counter()
+        bv = find_bragg_disks(datacube, kernel, progress_bar=False, **kw)
+        t_find = time.perf_counter() - t0
+        _calibrate(datacube, truth, q)
+        t0 = time.perf_counter()
+        mapper.match_orientations(bv, progress_bar=False)
+        t_map = time.perf_counter() - t0
+        per = (t_find + t_map) / n
+        out["end_to_end"] = {"find_s": t_find, "map_s": t_map, "per_pattern_ms": per * 1e3,
+                             "projected_256x256_scan_s": per * 256 * 256}
+    return out
+
+
+def _print(result: dict) -> None:
+    q, n = result["detector"], result["patterns"]
+    print(f"\n{q} x {q} detector, {n} patterns (same scan for both)")
+    print(f"{'setting':22s} {'peaks/DP':>8s} {'py4DSTEM DP/s':>13s} {'ours DP/s':>10s} {'ratio':>7s} "
+          f"{'<0.1 px':>8s} {'<0.01 px':>8s} {'count diff':>10s} {'maps <0.1/1 deg':>15s} {'control':>7s} {'strict ref/ours':>15s}")
+    for name, r in result["settings"].items():
+        maps = f"{r['maps_within_0.1deg']:.1%}/{r['maps_within_1deg']:.1%}" if "maps_within_0.1deg" in r else "-"
+        control = f"{r['control_within_0.1deg']:.1%}" if "control_within_0.1deg" in r else "-"
+        strict = (f"{r['map_reference_strict_5deg']:.1%}/{r['map_ours_strict_5deg']:.1%}"
+                  if "map_ours_strict_5deg" in r else "-")
+        print(f"{name:22s} {r['peaks_per_pattern']:8.1f} {r['py4dstem_per_s']:13.0f} {r['ours_per_s']:10.0f} "
+              f"{r['ratio']:6.1f}x {r['within_0.1px']:8.2%} {r['within_0.01px']:8.2%} {r['count_difference']:10.2%} "
+              f"{maps:>15s} {control:>7s} {strict:>15s}")
+    if "end_to_end" in result:
+        e = result["end_to_end"]
+        print(f"DataCube -> OrientationMap (ours, tutorial settings): find {e['find_s']:.2f} s + map {e['map_s']:.2f} s "
+              f"= {e['per_pattern_ms']:.3f} ms per pattern; a 256 x 256 scan: {e['projected_256x256_scan_s'] / 60:.1f} min (projected)")
+
+
+def main(argv=None) -> dict:
+    from ..core.device import environment_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scan", type=int, default=24, help="scan positions per side")
+    parser.add_argument("--sizes", default="128,256", help="detector sizes, comma separated")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma separated, of: " + ", ".join(SETTINGS))
+    parser.add_argument("--no-maps", action="store_true", help="skip the orientation maps and the end-to-end time")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    mapper = None
+    if not args.no_maps:
+        from ..mapping.mapper import TransformerOrientationMap
+
+        mapper = TransformerOrientationMap.pretrained("Cu")
+    results = {"environment": environment_info(), "scan": args.scan, "sizes": []}
+    for q in (int(s) for s in args.sizes.split(",")):
+        r = run_size(q, args.scan, settings, mapper, args.seed)
+        _print(r)
+        results["sizes"].append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()
