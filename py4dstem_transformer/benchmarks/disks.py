@@ -5,7 +5,7 @@
 The data: :func:`~py4dstem_transformer.simulation.images.simulate_datacube`, a Cu polycrystal
 (Bloch-wave disks, grains 20-500 A thick, a hole in the film, a drifting direct beam) rendered as
 noisy detector images (probe-convolved disks, a diffuse background, Poisson counts at 1e6 electrons
-per pattern), ``--scan`` x ``--scan`` positions, at each detector size in ``--sizes`` (the detector
+per pattern, ``--dose``), ``--scan`` x ``--scan`` positions, at each detector size in ``--sizes`` (the detector
 always reaches 2.24 1/A; the probe radius is 3 px at 128 x 128). The kernel comes from the scan's
 vacuum as in tutorial 04 (``get_vacuum_probe``, ``get_kernel(mode="sigmoid")``).
 
@@ -15,7 +15,8 @@ For each detector and each setting, py4DSTEM 0.14.18 (``datacube.find_Bragg_disk
 - ``default``: py4DSTEM's defaults (``subpixel="multicorr"``, ``minPeakSpacing=60``, ...);
 - ``default-poly``: the same with ``subpixel="poly"``;
 - ``tutorial``, ``tutorial-multicorr``: tutorial 04's settings (``sigma_cc=1``, no relative cut,
-  spacing 8 px and edge 4 px at 128, scaled with the detector, an absolute cut of 2.5 (128 / Qx)**2).
+  spacing 8 px and edge 4 px at 128, scaled with the detector, an absolute cut of
+  2.5 (128 / Qx)**2 sqrt(dose / 1e6)).
 
 Printed: patterns/s of each and the ratio; how many of py4DSTEM's peaks we find within 0.1 px and
 within 0.01 px; the difference in peak counts. For the tutorial settings the scan is also mapped
@@ -50,21 +51,26 @@ SETTINGS = {
 }
 
 
-def settings_for(name: str, q: int) -> dict:
-    """The keywords of setting ``name`` for a ``q`` x ``q`` detector (lengths scale with q, heights with 1/q**2)."""
+def settings_for(name: str, q: int, dose: float = 1e6) -> dict:
+    """The keywords of setting ``name`` for a ``q`` x ``q`` detector and ``dose`` electrons per pattern.
+
+    Lengths scale with q; the absolute cut with 1 / q**2 (the kernel spreads over q**2 as many pixels)
+    and with sqrt(dose / 1e6), so that it stays as far above the Poisson noise as tutorial 04's.
+    """
     kw = dict(SETTINGS[name])
     if name.startswith("tutorial"):
         s = q / 128
-        kw.update(minPeakSpacing=8 * s, edgeBoundary=int(round(4 * s)), minAbsoluteIntensity=2.5 / s**2)
+        cut = 2.5 / s**2 * np.sqrt(dose / 1e6)
+        kw.update(minPeakSpacing=8 * s, edgeBoundary=int(round(4 * s)), minAbsoluteIntensity=float(cut))
     return kw
 
 
-def make_scan(scan: int, q: int, seed: int = 3):
+def make_scan(scan: int, q: int, seed: int = 3, dose: float = 1e6):
     """(datacube, kernel, truth) for a ``scan`` x ``scan`` Cu polycrystal on a ``q`` x ``q`` detector."""
     from ..simulation.images import simulate_datacube
     from ..simulation.simulate import example_crystal
 
-    datacube, truth, _ = simulate_datacube([example_crystal("Cu")], (scan, scan), (q, q), seed=seed)
+    datacube, truth, _ = simulate_datacube([example_crystal("Cu")], (scan, scan), (q, q), seed=seed, dose=dose)
     vacuum = np.isnan(truth.thickness)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         probe = datacube.get_vacuum_probe(ROI=vacuum)
@@ -118,19 +124,19 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3) -> dict:
+def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3, dose: float = 1e6) -> dict:
     """All the measurements for one detector size (see the module docstring)."""
     from ..core.symmetry import point_group_rotations
     from ..detection.finder import find_bragg_disks
     from ..evaluation.compare import evaluate_orientation_map, misorientation_deg
 
-    datacube, kernel, truth = make_scan(scan, q, seed)
+    datacube, kernel, truth = make_scan(scan, q, seed, dose)
     n = scan * scan
-    out = {"detector": q, "patterns": n, "settings": {}}
+    out = {"detector": q, "patterns": n, "dose": dose, "settings": {}}
     find_bragg_disks(datacube.data[0, :4], kernel, progress_bar=False)  # warm-up (threads, allocator)
     crystalline = ~np.isnan(truth.thickness)
     for name in settings:
-        kw = settings_for(name, q)
+        kw = settings_for(name, q, dose)
         t0 = time.perf_counter()
         reference = _quiet(datacube.find_Bragg_disks, template=kernel, name="reference", **kw)
         t_ref = time.perf_counter() - t0
@@ -157,7 +163,7 @@ def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3) -> dict:
                 row[label + "_strict_5deg"] = r["strict"]["within_5"]
         out["settings"][name] = row
     if mapper is not None and "tutorial" in settings:
-        kw = settings_for("tutorial", q)
+        kw = settings_for("tutorial", q, dose)
         t0 = time.perf_counter()
         bv = find_bragg_disks(datacube, kernel, progress_bar=False, **kw)
         t_find = time.perf_counter() - t0
@@ -173,7 +179,7 @@ def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3) -> dict:
 
 def _print(result: dict) -> None:
     q, n = result["detector"], result["patterns"]
-    print(f"\n{q} x {q} detector, {n} patterns (same scan for both)")
+    print(f"\n{q} x {q} detector, {n} patterns, {result['dose']:.0e} electrons each (same scan for both)")
     print(f"{'setting':22s} {'peaks/DP':>8s} {'py4DSTEM DP/s':>13s} {'ours DP/s':>10s} {'ratio':>7s} "
           f"{'<0.1 px':>8s} {'<0.01 px':>8s} {'count diff':>10s} {'maps <0.1/1 deg':>15s} {'control':>7s} {'strict ref/ours':>15s}")
     for name, r in result["settings"].items():
@@ -198,6 +204,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", default="128,256", help="detector sizes, comma separated")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma separated, of: " + ", ".join(SETTINGS))
     parser.add_argument("--no-maps", action="store_true", help="skip the orientation maps and the end-to-end time")
+    parser.add_argument("--dose", type=float, default=1e6, help="electrons per pattern")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -210,9 +217,9 @@ def main(argv=None) -> dict:
         from ..mapping.mapper import TransformerOrientationMap
 
         mapper = TransformerOrientationMap.pretrained("Cu")
-    results = {"environment": environment_info(), "scan": args.scan, "sizes": []}
+    results = {"environment": environment_info(), "scan": args.scan, "dose": args.dose, "sizes": []}
     for q in (int(s) for s in args.sizes.split(",")):
-        r = run_size(q, args.scan, settings, mapper, args.seed)
+        r = run_size(q, args.scan, settings, mapper, args.seed, args.dose)
         _print(r)
         results["sizes"].append(r)
     if args.json:

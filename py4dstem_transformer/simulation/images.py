@@ -101,7 +101,8 @@ def simulate_datacube(
 
     :func:`~py4dstem_transformer.simulation.scan.simulate_scan` makes the disks (Bloch-wave, grains
     20-500 A thick, one grain a hole in the film, a drifting direct beam), :func:`render_patterns`
-    the images (the background fraction grows with thickness: 0.05 + 0.3 t / 500 A). The detector
+    the images (the background fraction grows with thickness: 0.05 + 0.3 t / 500 A; over the hole there
+    is only the direct beam, so a vacuum probe can be taken there). The detector
     reaches 2.24 1/A from its centre at any size: the default pixel size is ``0.035 * 128 / Qx`` and
     the default probe radius ``3 * Qx / 128`` pixels.
 
@@ -134,7 +135,7 @@ def simulate_datacube(
     )
     disks = peaks_from_braggvectors(bv)
     t = truth.thickness.ravel()
-    fraction = np.where(np.isnan(t), 1.0, 0.05 + 0.3 * np.nan_to_num(t) / 500)
+    fraction = np.where(np.isnan(t), 0.0, 0.05 + 0.3 * np.nan_to_num(t) / 500)  # over the hole: the bare probe
     images = np.zeros((*scan_shape, *Qshape), dtype=np.float32) if out is None else out
     flat = images.reshape(n, *Qshape)
     rng, offsets, origin = np.random.default_rng(seed), disks.offsets, truth.origin.reshape(-1, 2)
