@@ -295,3 +295,15 @@ def test_render_patterns_puts_the_electrons_where_the_disks_are():
 def test_detect_batch_on_an_empty_batch():
     out = detect_batch(torch.zeros(0, 32, 32), template_spectrum(np.ones((32, 32)), (32, 32)), DiskDetectionConfig())
     assert len(out.counts) == 0 and len(out.x) == 0
+
+
+def test_worker_processes_give_the_same_peaks(scan):
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("forked workers are Linux only")
+    datacube, kernel, _, _ = scan
+    one = find_bragg_disks(datacube, kernel, progress_bar=False, batch_size=16, **TUTORIAL)
+    two = find_bragg_disks(datacube, kernel, progress_bar=False, batch_size=16, workers=2, **TUTORIAL)
+    for i, j in np.ndindex(10, 10):
+        np.testing.assert_array_equal(two.raw[i, j].data, one.raw[i, j].data)

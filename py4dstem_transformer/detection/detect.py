@@ -15,10 +15,13 @@ import torch
 
 from .config import DiskDetectionConfig
 from .correlate import correlate, smooth
-from .maxima import filter_maxima, local_maxima
+from .maxima import Maxima, filter_maxima, local_maxima
 from .subpixel import refine_multicorr, refine_poly
 
 __all__ = ["BatchPeaks", "detect_batch"]
+
+#: Pixels per sub-batch of the dense steps (correlation, smoothing, maxima): 16 patterns of 256 x 256.
+_DENSE_PIXELS = 1 << 20
 
 
 @dataclass
@@ -42,11 +45,20 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
     if n == 0:
         z = np.zeros(0)
         return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
-    if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
-        patterns = smooth(patterns, config.sigma_dp)
-    cc, _ = correlate(patterns, template_ft, config.corrPower)
-    ar = smooth(cc.clamp_min(0), config.sigma_cc)
-    maxima = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
+    # the dense steps in sub-batches small enough to stay in cache; the filters on all maxima at once
+    step = max(1, _DENSE_PIXELS // (patterns.shape[-1] * patterns.shape[-2]))
+    parts, found = [], []
+    for s in range(0, n, step):
+        part = patterns[s : s + step]
+        if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
+            part = smooth(part, config.sigma_dp)
+        cc, _ = correlate(part, template_ft, config.corrPower)
+        ar = smooth(cc.clamp_min(0), config.sigma_cc)
+        m = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
+        m.pattern += s
+        parts.append((s, cc, ar))
+        found.append(m)
+    maxima = found[0] if len(found) == 1 else Maxima(*(torch.cat(f) for f in zip(*((m.pattern, m.x, m.y, m.value) for m in found))))
     maxima = filter_maxima(
         maxima,
         n,
@@ -55,16 +67,28 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
         min_spacing=config.minPeakSpacing,
         max_num_peaks=config.maxNumPeaks,
     )
-    pattern = maxima.pattern
-    if config.subpixel in ("pixel", "none"):
-        x, y, intensity = maxima.x.double(), maxima.y.double(), maxima.value.double()
-    else:
-        x, y, intensity = refine_poly(maxima, ar)
-        if config.subpixel == "multicorr":
-            x, y = refine_multicorr(x, y, pattern, cc, config.upsample_factor)
-            # py4DSTEM sorts multicorr's peaks by intensity again (the poly interpolation)
-            order = torch.argsort(intensity, descending=True, stable=True)
-            order = order[torch.argsort(pattern[order], stable=True)]
-            pattern, x, y, intensity = pattern[order], x[order], y[order], intensity[order]
+    # sub-pixel positions, sub-batch by sub-batch (maxima are grouped by pattern)
+    bounds = torch.searchsorted(maxima.pattern, torch.tensor([s for s, _, _ in parts] + [n], device=maxima.pattern.device))
+    columns = []
+    for (s, cc, ar), lo, hi in zip(parts, bounds[:-1].tolist(), bounds[1:].tolist()):
+        m = maxima.select(slice(lo, hi))
+        m.pattern = m.pattern - s
+        columns.append((m.pattern + s,) + _subpixel(m, cc, ar, config))
+    pattern, x, y, intensity = (torch.cat(c) for c in zip(*columns))
+    if config.subpixel == "multicorr":
+        # py4DSTEM sorts multicorr's peaks by intensity again (the poly interpolation)
+        order = torch.argsort(intensity, descending=True, stable=True)
+        order = order[torch.argsort(pattern[order], stable=True)]
+        pattern, x, y, intensity = pattern[order], x[order], y[order], intensity[order]
     counts = torch.bincount(pattern, minlength=n)
     return BatchPeaks(*(t.cpu().numpy() for t in (counts.long(), x, y, intensity)))
+
+
+def _subpixel(maxima: Maxima, cc: torch.Tensor, ar: torch.Tensor, config: DiskDetectionConfig):
+    """(x, y, intensity) float64 of the maxima of one sub-batch (pattern indices local to ``cc`` / ``ar``)."""
+    if config.subpixel in ("pixel", "none"):
+        return maxima.x.double(), maxima.y.double(), maxima.value.double()
+    x, y, intensity = refine_poly(maxima, ar)
+    if config.subpixel == "multicorr":
+        x, y = refine_multicorr(x, y, maxima.pattern, cc, config.upsample_factor)
+    return x, y, intensity

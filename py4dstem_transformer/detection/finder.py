@@ -22,12 +22,12 @@ from .detect import BatchPeaks, detect_batch
 
 __all__ = ["find_bragg_disks", "register", "default_batch_size"]
 
-#: Pixels per batch (patterns x detector pixels): ~8 MB of float32 per array in flight.
-_BATCH_PIXELS = 1 << 21
+#: Pixels per batch (patterns x detector pixels): ~16 MB of float32 per array in flight.
+_BATCH_PIXELS = 1 << 22
 
 
 def default_batch_size(shape: Tuple[int, int]) -> int:
-    """Patterns per batch for a detector of ``shape``: 32 at 256 x 256, 128 at 128 x 128."""
+    """Patterns per batch for a detector of ``shape``: 64 at 256 x 256, 256 at 128 x 128."""
     return int(np.clip(_BATCH_PIXELS // max(1, shape[0] * shape[1]), 1, 1024))
 
 
@@ -51,6 +51,7 @@ def find_bragg_disks(
     *,
     batch_size: Optional[int] = None,
     device=None,
+    workers: Optional[int] = None,
     progress_bar: bool = True,
     name: str = "braggvectors",
 ):
@@ -73,9 +74,14 @@ def find_bragg_disks(
         py4DSTEM's. ``radial_bksb`` needs a whole DataCube with its origin calibrated; it and
         ``filter_function`` run per pattern in numpy (slower).
     batch_size : int, optional
-        Patterns per batch; default :func:`default_batch_size` (about 8 MB per batch).
+        Patterns per batch; default :func:`default_batch_size` (about 16 MB per batch).
     device : str or torch.device, optional
         Default: CUDA if available, else CPU.
+    workers : int, optional
+        Processes on a CPU (forked, Linux; each gets an equal share of torch's threads), for a whole
+        DataCube held in memory or memory-mapped (an h5py-backed one is read in the calling process).
+        Default 1: on 2 cores two 1-thread workers were no faster than one 2-thread process (the
+        dense steps are bound by memory traffic; docs/benchmarks.md).
     progress_bar : bool
     name : str
         Name of the returned ``BraggVectors``.
@@ -102,9 +108,15 @@ def find_bragg_disks(
     run = dict(template=template, config=config, filter_function=filter_function, batch_size=batch_size, device=dev)
 
     if isinstance(data, DataCube):
+        from ..mapping.workers import resolve_workers
+
         if radial_bksb:
             _check_origin(data)
-        peaks = _detect_stream(_datacube_chunks(data, radial_bksb), data.Qshape, len_=data.R_N, progress_bar=progress_bar, **run)
+        n_workers = resolve_workers(1 if workers is None else workers, dev, data.R_N)
+        if not isinstance(data.data, np.ndarray):  # h5py datasets must not cross a fork
+            n_workers = 1
+        peaks = _detect_stream(_datacube_chunks(data, radial_bksb), data.Qshape, len_=data.R_N,
+                               progress_bar=progress_bar, workers=n_workers, **run)
         return _to_braggvectors(peaks, data, config, template, filter_function, name)
     if radial_bksb:
         raise ValueError("radial_bksb needs a whole DataCube with its origin calibrated (it subtracts a radial median)")
@@ -137,39 +149,46 @@ def find_bragg_disks(
 
 
 def _datacube_chunks(datacube, radial_bksb: bool):
-    """A function ``(batch) -> iterator of (start, (n, Qx, Qy) array)`` over the scan in C order.
+    """A function ``(batch) -> iterator of (start, stop)`` flat ranges over the scan in C order, and a
+    reader ``(start, stop) -> (n, Qx, Qy) array``.
 
-    Reads whole scan rows where a batch holds them, else parts of a row: slices of the stored array,
-    so a memory-mapped or h5py-backed datacube is read a chunk at a time.
+    A range is whole scan rows where a batch holds them, else part of one row: slices of the stored
+    array, so a memory-mapped or h5py-backed datacube is read a chunk at a time.
     """
     data = datacube.data
     rnx, rny = datacube.R_Nx, datacube.R_Ny
 
-    def chunks(batch: int) -> Iterator[Tuple[int, np.ndarray]]:
-        if radial_bksb:
-            for start in range(0, rnx * rny, batch):
-                idx = range(start, min(start + batch, rnx * rny))
-                yield start, np.stack([datacube.get_radial_bksb_dp(i // rny, i % rny) for i in idx])
-            return
+    def ranges(batch: int) -> Iterator[Tuple[int, int]]:
         if batch >= rny:
             rows = batch // rny
             for r in range(0, rnx, rows):
-                block = np.asarray(data[r : r + rows])
-                yield r * rny, block.reshape(-1, *block.shape[2:])
+                yield r * rny, min(rnx, r + rows) * rny
         else:
             for r in range(rnx):
                 for c in range(0, rny, batch):
-                    yield r * rny + c, np.asarray(data[r, c : c + batch])
+                    yield r * rny + c, r * rny + min(rny, c + batch)
 
-    return chunks
+    def read(start: int, stop: int) -> np.ndarray:
+        if radial_bksb:
+            return np.stack([datacube.get_radial_bksb_dp(i // rny, i % rny) for i in range(start, stop)])
+        if start % rny == 0 and stop % rny == 0:
+            block = np.asarray(data[start // rny : stop // rny])
+            return block.reshape(-1, *block.shape[2:])
+        r = start // rny
+        return np.asarray(data[r, start - r * rny : stop - r * rny])
+
+    return ranges, read
 
 
 def _array_chunks(stack: np.ndarray):
-    def chunks(batch: int):
+    def ranges(batch: int):
         for start in range(0, len(stack), batch):
-            yield start, np.asarray(stack[start : start + batch])
+            yield start, min(len(stack), start + batch)
 
-    return chunks
+    def read(start: int, stop: int) -> np.ndarray:
+        return np.asarray(stack[start:stop])
+
+    return ranges, read
 
 
 def _check_origin(datacube):
@@ -190,10 +209,15 @@ def _check_origin(datacube):
 # --- detecting ------------------------------------------------------------------------------------
 
 
-def _detect_stream(chunks, shape, len_, template, config, filter_function, batch_size, device, progress_bar):
-    """Run :func:`detect_batch` over every chunk; returns one :class:`BatchPeaks` for all patterns."""
+def _detect_stream(chunks, shape, len_, template, config, filter_function, batch_size, device, progress_bar,
+                   workers: int = 1):
+    """Run :func:`detect_batch` over every chunk (on ``workers`` forked processes when > 1); one
+    :class:`BatchPeaks` for all patterns, in order."""
     from tqdm.auto import tqdm
 
+    from ..mapping.workers import worker_pool
+
+    ranges, read = chunks
     shape = tuple(int(s) for s in shape)
     out_shape = shape
     if filter_function is not None and len_:
@@ -202,19 +226,25 @@ def _detect_stream(chunks, shape, len_, template, config, filter_function, batch
     batch = int(batch_size) if batch_size is not None else default_batch_size(out_shape)
     if batch < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def detect(part):
+        block = read(*part)
+        if filter_function is not None:
+            block = np.stack([np.asarray(filter_function(p)) for p in block]) if len(block) else block
+        x = torch.as_tensor(np.ascontiguousarray(block, dtype=np.float32), device=device)
+        if len(block) and not bool(torch.isfinite(x.sum())):  # one reduction; NaN and inf propagate
+            raise ValueError(
+                "diffraction patterns contain NaN or inf; replace them (e.g. np.nan_to_num, or mask the dead pixels "
+                "with a filter_function) before finding disks"
+            )
+        return detect_batch(x, template_ft, config)
+
     parts = []
     with tqdm(total=len_, desc="Finding Bragg disks", unit="DP", unit_scale=True, disable=not progress_bar) as bar:
-        for _, block in chunks(batch):
-            if filter_function is not None:
-                block = np.stack([np.asarray(filter_function(p)) for p in block]) if len(block) else block
-            if len(block) and not np.isfinite(block).all():
-                raise ValueError(
-                    "diffraction patterns contain NaN or inf; replace them (e.g. np.nan_to_num, or mask the dead pixels "
-                    "with a filter_function) before finding disks"
-                )
-            x = torch.as_tensor(np.ascontiguousarray(block, dtype=np.float32), device=device)
-            parts.append(detect_batch(x, template_ft, config))
-            bar.update(len(block))
+        with worker_pool(detect, workers) as imap:
+            for peaks in imap(list(ranges(batch))):
+                parts.append(peaks)
+                bar.update(len(peaks.counts))
     if not parts:
         z = np.zeros(0)
         return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)

@@ -51,19 +51,22 @@ def local_maxima(ar: torch.Tensor, edge_boundary: int = 1, min_absolute: float =
         empty = torch.zeros(0, dtype=torch.int64, device=ar.device)
         return Maxima(empty, empty, empty, torch.zeros(0, dtype=ar.dtype, device=ar.device))
 
-    def nb(dx, dy):
-        return ar[:, e + dx : nx - e + dx, e + dy : ny - e + dy]
-
-    c = nb(0, 0)
-    mask = (c >= nb(1, 0)) & (c > nb(-1, 0)) & (c >= nb(0, 1)) & (c > nb(0, -1))
-    mask &= (c >= nb(1, 1)) & (c > nb(1, -1)) & (c >= nb(-1, 1)) & (c > nb(-1, -1))
+    # candidates: >= all 8 neighbours (a 3 x 3 maximum filter, separable: 4 passes); the strict half of
+    # py4DSTEM's rule (> the neighbours at -1 x, -1 y, (+1, -1) and (-1, -1)) is then checked on the few candidates
+    inner = ar[:, e - 1 : nx - e + 1, :]
+    rows = torch.maximum(torch.maximum(inner[:, :, e - 1 : ny - e - 1], inner[:, :, e + 1 : ny - e + 1]), inner[:, :, e : ny - e])
+    window = torch.maximum(torch.maximum(rows[:, :-2], rows[:, 2:]), rows[:, 1:-1])
+    c = ar[:, e : nx - e, e : ny - e]
+    pattern, i, j = (c >= window).nonzero(as_tuple=True)
+    i, j = i + e, j + e
+    v = ar[pattern, i, j]
+    strict = (v > ar[pattern, i - 1, j]) & (v > ar[pattern, i, j - 1]) & (v > ar[pattern, i + 1, j - 1]) & (v > ar[pattern, i - 1, j - 1])
     if min_absolute > 0:
-        mask &= c >= min_absolute  # py4DSTEM drops intensity < minAbsoluteIntensity
-    pattern, i, j = mask.nonzero(as_tuple=True)
-    value = c[pattern, i, j]
+        strict &= v >= min_absolute  # py4DSTEM drops intensity < minAbsoluteIntensity
+    pattern, i, j, value = pattern[strict], i[strict], j[strict], v[strict]
     order = torch.argsort(value, descending=True, stable=True)
     order = order[torch.argsort(pattern[order], stable=True)]  # by pattern, brightest first within each
-    return Maxima(pattern[order], i[order] + e, j[order] + e, value[order])
+    return Maxima(pattern[order], i[order], j[order], value[order])
 
 
 def _rank(pattern: torch.Tensor, n_patterns: int):

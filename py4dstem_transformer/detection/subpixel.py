@@ -26,12 +26,11 @@ __all__ = ["refine_poly", "refine_multicorr", "dirichlet"]
 def refine_poly(maxima: Maxima, ar: torch.Tensor):
     """(x, y, intensity) float64 (M,) each: parabolic sub-pixel positions on ``ar`` (B, X, Y), smoothed."""
     b, x, y = maxima.pattern, maxima.x, maxima.y
-    a = ar.double()
-    c = a[b, x, y]
-    xm, xp, ym, yp = a[b, x - 1, y], a[b, x + 1, y], a[b, x, y - 1], a[b, x, y + 1]
+    c = ar[b, x, y].double()
+    xm, xp, ym, yp = (ar[b, i, j].double() for i, j in ((x - 1, y), (x + 1, y), (x, y - 1), (x, y + 1)))
     fx = x.double() + (xp - xm) / (4 * c - 2 * xp - 2 * xm)
     fy = y.double() + (yp - ym) / (4 * c - 2 * yp - 2 * ym)
-    return fx, fy, _bilinear(a, b, fx, fy)
+    return fx, fy, _bilinear(ar, b, fx, fy)
 
 
 def _bilinear(a, b, fx, fy):
@@ -42,10 +41,10 @@ def _bilinear(a, b, fx, fy):
     nx, ny = a.shape[-2:]
     x0, x1, y0, y1 = x0.clamp(0, nx - 1), x1.clamp(0, nx - 1), y0.clamp(0, ny - 1), y1.clamp(0, ny - 1)
     return (
-        (1 - dx) * (1 - dy) * a[b, x0, y0]
-        + (1 - dx) * dy * a[b, x0, y1]
-        + dx * (1 - dy) * a[b, x1, y0]
-        + dx * dy * a[b, x1, y1]
+        (1 - dx) * (1 - dy) * a[b, x0, y0].double()
+        + (1 - dx) * dy * a[b, x0, y1].double()
+        + dx * (1 - dy) * a[b, x1, y0].double()
+        + dx * dy * a[b, x1, y1].double()
     )
 
 

@@ -32,11 +32,12 @@ MAX_DEFAULT_WORKERS = 8
 _FUNCTION: Optional[Callable] = None  # what the forked workers call; set in the parent while its pool lives
 
 
-def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int) -> int:
+def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int,
+                    min_positions: int = MIN_POSITIONS_FOR_WORKERS) -> int:
     """The number of worker processes to use (1 = the calling process).
 
     ``workers=None`` picks ``torch.get_num_threads()`` (at most 8; each worker then gets an equal share
-    of the threads) on a Linux CPU for scans of at least 8192 positions, else 1. An explicit count is
+    of the threads) on a Linux CPU for scans of at least ``min_positions`` positions, else 1. An explicit count is
     used as given on a CPU (1 elsewhere).
     """
     if workers is not None:
@@ -47,7 +48,7 @@ def resolve_workers(workers: Optional[int], device: torch.device, num_positions:
         return 1
     if workers is not None:
         return workers
-    if num_positions < MIN_POSITIONS_FOR_WORKERS:
+    if num_positions < min_positions:
         return 1
     return max(1, min(torch.get_num_threads(), MAX_DEFAULT_WORKERS))
 
