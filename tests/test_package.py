@@ -70,8 +70,8 @@ def test_import_registers_generate_training_set_on_crystal():
 # -- the layout: folders import downwards only, and nothing in the library imports the benchmarks ----------------
 PACKAGE = ROOT / "py4dstem_transformer"
 #: Each top-level folder (or module) of the package and its tier: core <- io, model <- simulation, training,
-#: mapping <- evaluation <- benchmarks, with the command line at the top. A module imports its own tier or lower.
-TIERS = {"_version": 0, "core": 0, "io": 1, "model": 1, "pretrained": 1, "simulation": 2, "training": 2, "mapping": 2,
+#: mapping, detection <- evaluation <- benchmarks, with the command line at the top. A module imports its own tier or lower.
+TIERS = {"_version": 0, "core": 0, "io": 1, "model": 1, "pretrained": 1, "simulation": 2, "training": 2, "mapping": 2, "detection": 2,
          "evaluation": 3, "benchmarks": 4, "cli": 5, "__main__": 5, "__init__": 5}
 
 

@@ -83,7 +83,7 @@ def refine_multicorr(
     shift_grid = math.floor(math.ceil(u * 1.5) / 2)
     sx, sy = torch.round(fx * 2) / 2, torch.round(fy * 2) / 2  # half-pixel, as py4DSTEM
     offsets = (torch.arange(n_grid, dtype=torch.float64, device=cc.device) - shift_grid) / u  # (G,)
-    up = _upsampled(cc, pattern, sx, sy, offsets, near, nodes)  # (M, G, G)
+    up = _upsampled(cc, pattern, sx, sy, offsets, near, nodes, u)  # (M, G, G)
     flat = up.flatten(1).argmax(1)
     gx, gy = flat // n_grid, flat % n_grid
     inside = (gx >= 1) & (gx <= n_grid - 2) & (gy >= 1) & (gy <= n_grid - 2)
@@ -97,7 +97,7 @@ def refine_multicorr(
     return sx + (gx - shift_grid + dx) / u, sy + (gy - shift_grid + dy) / u
 
 
-def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int):
+def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int, upsample: int):
     """The interpolation kernel along one axis, ``K(s + offset_g - i)`` for every pixel i, factored.
 
     Pixels within ``near`` of ``s`` keep their kernel values; for the far ones the kernel is
@@ -109,9 +109,6 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int)
     """
     m, dev = len(s), s.device
     wn = min(near, n // 2)
-    index = torch.floor(s).long()[:, None] + torch.arange(-wn + 1, wn + 1, device=dev)  # (M, 2 wn)
-    near_k = dirichlet(s[:, None, None] + offsets[None, :, None] - index[:, None, :], n)  # (M, G, 2 wn)
-    index = index % n
     lo, hi = float(offsets.min()), float(offsets.max())
     k = torch.arange(nodes, dtype=torch.float64, device=dev)
     d_nodes = (lo + hi) / 2 + (hi - lo) / 2 * torch.cos(math.pi * (k + 0.5) / nodes)  # Chebyshev nodes
@@ -123,6 +120,33 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int)
             if i != j:
                 basis[:, j] *= diff[:, i] / (d_nodes[j] - d_nodes[i])
     coef = torch.sin(math.pi * (s[:, None] + offsets[None, :]))[:, :, None] * basis[None] / n  # (M, G, nodes)
+    floor_s = torch.floor(s).long()
+    index = floor_s[:, None] + torch.arange(-wn + 1, wn + 1, device=dev)  # (M, 2 wn)
+    two_s = torch.round(2 * s).long()
+    steps = torch.round(offsets * (2 * upsample)).long()  # offsets in units of 1 / (2 u): integers
+    if n % 2 == 0 and bool((torch.abs(offsets * 2 * upsample - steps) < 1e-9).all()):
+        # s is a multiple of 1/2 and the offsets of 1/u: every argument of the kernel lies on a grid of
+        # 1/(2u), so the kernels come from small tables computed once (values identical to the formulas)
+        span = 2 * upsample * (wn + 1)
+        grid = torch.arange(-span, span + 1, dtype=torch.float64, device=dev) / (2 * upsample)
+        table = dirichlet(grid, n)
+        t = upsample * two_s[:, None, None] + steps[None, :, None] - 2 * upsample * index[:, None, :]  # (M, G, 2 wn)
+        near_k = table[t + span]
+        # far: (-1)**i g(pi (s - i + d_k) / n) = (-1)**floor(s) * T_k[2 (s - i) mod 2n], the near window zeroed in T
+        j = torch.arange(2 * n, device=dev)
+        delta = j.double() / 2  # (s - i) mod n
+        a = math.pi * (delta[None, :] + d_nodes[:, None]) / n  # (nodes, 2n)
+        whole = torch.div(j, 2, rounding_mode="floor")
+        signed = torch.where(whole < n // 2, whole, whole - n)  # floor(s) - i, wrapped to (-n/2, n/2]
+        far_j = (signed < -wn) | (signed > wn - 1)
+        sign_j = (1 - 2 * (whole % 2)).double()
+        table_far = torch.where(far_j, sign_j * torch.cos(a) / torch.sin(a), torch.zeros_like(a))  # (nodes, 2n)
+        jj = (two_s[:, None] - 2 * torch.arange(n, device=dev)[None, :]) % (2 * n)  # (M, n)
+        far_w = table_far[:, jj].permute(1, 0, 2)  # (M, nodes, n)
+        coef = coef * (1 - 2 * (floor_s % 2)).double()[:, None, None]
+        return index % n, near_k, coef, far_w
+    near_k = dirichlet(s[:, None, None] + offsets[None, :, None] - index[:, None, :], n)  # (M, G, 2 wn)
+    index = index % n
     # g(pi (s + d_k - i) / n) from sin / cos of the two parts (A = pi (s + d_k) / n, B = pi i / n): no (M, nodes, n) trig
     big_a = math.pi * (s[:, None] + d_nodes[None, :]) / n  # (M, nodes)
     big_b = math.pi * torch.arange(n, dtype=torch.float64, device=dev) / n  # (n,)
@@ -136,7 +160,7 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int)
     return index, near_k, coef, far_w
 
 
-def _upsampled(cc, pattern, sx, sy, offsets, near, nodes):
+def _upsampled(cc, pattern, sx, sy, offsets, near, nodes, upsample):
     """(M, G, G): the band-limited interpolation of ``cc`` at ``(sx + offsets, sy + offsets)`` of each peak.
 
     With the factored kernels of :func:`_axis` (A = [near_k | coef], rows near pixels and far moments),
@@ -144,8 +168,8 @@ def _upsampled(cc, pattern, sx, sy, offsets, near, nodes):
     (one matrix product per pattern for all of its peaks).
     """
     nx, ny = cc.shape[-2:]
-    ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes)
-    iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes)
+    ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes, upsample)
+    iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes, upsample)
     m, dev = len(sx), cc.device
     # far moments of every peak, all peaks of a pattern in one product per axis:
     #   r[p] = wy[p] @ cc[b_p]^T (nodes, X) and q[p] = wx[p] @ cc[b_p] (nodes, Y)
