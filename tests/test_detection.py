@@ -307,3 +307,12 @@ def test_worker_processes_give_the_same_peaks(scan):
     two = find_bragg_disks(datacube, kernel, progress_bar=False, batch_size=16, workers=2, **TUTORIAL)
     for i, j in np.ndindex(10, 10):
         np.testing.assert_array_equal(two.raw[i, j].data, one.raw[i, j].data)
+
+
+@pytest.mark.parametrize("shape,sigma", [((2, 70, 33), 2.0), ((1, 6, 5), 3.0)])
+def test_smooth_with_clip_smooths_the_clipped_images(shape, sigma):
+    a = np.random.default_rng(3).normal(size=shape)
+    expected = np.stack([gaussian_filter(np.maximum(x, 0), sigma) for x in a])
+    t = torch.tensor(a, dtype=torch.float32)
+    np.testing.assert_allclose(smooth(t, sigma, clip=True).numpy(), expected, atol=1e-6)
+    assert (t.numpy() < 0).any()  # the input is left as it was

@@ -24,7 +24,8 @@ from either set of peaks with the shipped Cu model (calibration from the simulat
 of every position and pixel size), and the maps compared position by position (symmetry-reduced
 misorientation; "control": the same for py4DSTEM's peaks against themselves moved by 1e-3 px at
 random, i.e. the mapper's own sensitivity), and with the truth. Last, the time from DataCube to OrientationMap with our finder
-and mapper (tutorial settings, poly), per pattern and projected to a 256 x 256 scan.
+and mapper (tutorial settings, poly), per pattern and projected to a 256 x 256 scan; and the time of
+each step of the finder per pattern (:func:`stage_times`).
 """
 
 from __future__ import annotations
@@ -179,7 +180,53 @@ def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3, dose: floa
         per = (t_find + t_map) / n
         out["end_to_end"] = {"find_s": t_find, "map_s": t_map, "per_pattern_ms": per * 1e3,
                              "projected_256x256_scan_s": per * 256 * 256}
+    out["stages_ms"] = {name: stage_times(datacube, kernel, settings_for(name, q, dose)) for name in settings}
     return out
+
+
+def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int = 5) -> dict:
+    """Milliseconds per pattern of each step of :func:`~py4dstem_transformer.detection.detect.detect_batch`
+    on the first ``batch`` patterns (the best of ``repeats``)."""
+    import torch
+
+    from ..detection.config import DiskDetectionConfig
+    from ..detection.correlate import smooth, template_spectrum
+    from ..detection.maxima import filter_maxima, local_maxima
+    from ..detection.subpixel import refine_multicorr, refine_poly
+
+    config = DiskDetectionConfig(**keywords)
+    q = datacube.Qshape
+    x = torch.as_tensor(np.asarray(datacube.data).reshape(-1, *q)[:batch], dtype=torch.float32)
+    template_ft = template_spectrum(kernel, q)
+    best: dict = {}
+    for _ in range(repeats):
+        t, times = time.perf_counter(), {}
+
+        def tick(name):
+            nonlocal t
+            now = time.perf_counter()
+            times[name] = now - t
+            t = now
+
+        spectrum = torch.fft.rfft2(x) * template_ft
+        tick("rfft2 and product")
+        cc = torch.fft.irfft2(spectrum, s=tuple(q))
+        tick("irfft2")
+        ar = smooth(cc, config.sigma_cc, clip=True)
+        tick("clip and smooth")
+        m = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
+        tick("local maxima")
+        m = filter_maxima(m, batch, config.minRelativeIntensity, config.relativeToPeak, config.minPeakSpacing,
+                          config.maxNumPeaks)
+        tick("filters")
+        fx, fy, _ = refine_poly(m, ar)
+        tick("poly")
+        if config.subpixel == "multicorr":
+            refine_multicorr(fx, fy, m.pattern, cc, config.upsample_factor)
+            tick("multicorr")
+        for k, v in times.items():
+            best[k] = min(best.get(k, float("inf")), v * 1e3 / batch)
+    return best
 
 
 def _print(result: dict) -> None:
@@ -199,6 +246,9 @@ def _print(result: dict) -> None:
         e = result["end_to_end"]
         print(f"DataCube -> OrientationMap (ours, tutorial settings): find {e['find_s']:.2f} s + map {e['map_s']:.2f} s "
               f"= {e['per_pattern_ms']:.3f} ms per pattern; a 256 x 256 scan: {e['projected_256x256_scan_s'] / 60:.1f} min (projected)")
+    for name, stages in result.get("stages_ms", {}).items():
+        print(f"steps, ms per pattern ({name}, batches of 16): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
+              + f"; sum {sum(stages.values()):.3f}")
 
 
 def main(argv=None) -> dict:

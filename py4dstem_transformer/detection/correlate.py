@@ -17,8 +17,8 @@ __all__ = ["template_spectrum", "correlate", "gaussian_kernel", "smooth"]
 
 #: scipy.ndimage.gaussian_filter's default truncation, in standard deviations.
 _TRUNCATE = 4.0
-#: Rows per block of the banded smoothing matmul (must exceed twice the kernel radius to stay cheap).
-_BLOCK = 32
+#: Rows per block of the banded smoothing matmul (at least twice the kernel radius).
+_BLOCK = 16
 
 
 def template_spectrum(template, shape, device=None) -> Optional[torch.Tensor]:
@@ -74,16 +74,51 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return w / w.sum()
 
 
-def smooth(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """scipy.ndimage.gaussian_filter(image, sigma) of every image of (B, X, Y), ``mode="reflect"``.
+def smooth(images: torch.Tensor, sigma: float, clip: bool = False) -> torch.Tensor:
+    """scipy.ndimage.gaussian_filter(image, sigma) of every image of (B, X, Y), ``mode="reflect"``;
+    with ``clip``, of ``max(image, 0)`` (py4DSTEM smooths the clipped correlation).
 
-    Each axis is a banded matrix product done in blocks of rows, so the cost is ~3 multiply-adds per
-    kernel tap instead of a dense (X, X) product; the reflected border is built into the band.
+    Each axis is a banded matrix product done in blocks of rows, so the cost is a few multiply-adds per
+    kernel tap instead of a dense (X, X) product; the reflected border is written around the image
+    once per axis, in the buffer the previous step writes into.
     """
     if sigma <= 0:
-        return images
+        return images.clamp_min(0) if clip else images
     kernel = gaussian_kernel(sigma)
-    return _smooth_axis(_smooth_axis(images, kernel, dim=-2), kernel, dim=-1)
+    radius = (len(kernel) - 1) // 2
+    b, nx, ny = images.shape
+    if radius > min(nx, ny):  # kernels wider than the image: the general (slower) path
+        return _smooth_axis(_smooth_axis(images.clamp_min(0) if clip else images, kernel, -2), kernel, -1)
+    block = max(_BLOCK, 2 * radius)
+    band = _band(kernel, block, images.dtype, images.device)  # (block + 2 radius, block)
+    rows = torch.empty(b, nx + 2 * radius, ny, dtype=images.dtype, device=images.device)
+    middle = rows[:, radius : radius + nx]
+    if clip:
+        torch.clamp_min(images, 0, out=middle)
+    else:
+        middle.copy_(images)
+    rows[:, :radius], rows[:, radius + nx :] = middle[:, :radius].flip(1), middle[:, nx - radius :].flip(1)
+    cols = torch.empty(b, nx, ny + 2 * radius, dtype=images.dtype, device=images.device)
+    band_t = band.T.contiguous()
+    for start in range(0, nx, block):  # along x: (block, block + 2r) @ (block + 2r, Y) per image
+        stop = min(start + block, nx)
+        cols[:, start:stop, radius : radius + ny] = band_t[: stop - start, : stop - start + 2 * radius] @ rows[:, start : stop + 2 * radius]
+    middle = cols[:, :, radius : radius + ny]
+    cols[:, :, :radius], cols[:, :, radius + ny :] = middle[:, :, :radius].flip(2), middle[:, :, ny - radius :].flip(2)
+    out = torch.empty_like(images)
+    for start in range(0, ny, block):  # along y: (X, block + 2r) @ (block + 2r, block) per image
+        stop = min(start + block, ny)
+        out[:, :, start:stop] = cols[:, :, start : stop + 2 * radius] @ band[: stop - start + 2 * radius, : stop - start]
+    return out
+
+
+def _band(kernel: np.ndarray, block: int, dtype, device) -> torch.Tensor:
+    """(block + 2 r, block): column j holds the (flipped) kernel at rows j ... j + 2r."""
+    radius = (len(kernel) - 1) // 2
+    band = np.zeros((block + 2 * radius, block))
+    for j in range(block):
+        band[j : j + 2 * radius + 1, j] = kernel[::-1]
+    return torch.as_tensor(band, dtype=dtype, device=device)
 
 
 def _smooth_axis(images: torch.Tensor, kernel: np.ndarray, dim: int) -> torch.Tensor:

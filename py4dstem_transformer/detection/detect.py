@@ -53,7 +53,7 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
         if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
             part = smooth(part, config.sigma_dp)
         cc, _ = correlate(part, template_ft, config.corrPower)
-        ar = smooth(cc.clamp_min(0), config.sigma_cc)
+        ar = smooth(cc, config.sigma_cc, clip=True)
         m = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
         m.pattern += s
         parts.append((s, cc, ar))

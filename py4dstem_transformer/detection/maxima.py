@@ -57,12 +57,13 @@ def local_maxima(ar: torch.Tensor, edge_boundary: int = 1, min_absolute: float =
     rows = torch.maximum(torch.maximum(inner[:, :, e - 1 : ny - e - 1], inner[:, :, e + 1 : ny - e + 1]), inner[:, :, e : ny - e])
     window = torch.maximum(torch.maximum(rows[:, :-2], rows[:, 2:]), rows[:, 1:-1])
     c = ar[:, e : nx - e, e : ny - e]
-    pattern, i, j = (c >= window).nonzero(as_tuple=True)
+    mask = c >= window
+    if min_absolute > 0:
+        mask &= c >= min_absolute  # py4DSTEM drops intensity < minAbsoluteIntensity
+    pattern, i, j = mask.nonzero(as_tuple=True)
     i, j = i + e, j + e
     v = ar[pattern, i, j]
     strict = (v > ar[pattern, i - 1, j]) & (v > ar[pattern, i, j - 1]) & (v > ar[pattern, i + 1, j - 1]) & (v > ar[pattern, i - 1, j - 1])
-    if min_absolute > 0:
-        strict &= v >= min_absolute  # py4DSTEM drops intensity < minAbsoluteIntensity
     pattern, i, j, value = pattern[strict], i[strict], j[strict], v[strict]
     order = torch.argsort(value, descending=True, stable=True)
     order = order[torch.argsort(pattern[order], stable=True)]  # by pattern, brightest first within each
