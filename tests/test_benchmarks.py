@@ -74,3 +74,18 @@ def test_equivalence_compare_reports_the_largest_difference(tmp_path):
     np.savez(tmp_path / "c.npz", **{"Cu/y/K1/corr": np.array([0.5])})
     with pytest.raises(ValueError, match="different arrays"):
         equivalence.compare(tmp_path / "a.npz", tmp_path / "c.npz")
+
+
+def test_disk_benchmark_runs(tmp_path, capsys):
+    from py4dstem_transformer.benchmarks import disks
+
+    r = disks.main(["--scan", "6", "--sizes", "64", "--settings", "tutorial,default", "--json", str(tmp_path / "d.json")])
+    (size,) = r["sizes"]
+    assert size["patterns"] == 36 and set(size["settings"]) == {"tutorial", "default"}
+    for row in size["settings"].values():
+        assert row["within_0.1px"] == 1.0 and row["count_difference"] == 0.0 and row["peaks_reference"] > 0
+        assert row["ours_per_s"] > 0 and row["py4dstem_per_s"] > 0
+    assert 0 <= size["settings"]["tutorial"]["maps_within_1deg"] <= 1
+    assert size["end_to_end"]["per_pattern_ms"] > 0 and set(size["stages_ms"]["default"]) >= {"irfft2", "multicorr"}
+    assert "DataCube -> OrientationMap" in capsys.readouterr().out
+    assert (tmp_path / "d.json").exists()
