@@ -16,6 +16,7 @@ rotation are applied when the BraggVectors' ``calstate`` says so.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -126,6 +127,17 @@ class DetectorCalibration:
             (c00, c01), (c10, c11) = self.correction
             qx, qy = c00 * qx + c01 * qy, c10 * qx + c11 * qy
         return qx, qy
+
+    def positions(self, start: int, stop: int) -> "DetectorCalibration":
+        """The calibration of the flat scan positions ``start ... stop - 1`` alone (per-position values
+        sliced, so that position ``start`` becomes position 0)."""
+
+        def cut(value):
+            return value if np.ndim(value) == 0 else np.asarray(value).reshape(-1)[start:stop]
+
+        origin = tuple(cut(v) for v in self.origin)
+        ellipse = None if self.ellipse is None else tuple(cut(v) for v in self.ellipse)
+        return dataclasses.replace(self, origin=origin, ellipse=ellipse)
 
     @classmethod
     def identity(cls) -> "DetectorCalibration":

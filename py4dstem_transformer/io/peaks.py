@@ -7,6 +7,7 @@ scan is processed with array operations instead of a Python loop per position.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "peaks_from_braggvectors", "peaks_to_braggvectors", "read_peaks"]
+__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_to_braggvectors", "read_peaks", "open_peaks"]
 
 _VECTORS = "_v_uncal"
 
@@ -33,6 +34,8 @@ class Peaks:
     scan_shape : (Rx, Ry)
     calibration : DetectorCalibration or None
         How to turn raw positions into 1/A; None means the positions are calibrated already.
+    first, whole_shape : where a slice (from :meth:`read`) sits in its scan: its first position's flat index
+        and the scan's shape (None: not a slice), so that messages name the scan's (rx, ry).
     """
 
     qx: np.ndarray
@@ -41,6 +44,12 @@ class Peaks:
     counts: np.ndarray
     scan_shape: Tuple[int, ...]
     calibration: Optional[DetectorCalibration] = None
+    first: int = 0
+    whole_shape: Optional[Tuple[int, ...]] = None
+
+    def scan_position(self, flat: int) -> Tuple[int, ...]:
+        """(rx, ry) in the whole scan of this Peaks' flat position ``flat``."""
+        return tuple(int(i) for i in np.unravel_index(self.first + int(flat), self.whole_shape or self.scan_shape))
 
     @property
     def offsets(self) -> np.ndarray:
@@ -55,6 +64,15 @@ class Peaks:
 
     def __len__(self) -> int:
         return len(self.qx)
+
+    def read(self, start: int, stop: int) -> "Peaks":
+        """The flat scan positions ``start ... stop - 1`` alone, as a 1-D scan (views, not copies; the
+        calibration's per-position values sliced). The same call as :meth:`PeaksFile.read`."""
+        offsets = self.offsets
+        a, b = offsets[start], offsets[stop]
+        cal = None if self.calibration is None else self.calibration.positions(start, stop)
+        return Peaks(self.qx[a:b], self.qy[a:b], self.intensity[a:b], self.counts[start:stop], (stop - start,), cal,
+                     self.first + start, self.whole_shape or self.scan_shape)
 
     @classmethod
     def from_lists(cls, peaks, scan_shape=None, calibration=None) -> "Peaks":
@@ -129,7 +147,7 @@ def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_
 _READ_BLOCK = 65536
 
 
-def read_peaks(path, name: Optional[str] = None) -> Peaks:
+def read_peaks(path, name: Optional[str] = None, positions: Optional[Tuple[int, int]] = None) -> Peaks:
     """Read Bragg peaks and their calibration straight from a file written by ``py4DSTEM.save``.
 
     About 10x faster than ``py4DSTEM.read`` (which rebuilds one PointList per position).
@@ -140,7 +158,23 @@ def read_peaks(path, name: Optional[str] = None) -> Peaks:
         HDF5 file holding a BraggVectors.
     name : str, optional
         Name of the BraggVectors group when the file holds several.
+    positions : (start, stop), optional
+        Read only the flat (C-order) scan positions ``start ... stop - 1`` (the scan rows holding them),
+        returned as a 1-D scan with the calibration sliced alike; default the whole scan.
     """
+    source = open_peaks(path, name)
+    if positions is None:
+        whole = source.read(0, source.num_positions)
+        return dataclasses.replace(whole, scan_shape=source.scan_shape, calibration=source.calibration, whole_shape=None)
+    start, stop = (int(v) for v in positions)
+    if not 0 <= start <= stop <= source.num_positions:
+        raise ValueError(f"positions {positions} are outside the scan's 0 ... {source.num_positions}")
+    return source.read(start, stop)
+
+
+def open_peaks(path, name: Optional[str] = None) -> "PeaksFile":
+    """A :class:`PeaksFile`: the scan shape and calibration of the BraggVectors in ``path``, its peaks left
+    on disk until :meth:`PeaksFile.read` asks for some positions."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -148,11 +182,49 @@ def read_peaks(path, name: Optional[str] = None) -> Peaks:
         data = group[_VECTORS]["data"]  # (Rx, Ry) dataset of variable-length structured arrays
         calibration = _read_calibration(f, group)
         cal = DetectorCalibration.from_py4dstem(calibration, None)
-        scan_shape, rows = tuple(data.shape), max(1, _READ_BLOCK // max(1, data.shape[1]))
+        return PeaksFile(str(path), group.name, tuple(int(v) for v in data.shape), cal)
+
+
+@dataclass(frozen=True)
+class PeaksFile:
+    """Bragg peaks left in a py4DSTEM file, read a block of scan positions at a time: what a scan larger
+    than memory is mapped from (the mapper, or each Dask worker, reads only its chunk).
+
+    Attributes
+    ----------
+    path : the HDF5 file
+    group : the BraggVectors' group in it
+    scan_shape : (Rx, Ry)
+    calibration : DetectorCalibration (per-position values for the whole scan: small)
+    """
+
+    path: str
+    group: str
+    scan_shape: Tuple[int, ...]
+    calibration: Optional[DetectorCalibration]
+
+    @property
+    def num_positions(self) -> int:
+        return int(np.prod(self.scan_shape))
+
+    def read(self, start: int, stop: int) -> Peaks:
+        """The flat scan positions ``start ... stop - 1`` as a 1-D scan of :class:`Peaks` (calibration sliced)."""
+        import h5py
+
+        ry = self.scan_shape[1]
+        r0, r1 = start // ry, -(-stop // ry)
+        rows = max(1, _READ_BLOCK // max(1, ry))
         # in blocks of scan rows, so that the 1 M small per-position arrays of a 1024^2 scan never exist at once
-        parts = [_flat_fields(list(data[r:r + rows].ravel())) for r in range(0, scan_shape[0], rows)]
-    counts, qx, qy, intensity = (np.concatenate(field) for field in zip(*parts))
-    return Peaks(qx, qy, intensity, counts=counts, scan_shape=scan_shape, calibration=cal)
+        with h5py.File(self.path, "r") as f:
+            data = f[self.group][_VECTORS]["data"]
+            parts = [_flat_fields(list(data[r:min(r1, r + rows)].ravel())) for r in range(r0, r1, rows)]
+        counts, qx, qy, intensity = (np.concatenate(field) for field in zip(*parts)) if parts else (
+            np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+        skip, keep = start - r0 * ry, stop - start  # trim the rows to the positions asked for
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        a, b = offsets[skip], offsets[skip + keep]
+        cal = None if self.calibration is None else self.calibration.positions(start, stop)
+        return Peaks(qx[a:b], qy[a:b], intensity[a:b], counts[skip:skip + keep], (keep,), cal, start, self.scan_shape)
 
 
 def _flat_fields(data) -> tuple:

@@ -20,7 +20,7 @@ from ..core.device import resolve_device
 from ..io.compatibility import check_crystal_matches_model
 from ..core.crystal import crystals_from_metadata, phase_metadata
 from ..io.orientation_map import build_orientation_map, ensure_plan
-from ..io.peaks import Peaks, peaks_from_braggvectors
+from ..io.peaks import Peaks, PeaksFile, open_peaks, peaks_from_braggvectors
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
 from .confidence import Calibration
@@ -29,8 +29,8 @@ from .phase import build_phases
 from .pipeline import Mapped, map_tokens
 from .predict import Network, default_batch_size
 from .schedule import map_scan
-from .selfcal import (SelfCalibration, SelfCalibrationConfig, phases_within_reach, self_calibrate as measure_correction,
-                      with_correction)
+from .selfcal import (SelfCalibration, SelfCalibrationConfig, phases_within_reach, sampled_peaks,
+                      self_calibrate as measure_correction, with_correction)
 from .workers import resolve_workers
 
 __all__ = ["TransformerOrientationMap"]
@@ -136,13 +136,15 @@ class TransformerOrientationMap:
                            inversion_symmetry: bool = True, multiple_corr_reset: bool = True,
                            return_orientation: bool = True, progress_bar: bool = True, *,
                            batch_size: Optional[int] = None, device=None, chunk_size: int = 16384, refine: bool = True,
-                           self_calibrate: bool = True):
+                           self_calibrate: bool = True, client=None):
         """Orientation map of a whole scan, like ``crystal.match_orientations(bragg_peaks_array)``.
 
         Parameters
         ----------
         bragg_peaks_array : py4DSTEM BraggVectors (calibrated origin and Q pixel size; ellipse and rotation
-            used when set; never modified), or flat :class:`~..io.peaks.Peaks` (from ``read_peaks``)
+            used when set; never modified), flat :class:`~..io.peaks.Peaks` (from ``read_peaks``), or the path
+            of a file written by ``py4DSTEM.save`` (or its :class:`~..io.peaks.PeaksFile`, ``open_peaks``):
+            then the peaks are read one chunk at a time and the scan never has to fit in memory
         num_matches_return : matches per position (1-4): the best first, then its near-ambiguous partners
             (beam flip; mirror partners if ``inversion_symmetry``) ranked by their confidence
         min_angle_between_matches_deg : matches of one position are at least this far apart (after crystal
@@ -163,6 +165,11 @@ class TransformerOrientationMap:
             map's ``self_calibration`` (a :class:`~.selfcal.SelfCalibration`), e.g.
             ``orientation_map.self_calibration.corrected_q_pixel_size(old_size)``. ``False``: the
             calibration as given.
+        client : ``dask.distributed.Client``, optional
+            Map on its workers (:mod:`.distributed`): chunks of ``chunk_size`` positions go out as flat peak
+            arrays (from a file: the workers read their own), the mapper goes to every worker once, and the map
+            is assembled here, the same as without a client. Each worker uses ``device`` if given, else its
+            own visible GPU, else its CPU. ``workers`` is not used then.
 
         Returns
         -------
@@ -170,7 +177,8 @@ class TransformerOrientationMap:
         one per crystal (:meth:`match_phases` also gives the phase map).
         """
         maps, _ = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg, min_number_peaks,
-                              inversion_symmetry, progress_bar, batch_size, device, chunk_size, refine, self_calibrate)
+                              inversion_symmetry, progress_bar, batch_size, device, chunk_size, refine, self_calibrate,
+                              client)
         if return_orientation:
             return maps[0] if self.n_phases == 1 else maps
 
@@ -179,7 +187,8 @@ class TransformerOrientationMap:
     def match_phases(self, bragg_peaks_array, num_matches_return: int = 1,
                      min_angle_between_matches_deg: Optional[float] = None, min_number_peaks: int = 3,
                      inversion_symmetry: bool = True, progress_bar: bool = True, *, batch_size: Optional[int] = None,
-                     device=None, chunk_size: int = 16384, refine: bool = True, self_calibrate: bool = True):
+                     device=None, chunk_size: int = 16384, refine: bool = True, self_calibrate: bool = True,
+                     client=None):
         """Phase and orientation of every position in one pass (multi-phase models); arguments as in
         :meth:`match_orientations`.
 
@@ -193,7 +202,7 @@ class TransformerOrientationMap:
 
         maps, probability = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg,
                                         min_number_peaks, inversion_symmetry, progress_bar, batch_size, device,
-                                        chunk_size, refine, self_calibrate)
+                                        chunk_size, refine, self_calibrate, client)
         return PhaseMap.from_orientation_maps(maps, probability, self.crystals, self.phase_names)
 
     def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1,
@@ -232,12 +241,17 @@ class TransformerOrientationMap:
                           batch_size or default_batch_size(device))
 
     def _match(self, bragg_peaks, num_matches, min_angle_deg, min_number_peaks, inversion_symmetry, progress_bar,
-               batch_size, device, chunk_size, refine, self_calibrate=True):
+               batch_size, device, chunk_size, refine, self_calibrate=True, client=None):
         """(one OrientationMap per phase, phase probability (Rx, Ry, P))."""
-        peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
+        from .distributed import MapJob, map_job_tokens, map_scan_distributed
+
+        peaks = _as_source(bragg_peaks)
         if len(peaks.scan_shape) != 2:
             raise ValueError(f"expected a 2-D scan, got scan shape {peaks.scan_shape}")
-        device = self.device if device is None else resolve_device(device)
+        if chunk_size is None or int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunk_size = int(chunk_size)
+        asked, device = device, self.device if device is None else resolve_device(device)
         K = Query(int(num_matches), inversion_symmetry).num_matches  # checked before any work
         calibration = self.calibration if self.calibrated_confidence else None
         if not refine:
@@ -253,18 +267,19 @@ class TransformerOrientationMap:
                 peaks = with_correction(peaks, measured.matrix)
         self.self_calibration = measured
         phases = phases_within_reach(self.phases, measured, self.self_calibration_config)
-        if refine and calibration is not None and self.config.search is not None and peaks.num_positions >= 8192:
-            for phase in phases:  # built once here rather than in every worker process
-                phase.library(self.config.search, self.config.score)
-
-        def run(tokens):
-            mapped = self.map_tokens(tokens, K, inversion_symmetry, refine, min_angle_deg, batch_size, device, phases)
-            return mapped.matrix, mapped.confidence(calibration), mapped.probability
-
-        matrix, corr, probability = map_scan(peaks, self.token_config, run, (self.n_phases, K),
-                                             resolve_workers(self.workers, device, peaks.num_positions), chunk_size,
-                                             progress_bar)
-        corr[peaks.counts < min_number_peaks] = 0.0  # too few peaks: no match
+        # on a cluster each worker picks its own device (its GPU, else CPU) unless this call asked for one
+        job = MapJob(K, inversion_symmetry, refine, min_angle_deg, batch_size,
+                     None if client is not None and asked is None else str(device), measured)
+        if client is not None:
+            matrix, corr, probability, counts = map_scan_distributed(client, self, job, peaks, chunk_size, progress_bar)
+        else:
+            if refine and calibration is not None and self.config.search is not None and peaks.num_positions >= 8192:
+                for phase in phases:  # built once here rather than in every worker process
+                    phase.library(self.config.search, self.config.score)
+            matrix, corr, probability, counts = map_scan(
+                peaks, self.token_config, lambda tokens: map_job_tokens(self, job, tokens, phases), (self.n_phases, K),
+                resolve_workers(self.workers, device, peaks.num_positions), chunk_size, progress_bar)
+        corr[counts < min_number_peaks] = 0.0  # too few peaks: no match
         corr *= probability[:, :, None]
         Rx, Ry = peaks.scan_shape
         maps = [self._orientation_map(p, matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K))
@@ -273,11 +288,19 @@ class TransformerOrientationMap:
             m.self_calibration = measured
         return maps, probability.reshape(Rx, Ry, self.n_phases)
 
+    def __getstate__(self):
+        """Pickled (e.g. to Dask workers) without the per-phase physics and its caches: rebuilt where it lands."""
+        state = dict(self.__dict__)
+        state.pop("phases", None)
+        return state
+
     def measure_calibration(self, bragg_peaks, batch_size: Optional[int] = None, device=None) -> SelfCalibration:
         """The scan-wide Q pixel-size and ellipse error of ``bragg_peaks`` (BraggVectors or Peaks), measured on a
         sample of its patterns (:func:`.selfcal.self_calibrate`, settings ``self.self_calibration_config``);
         nothing is mapped beyond the sample and nothing is changed."""
-        peaks = bragg_peaks if isinstance(bragg_peaks, Peaks) else peaks_from_braggvectors(bragg_peaks)
+        peaks = _as_source(bragg_peaks)
+        if not isinstance(peaks, Peaks):  # a file: read only the positions the measurement maps
+            peaks = sampled_peaks(peaks, self.self_calibration_config)
         device = self.device if device is None else resolve_device(device)
         calibration = self.calibration if self.calibrated_confidence else None
 
@@ -304,3 +327,16 @@ class TransformerOrientationMap:
         message = uncalibrated_warning(fitted, self.config, refine) if self.calibrated_confidence else None
         if message:
             warnings.warn(message, stacklevel=3)
+
+
+def _as_source(bragg_peaks):
+    """``Peaks`` or ``PeaksFile`` for BraggVectors, flat Peaks, a PeaksFile or the path of a py4DSTEM file."""
+    import os
+
+    if isinstance(bragg_peaks, (Peaks, PeaksFile)):
+        return bragg_peaks
+    if isinstance(bragg_peaks, (str, os.PathLike)):
+        if not os.path.exists(bragg_peaks):
+            raise FileNotFoundError(f"no file {os.fspath(bragg_peaks)!r} (expected a py4DSTEM file holding BraggVectors)")
+        return open_peaks(bragg_peaks)
+    return peaks_from_braggvectors(bragg_peaks)

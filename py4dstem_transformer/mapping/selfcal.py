@@ -43,7 +43,7 @@ from ..io.peaks import Peaks
 from ..model.tokens import TokenConfig, Tokens, position_tokens
 from .score import square_distances, tokens_to_xy
 
-__all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_pairs", "sample_runs",
+__all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_pairs", "sample_runs", "sample_spans", "sampled_peaks",
            "with_correction", "self_calibrate", "detector_reach", "phases_within_reach"]
 
 
@@ -193,6 +193,27 @@ def sample_runs(num_positions: int, sample: int, runs: int) -> list:
     return [(int(s), int(s) + length) for s in starts]
 
 
+def sample_spans(num_positions: int, config: SelfCalibrationConfig = SelfCalibrationConfig()) -> list:
+    """The runs of positions :func:`self_calibrate` maps: ``clamp(N * sample_fraction, min_sample, sample)``
+    positions in ``runs`` evenly spaced runs."""
+    size = max(config.min_sample, min(config.sample, int(config.sample_fraction * num_positions)))
+    return sample_runs(num_positions, size, config.runs)
+
+
+def sampled_peaks(source, config: SelfCalibrationConfig = SelfCalibrationConfig()) -> Peaks:
+    """A whole-scan :class:`Peaks` holding only the positions :func:`self_calibrate` looks at (the others
+    empty), read from ``source`` (``Peaks`` or ``PeaksFile``): what a scan left on disk is calibrated from."""
+    n = source.num_positions
+    counts = np.zeros(n, dtype=np.int64)
+    qx, qy, intensity = [], [], []
+    for a, b in sample_spans(n, config):
+        part = source.read(a, b)
+        counts[a:b] = part.counts
+        qx.append(part.qx), qy.append(part.qy), intensity.append(part.intensity)
+    flat = [np.concatenate(v) if v else np.zeros(0) for v in (qx, qy, intensity)]
+    return Peaks(*flat, counts=counts, scan_shape=tuple(source.scan_shape), calibration=source.calibration)
+
+
 def with_correction(peaks: Peaks, matrix) -> Peaks:
     """A copy of ``peaks`` whose calibration ends in the lab-frame ``matrix`` (the peak arrays are shared, not
     copied; nothing of ``peaks`` changes). Composes with a correction ``peaks`` already carries."""
@@ -218,8 +239,7 @@ def self_calibrate(peaks: Peaks, token_config: TokenConfig,
     if peaks.num_positions < config.min_patterns:
         return SelfCalibration(note=f"self-calibration: {peaks.num_positions} positions, fewer than the "
                                     f"{config.min_patterns} sure patterns it needs; the calibration is used as given")
-    size = max(config.min_sample, min(config.sample, int(config.sample_fraction * peaks.num_positions)))
-    spans = sample_runs(peaks.num_positions, size, config.runs)
+    spans = sample_spans(peaks.num_positions, config)
     c = np.eye(2)
     result = SelfCalibration(note="self-calibration: no sure patterns to measure on")
     for it in range(config.iterations):

@@ -272,7 +272,7 @@ def _check_finite(peaks: Peaks, start: int, counts: torch.Tensor, what: str, *ar
         return
     position = torch.repeat_interleave(torch.arange(len(counts)), counts.cpu())
     flat = np.unique(position[bad.cpu()].numpy()) + start
-    where = [tuple(int(i) for i in np.unravel_index(f, peaks.scan_shape)) for f in flat[:10]]
+    where = [peaks.scan_position(f) for f in flat[:10]]
     more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
     raise ValueError(
         f"NaN or infinite values in the {what} at scan positions (rx, ry) {where}{more}; "

@@ -1,0 +1,138 @@
+"""A scan mapped on a Dask cluster: the same mapping, chunk by chunk, on the cluster's workers.
+
+The caller measures the self-calibration on its sample (as in one process), then splits the scan
+into chunks of consecutive positions. A chunk travels as flat numpy arrays (a :class:`~..io.peaks.Peaks`
+slice, never a pickled ``BraggVectors``), or, for a scan left in a file
+(:class:`~..io.peaks.PeaksFile`), as ``(file, start, stop)``, and the worker reads only those positions.
+The mapper goes to every worker once (``client.scatter(..., broadcast=True)``; its per-phase physics
+is rebuilt there on first use and kept), and every chunk is mapped there by :func:`map_part`, the
+function the calling process uses for its own chunks, so the map is the one the caller would make.
+Dask reruns the chunks of a worker that dies on the others. Workers pick their own device: the job's
+``device`` if one was given, else the worker's visible GPU (CUDA), else its CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..core.device import resolve_device
+from ..io.peaks import Peaks, PeaksFile
+from .schedule import map_scan
+from .selfcal import SelfCalibration, phases_within_reach
+
+__all__ = ["MapJob", "map_job_tokens", "map_part", "map_scan_distributed"]
+
+
+@dataclass(frozen=True)
+class MapJob:
+    """What mapping a chunk needs besides the mapper and the peaks (small, picklable).
+
+    Attributes
+    ----------
+    num_matches, inversion_symmetry, refine, min_angle_deg, batch_size : as ``match_orientations``
+    device : str or None; None lets each worker use its own (visible GPU, else CPU)
+    measured : the caller's :class:`~.selfcal.SelfCalibration` (which phases are within the detector's reach)
+    host_threads : {host: Dask threads of all workers there}; each task then gives torch the host's
+        cores divided by that (one thread where every core runs a task); absent hosts keep torch's default
+    """
+
+    num_matches: int
+    inversion_symmetry: bool
+    refine: bool
+    min_angle_deg: Optional[float]
+    batch_size: Optional[int]
+    device: Optional[str]
+    measured: SelfCalibration
+    host_threads: Optional[Dict[str, int]] = None
+
+
+def map_job_tokens(mapper, job: MapJob, tokens, phases=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(matrix (b, P, K, 3, 3), corr (b, P, K), probability (b, P))`` of ``tokens``: the mapper's stages
+    with the job's settings, ``corr`` calibrated as the mapper's."""
+    if phases is None:
+        phases = phases_within_reach(mapper.phases, job.measured, mapper.self_calibration_config)
+    calibration = mapper.calibration if mapper.calibrated_confidence else None
+    mapped = mapper.map_tokens(tokens, job.num_matches, job.inversion_symmetry, job.refine, job.min_angle_deg,
+                               job.batch_size, resolve_device(job.device), phases)
+    return mapped.matrix, mapped.confidence(calibration), mapped.probability
+
+
+def map_part(mapper, job: MapJob, part, chunk_size: int = 16384):
+    """Map one chunk: ``part`` is a :class:`Peaks` slice or ``(PeaksFile, start, stop)``.
+
+    Returns ``(matrix, corr, probability, counts)`` for its positions. Runs on a Dask worker.
+    """
+    tasks = (job.host_threads or {}).get(_host())
+    if tasks:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(tasks)))
+    peaks = part if isinstance(part, Peaks) else part[0].read(part[1], part[2])
+    phases = phases_within_reach(mapper.phases, job.measured, mapper.self_calibration_config)
+    shape = (mapper.n_phases, _num_matches(job))
+    return map_scan(peaks, mapper.token_config, lambda tokens: map_job_tokens(mapper, job, tokens, phases), shape,
+                    workers=1, chunk_size=chunk_size, progress_bar=False)
+
+
+def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 16384, progress_bar: bool = True):
+    """:func:`~.schedule.map_scan` over a Dask ``client``'s workers: the same four arrays, in scan order.
+
+    ``source``: :class:`Peaks` (chunks are sent as flat arrays) or :class:`PeaksFile` (workers read their
+    chunks). Progress is counted in positions, chunk by chunk as they finish.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    job = _with_thread_plan(client, job)
+    B, P, K = source.num_positions, mapper.n_phases, _num_matches(job)
+    matrix, corr, probability = np.zeros((B, P, K, 3, 3)), np.zeros((B, P, K)), np.zeros((B, P))
+    counts = np.zeros(B, dtype=np.int64)
+    run = uuid.uuid4().hex[:8]
+    remote_mapper = client.scatter(mapper, broadcast=True, hash=False)
+    futures = {}
+    for start in range(0, B, chunk_size):
+        stop = min(B, start + chunk_size)
+        part = (source, start, stop) if isinstance(source, PeaksFile) else client.scatter(source.read(start, stop))
+        future = client.submit(map_part, remote_mapper, job, part, chunk_size, key=f"p4t-map-{run}-{start}", pure=False)
+        futures[future] = (start, stop)
+    with tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar) as bar:
+        for future in as_completed(futures):
+            start, stop = futures.pop(future)
+            m, c, p, n = future.result()
+            matrix[start:stop], corr[start:stop], probability[start:stop], counts[start:stop] = m, c, p, n
+            bar.update(stop - start)
+            future.release()
+    return matrix, corr, probability, counts
+
+
+def _num_matches(job: MapJob) -> int:
+    from .config import Query
+
+    return Query(int(job.num_matches), job.inversion_symmetry).num_matches
+
+
+def _host() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address.rsplit(":", 1)[0]
+    except (ImportError, ValueError):
+        return ""
+
+
+def _with_thread_plan(client, job: MapJob) -> MapJob:
+    """The job with the Dask threads of each host (from the scheduler), so that each task's torch threads
+    share that host's cores instead of every task taking all of them."""
+    import dataclasses
+
+    if job.host_threads is not None:
+        return job
+    hosts: Dict[str, int] = {}
+    for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+        host = address.rsplit(":", 1)[0]
+        hosts[host] = hosts.get(host, 0) + int(info.get("nthreads", 1))
+    return dataclasses.replace(job, host_threads=hosts)
