@@ -1,8 +1,9 @@
 """A scan mapped on a Dask cluster: the same mapping, chunk by chunk, on the cluster's workers.
 
 The caller measures the self-calibration on its sample (as in one process), then splits the scan
-into chunks of consecutive positions. A chunk travels as flat numpy arrays (a :class:`~..io.peaks.Peaks`
-slice, never a pickled ``BraggVectors``), or, for a scan left in a file
+into chunks of consecutive positions. A chunk travels inside its task as flat numpy arrays (a
+:class:`~..io.peaks.Peaks` slice, never a pickled ``BraggVectors``; not scattered, so that the scheduler
+can run it again elsewhere), or, for a scan left in a file
 (:class:`~..io.peaks.PeaksFile`), as ``(file, start, stop)``, and the worker reads only those positions.
 The mapper goes to every worker once (``client.scatter(..., broadcast=True)``; its per-phase physics
 is rebuilt there on first use and kept), and every chunk is mapped there by :func:`map_part`, the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -94,11 +96,17 @@ def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 
     run = uuid.uuid4().hex[:8]
     remote_mapper = client.scatter(mapper, broadcast=True, hash=False)
     futures = {}
-    for start in range(0, B, chunk_size):
-        stop = min(B, start + chunk_size)
-        part = (source, start, stop) if isinstance(source, PeaksFile) else client.scatter(source.read(start, stop))
-        future = client.submit(map_part, remote_mapper, job, part, chunk_size, key=f"p4t-map-{run}-{start}", pure=False)
-        futures[future] = (start, stop)
+    with warnings.catch_warnings():
+        # a chunk's peaks travel inside its task (not scattered), so the scheduler can rerun the task elsewhere
+        # when a worker dies; distributed warns about any argument over a few MB
+        warnings.filterwarnings("ignore", message=".*Large object of size.*")
+        warnings.filterwarnings("ignore", message=".*Sending large graph.*")
+        for start in range(0, B, chunk_size):
+            stop = min(B, start + chunk_size)
+            part = (source, start, stop) if isinstance(source, PeaksFile) else source.read(start, stop)
+            future = client.submit(map_part, remote_mapper, job, part, chunk_size, key=f"p4t-map-{run}-{start}",
+                                   pure=False)
+            futures[future] = (start, stop)
     with tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar) as bar:
         for future in as_completed(futures):
             start, stop = futures.pop(future)
