@@ -316,3 +316,28 @@ def test_smooth_with_clip_smooths_the_clipped_images(shape, sigma):
     t = torch.tensor(a, dtype=torch.float32)
     np.testing.assert_allclose(smooth(t, sigma, clip=True).numpy(), expected, atol=1e-6)
     assert (t.numpy() < 0).any()  # the input is left as it was
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_finds_the_same_peaks_from_memory_and_from_the_file(scan, tmp_path):
+    import sys
+
+    import h5py
+    import py4DSTEM
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("LocalCluster processes tested on Linux")
+    distributed = pytest.importorskip("distributed")
+    datacube, kernel, _, _ = scan
+    expected = find_bragg_disks(datacube, kernel, progress_bar=False, **TUTORIAL)
+    with h5py.File(tmp_path / "dc.h5", "w") as f:
+        f.create_dataset("data", data=np.asarray(datacube.data))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client, h5py.File(tmp_path / "dc.h5", "r") as f:
+            for source in (datacube, py4DSTEM.DataCube(data=f["data"])):
+                got = find_bragg_disks(source, kernel, progress_bar=False, batch_size=12, client=client, **TUTORIAL)
+                assert got.calibration is source.calibration
+                for i, j in np.ndindex(10, 10):
+                    np.testing.assert_array_equal(got.raw[i, j].data, expected.raw[i, j].data)
+            with pytest.raises(ValueError, match="radial_bksb"):
+                find_bragg_disks(datacube, kernel, radial_bksb=True, client=client)

@@ -52,6 +52,7 @@ def find_bragg_disks(
     batch_size: Optional[int] = None,
     device=None,
     workers: Optional[int] = None,
+    client=None,
     progress_bar: bool = True,
     name: str = "braggvectors",
 ):
@@ -82,6 +83,11 @@ def find_bragg_disks(
         DataCube held in memory or memory-mapped (an h5py-backed one is read in the calling process).
         Default 1: on 2 cores two 1-thread workers were no faster than one 2-thread process (the
         dense steps are bound by memory traffic; docs/benchmarks.md).
+    client : ``dask.distributed.Client``, optional
+        Find the disks of a whole DataCube on its workers, a batch of positions per task: a datacube
+        backed by an HDF5 dataset (``DataCube(data=h5py_file["..."])``) is read by the workers themselves
+        from the file (which they must see), an in-memory one travels in the tasks. Each worker uses
+        ``device`` if given, else its visible GPU, else its CPU. Not with ``radial_bksb``.
     progress_bar : bool
     name : str
         Name of the returned ``BraggVectors``.
@@ -112,6 +118,13 @@ def find_bragg_disks(
 
         if radial_bksb:
             _check_origin(data)
+        if client is not None:
+            if radial_bksb:
+                raise ValueError("radial_bksb needs the DataCube itself: not available with client=; subtract the "
+                                 "background first, or run without a client")
+            peaks = _detect_distributed(client, data, template, config, filter_function, batch_size, device,
+                                        progress_bar)
+            return _to_braggvectors(peaks, data, config, template, filter_function, name)
         n_workers = resolve_workers(1 if workers is None else workers, dev, data.R_N)
         if not isinstance(data.data, np.ndarray):  # h5py datasets must not cross a fork
             n_workers = 1
@@ -249,6 +262,66 @@ def _detect_stream(chunks, shape, len_, template, config, filter_function, batch
         z = np.zeros(0)
         return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
     return BatchPeaks(*(np.concatenate(f) for f in zip(*((p.counts, p.x, p.y, p.intensity) for p in parts))))
+
+
+def _detect_distributed(client, datacube, template, config, filter_function, batch_size, device, progress_bar):
+    """The whole scan on a Dask cluster, a batch of positions per task; one :class:`BatchPeaks`, in order."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    ranges, read = _datacube_chunks(datacube, False)
+    batch = int(batch_size) if batch_size is not None else default_batch_size(tuple(datacube.Qshape))
+    source = _h5_source(datacube.data)
+    futures = {}
+    for i, (start, stop) in enumerate(ranges(batch)):
+        part = (source, datacube.R_Ny, start, stop) if source is not None else read(start, stop)
+        future = client.submit(_detect_task, part, template, config, filter_function,
+                               None if device is None else str(device), pure=False)
+        futures[future] = i
+    parts = [None] * len(futures)
+    with tqdm(total=datacube.R_N, desc="Finding Bragg disks", unit="DP", unit_scale=True,
+              disable=not progress_bar) as bar:
+        for future in as_completed(futures):
+            peaks = future.result()
+            parts[futures.pop(future)] = peaks
+            bar.update(len(peaks.counts))
+            future.release()
+    if not parts:
+        z = np.zeros(0)
+        return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
+    return BatchPeaks(*(np.concatenate(f) for f in zip(*((p.counts, p.x, p.y, p.intensity) for p in parts))))
+
+
+def _h5_source(data):
+    """(file name, dataset name) of an h5py dataset, else None."""
+    if isinstance(data, np.ndarray) or not hasattr(data, "file") or not hasattr(data, "name"):
+        return None
+    return str(data.file.filename), str(data.name)
+
+
+def _detect_task(part, template, config, filter_function, device):
+    """One batch on a Dask worker: ``part`` is a (n, Qx, Qy) array or ((file, dataset), Ry, start, stop)."""
+    from ..mapping.distributed import prepare_worker
+
+    prepare_worker()
+    if isinstance(part, tuple):
+        (path, dataset), rny, start, stop = part
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            data = f[dataset]
+            if start % rny == 0 and stop % rny == 0:
+                block = data[start // rny : stop // rny]
+                block = block.reshape(-1, *block.shape[2:])
+            else:
+                r = start // rny
+                block = data[r, start - r * rny : stop - r * rny]
+    else:
+        block = part
+    dev = resolve_device(device)
+    ranges = lambda batch: iter([(0, len(block))])  # noqa: E731  (this task's one batch)
+    return _detect_stream((ranges, lambda a, b: block[a:b]), block.shape[1:], len(block), template, config,
+                          filter_function, len(block) or 1, dev, progress_bar=False)
 
 
 # --- py4DSTEM containers --------------------------------------------------------------------------

@@ -9,16 +9,16 @@ The mapper goes to every worker once (``client.scatter(..., broadcast=True)``; i
 is rebuilt there on first use and kept), and every chunk is mapped there by :func:`map_part`, the
 function the calling process uses for its own chunks, so the map is the one the caller would make.
 Dask reruns the chunks of a worker that dies on the others. Workers pick their own device: the job's
-``device`` if one was given, else the worker's visible GPU (CUDA), else its CPU.
+``device`` if one was given, else the worker's visible GPU (CUDA), else its CPU, there with one torch
+thread per task (:func:`prepare_worker`: run one worker thread per core).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from ..core.device import resolve_device
 from ..io.peaks import Peaks, PeaksFile
 from .schedule import map_scan
 from .selfcal import SelfCalibration, phases_within_reach
+from .workers import heap_for_tensors
 
-__all__ = ["MapJob", "map_job_tokens", "map_part", "map_scan_distributed"]
+__all__ = ["MapJob", "map_job_tokens", "map_part", "map_scan_distributed", "prepare_worker"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,6 @@ class MapJob:
     num_matches, inversion_symmetry, refine, min_angle_deg, batch_size : as ``match_orientations``
     device : str or None; None lets each worker use its own (visible GPU, else CPU)
     measured : the caller's :class:`~.selfcal.SelfCalibration` (which phases are within the detector's reach)
-    host_threads : {host: Dask threads of all workers there}; each task then gives torch the host's
-        cores divided by that (one thread where every core runs a task); absent hosts keep torch's default
     """
 
     num_matches: int
@@ -51,7 +50,6 @@ class MapJob:
     batch_size: Optional[int]
     device: Optional[str]
     measured: SelfCalibration
-    host_threads: Optional[Dict[str, int]] = None
 
 
 def map_job_tokens(mapper, job: MapJob, tokens, phases=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,9 +68,7 @@ def map_part(mapper, job: MapJob, part, chunk_size: int = 16384):
 
     Returns ``(matrix, corr, probability, counts)`` for its positions. Runs on a Dask worker.
     """
-    tasks = (job.host_threads or {}).get(_host())
-    if tasks:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(tasks)))
+    prepare_worker()
     peaks = part if isinstance(part, Peaks) else part[0].read(part[1], part[2])
     phases = phases_within_reach(mapper.phases, job.measured, mapper.self_calibration_config)
     shape = (mapper.n_phases, _num_matches(job))
@@ -89,7 +85,6 @@ def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    job = _with_thread_plan(client, job)
     B, P, K = source.num_positions, mapper.n_phases, _num_matches(job)
     matrix, corr, probability = np.zeros((B, P, K, 3, 3)), np.zeros((B, P, K)), np.zeros((B, P))
     counts = np.zeros(B, dtype=np.int64)
@@ -123,24 +118,18 @@ def _num_matches(job: MapJob) -> int:
     return Query(int(job.num_matches), job.inversion_symmetry).num_matches
 
 
-def _host() -> str:
+def prepare_worker() -> None:
+    """In a Dask task on a CPU: one torch thread, and glibc's heap kept for tensors (:func:`.workers.heap_for_tensors`;
+    Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``, which made the mapping 2.2x slower). Tasks run in the
+    worker's threads, and there torch's OpenMP parallel regions cost far more than in a main thread (an
+    element-wise op on 20,000 values: 5x slower with 2 threads, as fast with 1), so a CPU is used through
+    one worker thread per core. Does nothing outside a Dask worker."""
     try:
         from distributed import get_worker
 
-        return get_worker().address.rsplit(":", 1)[0]
+        get_worker()
     except (ImportError, ValueError):
-        return ""
-
-
-def _with_thread_plan(client, job: MapJob) -> MapJob:
-    """The job with the Dask threads of each host (from the scheduler), so that each task's torch threads
-    share that host's cores instead of every task taking all of them."""
-    import dataclasses
-
-    if job.host_threads is not None:
-        return job
-    hosts: Dict[str, int] = {}
-    for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
-        host = address.rsplit(":", 1)[0]
-        hosts[host] = hosts.get(host, 0) + int(info.get("nthreads", 1))
-    return dataclasses.replace(job, host_threads=hosts)
+        return
+    heap_for_tensors()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["resolve_workers", "worker_pool", "split_interleaved"]
+__all__ = ["resolve_workers", "worker_pool", "split_interleaved", "heap_for_tensors"]
 
 #: Scans with fewer positions are mapped in the calling process by default: starting the workers
 #: (~0.3 s each, first calls included) costs more than they save.
@@ -72,11 +72,36 @@ def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable
     _FUNCTION = function
     try:
         threads = max(1, torch.get_num_threads() // workers)
-        with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads,
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker,
                                                       initargs=(threads,)) as pool:
             yield lambda parts: pool.imap(_call, parts)
     finally:
         _FUNCTION = None
+
+
+def heap_for_tensors() -> bool:
+    """In a process of our own (a forked or Dask worker): let glibc keep freed memory (trim threshold
+    256 MB) and serve allocations up to 32 MB from its heap, instead of mapping and unmapping pages for
+    every tensor. Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins the
+    mmap threshold at 128 kB: a 192 x 192 scan then mapped 2.2x slower (43.5 s instead of 19.9 s on one
+    thread), and 16.8 s with this. Returns False where there is no glibc (macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+        return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    heap_for_tensors()
 
 
 def _call(part):
