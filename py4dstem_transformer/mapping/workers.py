@@ -72,7 +72,7 @@ def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable
     _FUNCTION = function
     try:
         threads = max(1, torch.get_num_threads() // workers)
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker,
+        with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads,
                                                       initargs=(threads,)) as pool:
             yield lambda parts: pool.imap(_call, parts)
     finally:
@@ -80,7 +80,7 @@ def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable
 
 
 def heap_for_tensors() -> bool:
-    """In a process of our own (a forked or Dask worker): let glibc keep freed memory (trim threshold
+    """In a Dask worker process: let glibc keep freed memory (trim threshold
     256 MB) and serve allocations up to 32 MB from its heap, instead of mapping and unmapping pages for
     every tensor. Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins the
     mmap threshold at 128 kB: a 192 x 192 scan then mapped 2.2x slower (43.5 s instead of 19.9 s on one
@@ -97,11 +97,6 @@ def heap_for_tensors() -> bool:
         return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
     except (OSError, AttributeError):
         return False
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    heap_for_tensors()
 
 
 def _call(part):
