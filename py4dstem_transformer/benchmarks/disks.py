@@ -73,11 +73,9 @@ def make_scan(scan: int, q: int, seed: int = 3, dose: float = 1e6):
     from ..simulation.simulate import example_crystal
 
     datacube, truth, _ = simulate_datacube([example_crystal("Cu")], (scan, scan), (q, q), seed=seed, dose=dose)
-    vacuum = np.isnan(truth.thickness)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        probe = datacube.get_vacuum_probe(ROI=vacuum)
-        alpha, px0, py0 = probe.measure_disk(plot=False)
-        kernel = probe.get_kernel(mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
+    probe = _quiet(datacube.get_vacuum_probe, ROI=np.isnan(truth.thickness))
+    alpha, px0, py0 = _quiet(probe.measure_disk, plot=False)
+    kernel = _quiet(probe.get_kernel, mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
     return datacube, kernel, truth
 
 

@@ -124,7 +124,6 @@ def _band(kernel: np.ndarray, block: int, dtype, device) -> torch.Tensor:
 def _smooth_axis(images: torch.Tensor, kernel: np.ndarray, dim: int) -> torch.Tensor:
     n, radius = images.shape[dim], (len(kernel) - 1) // 2
     block = max(_BLOCK, 2 * radius)
-    width = block + 2 * radius
     # indices of the padded axis: scipy "reflect" (d c b a | a b c d | d c b a), repeated for kernels wider than the image
     if radius <= n:  # slices, flipped: much faster than a gather along the last axis
         left, right = images.narrow(dim, 0, radius).flip(dim), images.narrow(dim, n - radius, radius).flip(dim)
@@ -132,10 +131,7 @@ def _smooth_axis(images: torch.Tensor, kernel: np.ndarray, dim: int) -> torch.Te
     else:
         index = torch.as_tensor(_reflect_index(np.arange(-radius, n + radius), n), device=images.device)
         padded = images.index_select(dim, index)
-    band = np.zeros((width, block))
-    for j in range(block):
-        band[j : j + 2 * radius + 1, j] = kernel[::-1]
-    band = torch.as_tensor(band, dtype=images.dtype, device=images.device)
+    band = _band(kernel, block, images.dtype, images.device)
     out = torch.empty_like(images)
     for start in range(0, n, block):  # one strided matrix product per block of output rows / columns
         stop = min(start + block, n)

@@ -15,7 +15,7 @@ import torch
 
 from .config import DiskDetectionConfig
 from .correlate import correlate, smooth
-from .maxima import Maxima, filter_maxima, local_maxima
+from .maxima import Maxima, brightest_first, filter_maxima, local_maxima
 from .subpixel import refine_multicorr, refine_poly
 
 __all__ = ["BatchPeaks", "detect_batch"]
@@ -34,6 +34,19 @@ class BatchPeaks:
     y: np.ndarray
     intensity: np.ndarray
 
+    @classmethod
+    def empty(cls) -> "BatchPeaks":
+        z = np.zeros(0)
+        return cls(np.zeros(0, dtype=np.int64), z, z, z)
+
+    @classmethod
+    def concatenate(cls, parts) -> "BatchPeaks":
+        """One :class:`BatchPeaks` of consecutive batches, in order."""
+        parts = list(parts)
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate(f) for f in zip(*((p.counts, p.x, p.y, p.intensity) for p in parts))))
+
 
 def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfig) -> BatchPeaks:
     """Find the disks of every pattern of ``patterns`` (B, Qx, Qy) float32.
@@ -43,8 +56,7 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
     """
     n = patterns.shape[0]
     if n == 0:
-        z = np.zeros(0)
-        return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
+        return BatchPeaks.empty()
     # the dense steps in sub-batches small enough to stay in cache; the filters on all maxima at once
     step = max(1, _DENSE_PIXELS // (patterns.shape[-1] * patterns.shape[-2]))
     parts, found = [], []
@@ -72,13 +84,13 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
     columns = []
     for (s, cc, ar), lo, hi in zip(parts, bounds[:-1].tolist(), bounds[1:].tolist()):
         m = maxima.select(slice(lo, hi))
-        m.pattern = m.pattern - s
-        columns.append((m.pattern + s,) + _subpixel(m, cc, ar, config))
+        in_batch = m.pattern
+        m.pattern = in_batch - s
+        columns.append((in_batch,) + _subpixel(m, cc, ar, config))
     pattern, x, y, intensity = (torch.cat(c) for c in zip(*columns))
     if config.subpixel == "multicorr":
         # py4DSTEM sorts multicorr's peaks by intensity again (the poly interpolation)
-        order = torch.argsort(intensity, descending=True, stable=True)
-        order = order[torch.argsort(pattern[order], stable=True)]
+        order = brightest_first(pattern, intensity)
         pattern, x, y, intensity = pattern[order], x[order], y[order], intensity[order]
     counts = torch.bincount(pattern, minlength=n)
     return BatchPeaks(*(t.cpu().numpy() for t in (counts.long(), x, y, intensity)))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..core.device import resolve_device
+from ..io.peaks import fill_braggvectors
 from .config import DiskDetectionConfig
 from .correlate import template_spectrum
 from .detect import BatchPeaks, detect_batch
@@ -184,13 +185,19 @@ def _datacube_chunks(datacube, radial_bksb: bool):
     def read(start: int, stop: int) -> np.ndarray:
         if radial_bksb:
             return np.stack([datacube.get_radial_bksb_dp(i // rny, i % rny) for i in range(start, stop)])
-        if start % rny == 0 and stop % rny == 0:
-            block = np.asarray(data[start // rny : stop // rny])
-            return block.reshape(-1, *block.shape[2:])
-        r = start // rny
-        return np.asarray(data[r, start - r * rny : stop - r * rny])
+        return _read_positions(data, rny, start, stop)
 
     return ranges, read
+
+
+def _read_positions(data, rny: int, start: int, stop: int) -> np.ndarray:
+    """(stop - start, Qx, Qy): the flat positions ``start ... stop - 1`` of a 4-D (Rx, Ry, Qx, Qy) array,
+    h5py dataset or memmap (whole scan rows, or part of one row, as :func:`_datacube_chunks` cuts them)."""
+    if start % rny == 0 and stop % rny == 0:
+        block = np.asarray(data[start // rny : stop // rny])
+        return block.reshape(-1, *block.shape[2:])
+    r = start // rny
+    return np.asarray(data[r, start - r * rny : stop - r * rny])
 
 
 def _array_chunks(stack: np.ndarray):
@@ -258,10 +265,7 @@ def _detect_stream(chunks, shape, len_, template, config, filter_function, batch
             for peaks in imap(list(ranges(batch))):
                 parts.append(peaks)
                 bar.update(len(peaks.counts))
-    if not parts:
-        z = np.zeros(0)
-        return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
-    return BatchPeaks(*(np.concatenate(f) for f in zip(*((p.counts, p.x, p.y, p.intensity) for p in parts))))
+    return BatchPeaks.concatenate(parts)
 
 
 def _detect_distributed(client, datacube, template, config, filter_function, batch_size, device, progress_bar):
@@ -286,10 +290,7 @@ def _detect_distributed(client, datacube, template, config, filter_function, bat
             parts[futures.pop(future)] = peaks
             bar.update(len(peaks.counts))
             future.release()
-    if not parts:
-        z = np.zeros(0)
-        return BatchPeaks(np.zeros(0, dtype=np.int64), z, z, z)
-    return BatchPeaks(*(np.concatenate(f) for f in zip(*((p.counts, p.x, p.y, p.intensity) for p in parts))))
+    return BatchPeaks.concatenate(parts)
 
 
 def _h5_source(data):
@@ -309,27 +310,19 @@ def _detect_task(part, template, config, filter_function, device):
         import h5py
 
         with h5py.File(path, "r") as f:
-            data = f[dataset]
-            if start % rny == 0 and stop % rny == 0:
-                block = data[start // rny : stop // rny]
-                block = block.reshape(-1, *block.shape[2:])
-            else:
-                r = start // rny
-                block = data[r, start - r * rny : stop - r * rny]
+            block = _read_positions(f[dataset], rny, start, stop)
     else:
         block = part
-    dev = resolve_device(device)
-    ranges = lambda batch: iter([(0, len(block))])  # noqa: E731  (this task's one batch)
-    return _detect_stream((ranges, lambda a, b: block[a:b]), block.shape[1:], len(block), template, config,
-                          filter_function, len(block) or 1, dev, progress_bar=False)
+    return _detect_stream(_array_chunks(block), block.shape[1:], len(block), template, config, filter_function,
+                          len(block) or 1, resolve_device(device), progress_bar=False)  # this task's one batch
 
 
 # --- py4DSTEM containers --------------------------------------------------------------------------
 
 
-def _structured(peaks: BatchPeaks, names=("qx", "qy", "intensity")) -> np.ndarray:
-    flat = np.zeros(len(peaks.x), dtype=[(n, np.float64) for n in names])
-    flat[names[0]], flat[names[1]], flat[names[2]] = peaks.x, peaks.y, peaks.intensity
+def _structured(peaks: BatchPeaks) -> np.ndarray:
+    flat = np.zeros(len(peaks.x), dtype=[(n, np.float64) for n in ("qx", "qy", "intensity")])
+    flat["qx"], flat["qy"], flat["intensity"] = peaks.x, peaks.y, peaks.intensity
     return flat
 
 
@@ -346,12 +339,8 @@ def _to_braggvectors(peaks: BatchPeaks, datacube, config, template, filter_funct
     from py4DSTEM import BraggVectors
 
     bv = BraggVectors(datacube.Rshape, datacube.Qshape, name=name)
-    pla = bv._v_uncal
-    flat = _structured(peaks, tuple(pla.dtype.names))
-    offsets = np.concatenate([[0], np.cumsum(peaks.counts)])
-    for b, pl in enumerate(pl for row in pla._pointlists for pl in row):  # C order: b = rx * Ry + ry
-        pl.data = flat[offsets[b] : offsets[b + 1]].copy()
-    params = {k: v for k, v in config.to_dict().items()}
+    fill_braggvectors(bv, peaks.x, peaks.y, peaks.intensity, peaks.counts)
+    params = config.to_dict()
     params.update(template=template, filter_function=filter_function, finder="py4dstem_transformer.find_bragg_disks")
     bv.metadata = Metadata(name="gen_params", data=params)
     datacube.attach(bv)

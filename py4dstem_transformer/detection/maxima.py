@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Maxima", "local_maxima", "filter_maxima"]
+__all__ = ["Maxima", "local_maxima", "filter_maxima", "brightest_first"]
 
 @dataclass
 class Maxima:
@@ -65,9 +65,14 @@ def local_maxima(ar: torch.Tensor, edge_boundary: int = 1, min_absolute: float =
     v = ar[pattern, i, j]
     strict = (v > ar[pattern, i - 1, j]) & (v > ar[pattern, i, j - 1]) & (v > ar[pattern, i + 1, j - 1]) & (v > ar[pattern, i - 1, j - 1])
     pattern, i, j, value = pattern[strict], i[strict], j[strict], v[strict]
-    order = torch.argsort(value, descending=True, stable=True)
-    order = order[torch.argsort(pattern[order], stable=True)]  # by pattern, brightest first within each
+    order = brightest_first(pattern, value)
     return Maxima(pattern[order], i[order], j[order], value[order])
+
+
+def brightest_first(pattern: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The order that groups entries by pattern and puts each pattern's brightest first (stable in ties)."""
+    order = torch.argsort(value, descending=True, stable=True)
+    return order[torch.argsort(pattern[order], stable=True)]
 
 
 def _rank(pattern: torch.Tensor, n_patterns: int):

@@ -28,9 +28,13 @@ def refine_poly(maxima: Maxima, ar: torch.Tensor):
     b, x, y = maxima.pattern, maxima.x, maxima.y
     c = ar[b, x, y].double()
     xm, xp, ym, yp = (ar[b, i, j].double() for i, j in ((x - 1, y), (x + 1, y), (x, y - 1), (x, y + 1)))
-    fx = x.double() + (xp - xm) / (4 * c - 2 * xp - 2 * xm)
-    fy = y.double() + (yp - ym) / (4 * c - 2 * yp - 2 * ym)
+    fx, fy = x.double() + _vertex(xm, c, xp), y.double() + _vertex(ym, c, yp)
     return fx, fy, _bilinear(ar, b, fx, fy)
+
+
+def _vertex(minus, centre, plus):
+    """Offset of the vertex of the parabola through (-1, minus), (0, centre), (1, plus): py4DSTEM's formula."""
+    return (plus - minus) / (4 * centre - 2 * plus - 2 * minus)
 
 
 def _bilinear(a, b, fx, fy):
@@ -92,8 +96,8 @@ def refine_multicorr(
     c = up[m, gxc, gyc]
     xm, xp, ym, yp = up[m, gxc - 1, gyc], up[m, gxc + 1, gyc], up[m, gxc, gyc - 1], up[m, gxc, gyc + 1]
     # py4DSTEM falls back to no parabola (both axes) when the grid maximum is on the grid's border
-    dx = torch.where(inside, (xp - xm) / (4 * c - 2 * xp - 2 * xm), torch.zeros_like(c))
-    dy = torch.where(inside, (yp - ym) / (4 * c - 2 * yp - 2 * ym), torch.zeros_like(c))
+    dx = torch.where(inside, _vertex(xm, c, xp), torch.zeros_like(c))
+    dy = torch.where(inside, _vertex(ym, c, yp), torch.zeros_like(c))
     return sx + (gx - shift_grid + dx) / u, sy + (gy - shift_grid + dy) / u
 
 

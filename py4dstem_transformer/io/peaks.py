@@ -15,7 +15,8 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_to_braggvectors", "read_peaks", "open_peaks"]
+__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
+           "open_peaks"]
 
 _VECTORS = "_v_uncal"
 
@@ -130,17 +131,23 @@ def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_
     if origin is None or q_pixel_size is None:
         raise ValueError("peaks_to_braggvectors needs an origin and a Q pixel size (pass them or a calibration)")
     bv = BraggVectors(tuple(peaks.scan_shape), tuple(Qshape))
-    pla = bv._v_uncal
-    flat = np.zeros(len(peaks), dtype=pla.dtype)
-    flat["qx"], flat["qy"], flat["intensity"] = peaks.qx, peaks.qy, peaks.intensity
-    offsets = peaks.offsets
-    for b, pl in enumerate(pl for row in pla._pointlists for pl in row):  # C order: b = rx * Ry + ry
-        pl.data = flat[offsets[b] : offsets[b + 1]].copy()
+    fill_braggvectors(bv, peaks.qx, peaks.qy, peaks.intensity, peaks.counts)
     bv.calibration.set_origin(origin)
     bv.calibration.set_Q_pixel_units("A^-1")
     bv.calibration.set_Q_pixel_size(q_pixel_size)
     bv.setcal(center=True, ellipse=False, pixel=True, rotate=False)
     return bv
+
+
+def fill_braggvectors(bv, qx, qy, intensity, counts) -> None:
+    """Set the raw vectors of every position of ``bv`` (a new py4DSTEM ``BraggVectors``) from flat arrays,
+    position after position in C order (``counts`` peaks each)."""
+    pla = bv._v_uncal
+    flat = np.zeros(len(qx), dtype=pla.dtype)
+    flat["qx"], flat["qy"], flat["intensity"] = qx, qy, intensity
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for b, pl in enumerate(pl for row in pla._pointlists for pl in row):  # C order: b = rx * Ry + ry
+        pl.data = flat[offsets[b] : offsets[b + 1]].copy()
 
 
 #: Scan positions read from a file at once by :func:`read_peaks`.
