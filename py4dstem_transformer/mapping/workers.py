@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["resolve_workers", "worker_pool", "split_interleaved", "heap_for_tensors"]
+__all__ = ["resolve_workers", "worker_pool", "split_interleaved"]
 
 #: Scans with fewer positions are mapped in the calling process by default: starting the workers
 #: (~0.3 s each, first calls included) costs more than they save.
@@ -32,12 +32,11 @@ MAX_DEFAULT_WORKERS = 8
 _FUNCTION: Optional[Callable] = None  # what the forked workers call; set in the parent while its pool lives
 
 
-def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int,
-                    min_positions: int = MIN_POSITIONS_FOR_WORKERS) -> int:
+def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int) -> int:
     """The number of worker processes to use (1 = the calling process).
 
     ``workers=None`` picks ``torch.get_num_threads()`` (at most 8; each worker then gets an equal share
-    of the threads) on a Linux CPU for scans of at least ``min_positions`` positions, else 1. An explicit count is
+    of the threads) on a Linux CPU for scans of at least 8192 positions, else 1. An explicit count is
     used as given on a CPU (1 elsewhere).
     """
     if workers is not None:
@@ -48,7 +47,7 @@ def resolve_workers(workers: Optional[int], device: torch.device, num_positions:
         return 1
     if workers is not None:
         return workers
-    if num_positions < min_positions:
+    if num_positions < MIN_POSITIONS_FOR_WORKERS:
         return 1
     return max(1, min(torch.get_num_threads(), MAX_DEFAULT_WORKERS))
 
@@ -77,26 +76,6 @@ def worker_pool(function: Callable, workers: int) -> Iterator[Callable[[Iterable
             yield lambda parts: pool.imap(_call, parts)
     finally:
         _FUNCTION = None
-
-
-def heap_for_tensors() -> bool:
-    """In a Dask worker process: let glibc keep freed memory (trim threshold
-    256 MB) and serve allocations up to 32 MB from its heap, instead of mapping and unmapping pages for
-    every tensor. Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins the
-    mmap threshold at 128 kB: a 192 x 192 scan then mapped 2.2x slower (43.5 s instead of 19.9 s on one
-    thread), and 16.8 s with this. Returns False where there is no glibc (macOS, Windows)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
-        return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 def _call(part):
