@@ -83,9 +83,9 @@ def _cmd_simulate(args) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise SystemExit(f"error: {args.out} exists; pass --overwrite to replace it")
     if args.cif:
-        from py4DSTEM.process.diffraction import Crystal
+        from .core.crystal import crystal_from_cif
 
-        crystal = Crystal.from_CIF(args.cif)
+        crystal = crystal_from_cif(args.cif)
     else:
         crystal = example_crystal(args.crystal)
     ts = generate_training_set(
@@ -191,6 +191,38 @@ def _add_calibrate(sub) -> None:
     p.set_defaults(func=_cmd_calibrate)
 
 
+def _cmd_validate_voltages(args) -> int:
+    from .mapping.mapper import TransformerOrientationMap
+    from .mapping.voltages import attach_validation, validate_voltages
+
+    mapper = TransformerOrientationMap.from_model(args.model)
+    kv = [float(v) for v in args.kv.split(",") if v.strip()]
+    result = validate_voltages(mapper, kv, n=args.n, seed=args.seed, tolerance=args.tolerance,
+                               progress_bar=not args.no_progress)
+    for phase_row, v in zip(result["strict_per_phase"], result["kv"]):
+        print(f"{v:g} kV: strict <= 5 deg " + ", ".join(f"{s:.1%}" for s in phase_row))
+    low, high = (r / 1e3 for r in result["range"])
+    attach_validation(mapper.model, result)
+    mapper.model.save(args.out)
+    print(f"saved {args.out}: accepts {low:g}-{high:g} kV (within {args.tolerance:.0%} of its training voltage's "
+          f"accuracy, {args.n} patterns per voltage and phase)")
+    return 0
+
+
+def _add_validate_voltages(sub) -> None:
+    p = sub.add_parser("validate-voltages", help="measure at which voltages a model maps as well as at its own, "
+                                                 "and store the range it accepts in the model file")
+    p.add_argument("model", help="a model file or a shipped model's name")
+    p.add_argument("--out", required=True, help="model file to write (.pt); may be the input file")
+    p.add_argument("--kv", default="60,80,120,200,300", help="voltages in kV, comma-separated (default 60,80,120,200,300)")
+    p.add_argument("--n", type=int, default=300, help="random orientations per voltage and phase (default 300)")
+    p.add_argument("--seed", type=int, default=3000, help="keep it apart from the benchmarks' and calibration's seeds")
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="accept voltages at most this much below the training voltage's strict accuracy (default 0.02)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_validate_voltages)
+
+
 def _cmd_demo(args) -> int:
     from .evaluation.demo import run_demo
 
@@ -285,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_train(sub)
     _add_calibrate(sub)
+    _add_validate_voltages(sub)
     _add_bench(sub)
     return parser
 

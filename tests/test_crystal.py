@@ -90,5 +90,42 @@ def test_check_names_what_differs():
     with pytest.raises(ValueError, match=r"atoms \(Z = \[30\]\) differ from the model's \(Z = \[29\]\)"):
         check_crystal_matches_model(Crystal(cu.positions, 30, 3.615), metadata)
     cu.setup_diffraction(200e3)
-    with pytest.raises(ValueError, match="200 kV but the model was trained at 300 kV"):
-        check_crystal_matches_model(cu, metadata)
+    check_crystal_matches_model(cu, metadata)  # the voltage is checked apart (check_voltage)
+
+
+def test_voltage_comes_from_the_crystal_then_the_keyword_then_the_model():
+    from py4dstem_transformer.io.compatibility import resolve_voltage
+
+    bare, cu = example_crystal("Cu"), example_crystal("Cu")
+    assert resolve_voltage([bare], None, 300e3, 100e3) == (300e3, "the model (its training voltage)")
+    assert resolve_voltage([bare], None, None, 100e3) == (100e3, "the default")
+    assert resolve_voltage([bare], 200e3, 300e3, 100e3) == (200e3, "accel_voltage=")
+    cu.setup_diffraction(80e3)
+    assert resolve_voltage([cu, bare], None, 300e3, 100e3) == (80e3, "the crystal (crystal.accel_voltage)")
+    assert resolve_voltage([cu], 80.2e3, 300e3, 100e3)[0] == 80e3  # the same voltage within 1%
+    with pytest.raises(ValueError, match=r"accel_voltage=200000 \(200 kV\) was passed but the crystal is set up for 80 kV"):
+        resolve_voltage([cu], 200e3, 300e3, 100e3)
+    other = example_crystal("Cu")
+    other.setup_diffraction(200e3)
+    with pytest.raises(ValueError, match="different voltages"):
+        resolve_voltage([cu, other], None, 300e3, 100e3)
+    with pytest.raises(ValueError, match="looks like kV; give volts"):
+        resolve_voltage([bare], 200, 300e3, 100e3)
+    with pytest.raises(ValueError, match="accel_voltage must be positive"):
+        resolve_voltage([bare], -3e5, 300e3, 100e3)
+
+
+def test_only_voltages_a_measurement_covers_are_accepted():
+    from py4dstem_transformer.io.compatibility import VALIDATION_KEY, check_voltage
+
+    assert check_voltage(200e3, {}) == ""  # a bare model
+    unmeasured = {"accel_voltage": 300e3}
+    assert "not measured at other voltages" in check_voltage(301e3, unmeasured)
+    with pytest.raises(ValueError, match="200 kV but the model was trained at 300 kV, not measured") as info:
+        check_voltage(200e3, unmeasured)
+    assert "generate_training_set(accel_voltage=200000)" in str(info.value)
+    measured = {"accel_voltage": 300e3,
+                VALIDATION_KEY: {"kv": [60.0, 80.0, 300.0], "strict": [0.5, 0.9, 0.91], "range": [80e3, 300e3]}}
+    assert "measured to map 80-300 kV as well as 300 kV" in check_voltage(200e3, measured)
+    with pytest.raises(ValueError, match="91% at 300 kV, 50% at 60 kV"):
+        check_voltage(60e3, measured)

@@ -67,6 +67,9 @@ def test_ensure_plan_is_cheap_idempotent_and_keeps_the_voltage():
     vecs = cu.orientation_vecs
     ensure_plan(cu, 300e3, 2.0)
     assert cu.orientation_vecs is vecs
+    bare = make_cu()  # a crystal without a voltage gets a plan but no voltage: it would be read as the data's
+    ensure_plan(bare, 300e3, 2.0)
+    assert hasattr(bare, "orientation_vecs") and not hasattr(bare, "accel_voltage") and not hasattr(bare, "wavelength")
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["CrystalIdentity", "nested_tuples", "private_copy", "cell_parameters", "phase_metadata",
-           "crystals_from_metadata", "crystal_from_metadata"]
+           "crystals_from_metadata", "crystal_from_metadata", "crystal_from_cif"]
 
 _FIX = "train a model for this crystal (crystal.generate_training_set(...), then py4dstem_transformer.train)"
 
@@ -161,3 +161,25 @@ def crystals_from_metadata(metadata: dict) -> list:
 def crystal_from_metadata(metadata: dict):
     """The py4DSTEM Crystal a model (or one phase of it) was trained for, rebuilt from its metadata."""
     return CrystalIdentity.from_dict(metadata["crystal"]).to_crystal()
+
+
+def crystal_from_cif(path, conventional_standard_structure: bool = True):
+    """py4DSTEM's ``Crystal.from_CIF(path)`` (needs pymatgen), with a clear error for a missing or unreadable file
+    and without pymatgen's deprecation chatter. The conventional standard cell is py4DSTEM's default."""
+    import contextlib
+    import io
+    import os
+    import warnings
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no CIF file {os.fspath(path)!r}")
+    from py4DSTEM.process.diffraction import Crystal
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return Crystal.from_CIF(os.fspath(path), conventional_standard_structure=conventional_standard_structure)
+    except ImportError as err:
+        raise ImportError(f"reading a CIF needs pymatgen: pip install 'pymatgen<2024.8.9' ({err})") from err
+    except Exception as err:  # pymatgen's parser errors name no file
+        raise ValueError(f"could not read a crystal structure from {os.fspath(path)!r}: {err}") from err

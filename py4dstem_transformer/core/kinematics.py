@@ -6,6 +6,12 @@ rotated to the lab, ``g_lab = M.T @ g``, their excitation errors are
 ``s_g = (2 g_z - lambda |g|^2) / (2 - 2 lambda g_z)`` for a beam along -z, and the intensities are
 ``|F|^2 exp(-s_g^2 / 2 sigma^2)`` for ``|s_g| <= 3 sigma``. Used to score predictions against the
 observed disks (confidence, beam-flip choice) without a Python loop over patterns.
+
+Precession (cone semi-angle ``phi``, rad): over a precession cycle a reflection at in-plane radius ``r``
+sweeps ``s_g + phi r cos(psi)`` (first order in ``phi``). py4DSTEM averages the Gaussian profile over the
+cycle numerically; here the averaged profile is the Gaussian of the same area and variance,
+``sigma_p^2 = sigma^2 + (phi r)^2 / 2``: intensity ``|F|^2 (sigma / sigma_p) exp(-s_g^2 / 2 sigma_p^2)``,
+excited where ``|s_g| <= 3 sigma + phi r`` (py4DSTEM: somewhere on the cycle within ``3 sigma``).
 """
 
 from __future__ import annotations
@@ -29,15 +35,19 @@ class Reflections:
     g : (G, 3) float32 tensor, crystal Cartesian frame, 1/A.
     intensity : (G,) float32 tensor, kinematic ``|F|^2`` normalised to the strongest reflection.
     wavelength : float, electron wavelength (A).
+    precession : float, precession angle (rad); 0 without precession.
     """
 
     g: torch.Tensor
     intensity: torch.Tensor
     wavelength: float
+    precession: float = 0.0
 
     @classmethod
-    def from_crystal(cls, crystal, k_max: float, accel_voltage: float, tol_structure_factor: float = 1e-4):
-        """Compute on a private copy of ``crystal`` (the user's object is not modified)."""
+    def from_crystal(cls, crystal, k_max: float, accel_voltage: float, tol_structure_factor: float = 1e-4,
+                     precession_angle_degrees: float = None):
+        """Compute on a private copy of ``crystal`` (the user's object is not modified); ``accel_voltage`` in V,
+        ``precession_angle_degrees`` None (or 0) without precession."""
         from .crystal import private_copy
 
         fresh = private_copy(crystal)
@@ -49,15 +59,15 @@ class Reflections:
         keep = np.linalg.norm(g, axis=1) > 1e-9  # drop 000
         g, intensity = g[keep], intensity[keep]
         return cls(torch.as_tensor(g, dtype=torch.float32), torch.as_tensor(intensity / intensity.max(), dtype=torch.float32),
-                   float(fresh.wavelength))
+                   float(fresh.wavelength), float(np.deg2rad(precession_angle_degrees or 0.0)))
 
     def min_disk_separation(self, sigma_excitation_error: float, max_reflections: int = 20000) -> float:
         """A lower bound (1/A) on the in-plane distance between two disks of one simulated pattern.
 
         Two reflections excited together (``|s_g| <= 3 sigma`` each) differ along the beam by at most
         ``dz = 6 sigma + lambda |g|max^2 / 2`` (``s_g ~ g_z - lambda |g|^2 / 2``, 1% margin for the
-        exact form), so their disks lie at least ``sqrt(d_min^2 - dz^2)`` apart, ``d_min`` the
-        shortest distance between two reflections. 0 when that bound is void, or for more than
+        exact form; with precession ``phi`` each may be ``phi |g|max`` further out), so their disks lie at
+        least ``sqrt(d_min^2 - dz^2)`` apart, ``d_min`` the shortest distance between two reflections. 0 when that bound is void, or for more than
         ``max_reflections`` reflections (not computed)."""
         g = self.g.double()
         if len(g) < 2 or len(g) > max_reflections:
@@ -68,11 +78,12 @@ class Reflections:
             d[torch.arange(len(d)), start + torch.arange(len(d))] = torch.inf  # not to itself
             d_min = min(d_min, float(d.min()))
         d2 = d_min**2
-        dz = 1.01 * (6 * sigma_excitation_error + self.wavelength * float((g * g).sum(-1).max()) / 2)
+        g2_max = float((g * g).sum(-1).max())
+        dz = 1.01 * (6 * sigma_excitation_error + 2 * self.precession * np.sqrt(g2_max) + self.wavelength * g2_max / 2)
         return float(np.sqrt(d2 - dz**2)) if d2 > dz**2 else 0.0
 
     def to(self, device) -> "Reflections":
-        return Reflections(self.g.to(device), self.intensity.to(device), self.wavelength)
+        return Reflections(self.g.to(device), self.intensity.to(device), self.wavelength, self.precession)
 
 
 def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitation_error: float = 0.02,
@@ -108,7 +119,7 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
     # rank from the beam direction alone, then place only the kept ones
     top, index = brightest_excited(matrix[:, :, 2] @ g.T, (g * g).sum(-1), torch.log(reflections.intensity.to(g.device)),
                                    reflections.wavelength, sigma_excitation_error, int(limit.max()), k_max, r_min,
-                                   ordered)  # (B, K), brightest first if ordered
+                                   ordered, reflections.precession)  # (B, K), brightest first if ordered
     K = top.shape[-1]
     xy = (g[index] @ matrix)[..., :2]  # (B, K, 2): rows of (M.T g).T = g.T M
     disks, mask = torch.cat([xy, torch.exp(top)[..., None]], -1), torch.isfinite(top)
@@ -119,30 +130,40 @@ def simulate_disks(matrix: torch.Tensor, reflections: Reflections, sigma_excitat
 
 def brightest_excited(gz: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
                       sigma_excitation_error: float, count: int, k_max: float = None, r_min: float = 0.0,
-                      ordered: bool = True):
+                      ordered: bool = True, precession: float = 0.0):
     """``(log intensity (B, K), index (B, K))`` of the ``count`` (at most) brightest excited reflections.
 
     Which reflections are excited, and how strongly, depends on the beam direction alone (a rotation keeps
     ``|g|``): ``gz`` (B, T) is their lab z (``g . M[:, 2]``), ``g2`` their ``|g|^2`` and ``log_f2`` their
     ``ln |F|^2`` (broadcastable to (B, T)); the in-plane radius follows as ``r^2 = |g|^2 - g_z^2``. The log
-    intensity is -inf where fewer are excited; ``ordered=False`` leaves them in no particular order (faster).
+    intensity is -inf where fewer are excited; ``ordered=False`` leaves them in no particular order (faster);
+    ``precession``: the precession angle (rad).
     """
     log_i = excited_log_intensity(gz, g2, (g2 - gz * gz).clamp_min(0.0), log_f2, wavelength, sigma_excitation_error,
-                                  k_max, r_min)  # (B, T)
+                                  k_max, r_min, precession)  # (B, T)
     return torch.topk(log_i, min(count, log_i.shape[-1]), dim=-1, sorted=ordered)
 
 
 def excited_log_intensity(gz: torch.Tensor, g2: torch.Tensor, r2: torch.Tensor, log_f2: torch.Tensor,
                           wavelength: float, sigma_excitation_error: float, k_max: float = None,
-                          r_min: float = 0.0) -> torch.Tensor:
+                          r_min: float = 0.0, precession: float = 0.0) -> torch.Tensor:
     """``ln |F|^2 - s_g^2 / 2 sigma^2`` of reflections, -inf where not excited (``|s_g| > 3 sigma``) or
     outside ``r_min <= |(qx, qy)| <= k_max``.
 
     ``gz``: lab z of the reflections (1/A), ``g2``: their ``|g|^2``, ``r2``: their in-plane radius squared,
-    ``log_f2``: their ``ln |F|^2``; broadcastable tensors. ``s_g`` as in :func:`simulate_disks`.
+    ``log_f2``: their ``ln |F|^2``; broadcastable tensors. ``s_g`` as in :func:`simulate_disks`. With a
+    ``precession`` angle (rad), the cycle-averaged profile of the module docstring.
     """
     sg = (2 * gz - wavelength * g2) / (2 - 2 * wavelength * gz)  # excitation errors
-    visible = (sg.abs() <= 3 * sigma_excitation_error) & (r2 >= r_min**2)
+    if precession:
+        sweep2 = precession**2 * r2  # (phi r)^2: the excitation error sweeps +-phi r over a cycle
+        var = sigma_excitation_error**2 + sweep2 / 2
+        log_i = log_f2 + 0.5 * torch.log(sigma_excitation_error**2 / var) - sg**2 / (2 * var)
+        visible = sg.abs() <= 3 * sigma_excitation_error + torch.sqrt(sweep2)
+    else:
+        log_i = log_f2 - sg**2 / (2 * sigma_excitation_error**2)
+        visible = sg.abs() <= 3 * sigma_excitation_error
+    visible &= r2 >= r_min**2
     if k_max is not None:
         visible &= r2 <= k_max**2
-    return (log_f2 - sg**2 / (2 * sigma_excitation_error**2)).masked_fill(~visible, -torch.inf)
+    return log_i.masked_fill(~visible, -torch.inf)

@@ -75,12 +75,15 @@ def acom_default(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_m
     return acom_match(crystal, bragg_peaks, progress_bar)
 
 
-def acom_plan(crystal, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0) -> None:
-    """Structure factors to ``k_max`` (1/A) and py4DSTEM's default orientation plan on ``crystal``."""
+def acom_plan(crystal, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0,
+              precession_angle_degrees: Optional[float] = None) -> None:
+    """Structure factors to ``k_max`` (1/A) and py4DSTEM's default orientation plan on ``crystal`` at
+    ``accel_voltage`` (V), with ``precession_angle_degrees`` where the data were precessed."""
     with _quiet():
         crystal.setup_diffraction(accel_voltage)
         crystal.calculate_structure_factors(k_max)
-        crystal.orientation_plan(zone_axis_range="auto", accel_voltage=accel_voltage, progress_bar=False)
+        crystal.orientation_plan(zone_axis_range="auto", accel_voltage=accel_voltage, progress_bar=False,
+                                 precession_angle_degrees=precession_angle_degrees)
 
 
 def acom_match(crystal, bragg_peaks, progress_bar: bool = False):

@@ -32,17 +32,25 @@ def ensure_plan(crystal, accel_voltage: float, k_max: float) -> None:
 
     Runs ``crystal.orientation_plan(calculate_correlation_array=False)`` only if no plan exists,
     with the crystal's own ``accel_voltage`` when it has one (``orientation_plan`` would otherwise
-    reset it to 300 kV). Structure factors are computed first only if the crystal has none.
+    reset it to 300 kV). A crystal that had no voltage gets none: the voltage ``orientation_plan``
+    sets is taken off again, so that the crystal never claims a voltage its user did not give it
+    (the mapper reads ``crystal.accel_voltage`` as the data's). Structure factors are computed first
+    only if the crystal has none.
     """
     if all(hasattr(crystal, a) for a in _PLAN):
         return
-    voltage = float(getattr(crystal, "accel_voltage", accel_voltage))
+    had_voltage = getattr(crystal, "accel_voltage", None) is not None
+    missing = [name for name in ("accel_voltage", "wavelength") if not hasattr(crystal, name)]
+    voltage = float(crystal.accel_voltage) if had_voltage else float(accel_voltage)
     with contextlib.redirect_stdout(io.StringIO()):
         if not hasattr(crystal, "struct_factors"):
             crystal.calculate_structure_factors(k_max)
         zone_axis_range = "auto" if getattr(crystal, "pymatgen_available", False) else np.array([[0, 1, 1], [1, 1, 1]])
         crystal.orientation_plan(zone_axis_range=zone_axis_range, accel_voltage=voltage,
                                  calculate_correlation_array=False, progress_bar=False)
+    for name in missing:
+        if hasattr(crystal, name):
+            delattr(crystal, name)
 
 
 def reduce_to_zone_axis_triangle(matrix: np.ndarray, rotations: np.ndarray, zone_axis_range: np.ndarray):

@@ -17,7 +17,7 @@ import torch
 
 from ..core.defaults import ACCEL_VOLTAGE
 from ..core.device import resolve_device
-from ..io.compatibility import check_crystal_matches_model
+from ..io.compatibility import check_crystal_matches_model, check_voltage, resolve_precession, resolve_voltage
 from ..core.crystal import crystals_from_metadata, phase_metadata
 from ..io.orientation_map import build_orientation_map, ensure_plan
 from ..io.peaks import Peaks, PeaksFile, open_peaks, peaks_from_braggvectors
@@ -60,6 +60,15 @@ class TransformerOrientationMap:
     workers : int, optional
         CPU processes sharing torch's threads (:mod:`.workers`; Linux). Default: ``torch.get_num_threads()``
         (at most 8) for scans of at least 8192 positions on a CPU, else 1; on CUDA always 1.
+    accel_voltage : float, optional
+        The microscope's voltage (V), where the crystal does not carry one: py4DSTEM keeps it as
+        ``crystal.accel_voltage`` (``crystal.setup_diffraction(200e3)``), and that comes first. Default: the
+        model's training voltage. The scoring and refinement use this voltage's wavelength; a voltage the
+        model was not measured to map as well as its own (``metadata["voltage_validation"]``) is refused,
+        with how to train for it. :attr:`voltage_note` says which voltage was used and why.
+    precession_angle_degrees : float, optional
+        Precession angle of the data (deg, py4DSTEM's keyword); the scoring and refinement then use the
+        cycle-averaged excitation (:mod:`~..core.kinematics`). Default None: no precession.
 
     Examples
     --------
@@ -70,7 +79,8 @@ class TransformerOrientationMap:
 
     def __init__(self, crystal, model, *, config: Optional[MapConfig] = None, device=None,
                  precision: Optional[str] = None, calibrated_confidence: bool = True,
-                 workers: Optional[int] = None, **settings):
+                 workers: Optional[int] = None, accel_voltage: Optional[float] = None,
+                 precession_angle_degrees: Optional[float] = None, **settings):
         model = model if isinstance(model, OrientationModel) else OrientationModel.load(model)
         meta, self.crystals = model.metadata, list(crystal) if isinstance(crystal, (list, tuple)) else [crystal]
         self._phase_meta = phase_metadata(meta)
@@ -79,13 +89,20 @@ class TransformerOrientationMap:
             raise ValueError(f"the model maps {len(names)} phase(s) {names} but {len(self.crystals)} crystal(s) were "
                              f"given; pass one Crystal per phase, in this order")
         for c, phase in zip(self.crystals, self._phase_meta):
-            check_crystal_matches_model(c, {**phase, "accel_voltage": meta.get("accel_voltage")})
+            check_crystal_matches_model(c, phase)
         self.crystal, self.model = self.crystals[0], model.eval()
         self.config = (config or MapConfig()).replace(**settings)
         self.device, self.precision, self.workers = resolve_device(device), precision, workers
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
-        self.accel_voltage = float(meta.get("accel_voltage", ACCEL_VOLTAGE))
+        self.accel_voltage, source = resolve_voltage(self.crystals, accel_voltage, meta.get("accel_voltage"),
+                                                     ACCEL_VOLTAGE)
+        shown = check_voltage(self.accel_voltage, meta)
+        self.precession_angle_degrees = resolve_precession(precession_angle_degrees)
+        self.voltage_note = (f"voltage: {self.accel_voltage / 1e3:g} kV, from {source}"
+                             + (f"; {shown}" if shown else "")
+                             + (f"; precession {self.precession_angle_degrees:g} deg" if self.precession_angle_degrees
+                                else ""))
         self.self_calibration_config = SelfCalibrationConfig()
         self.self_calibration: Optional[SelfCalibration] = None  # the last scan's measurement
         self._warn_if_uncalibrated(refine=True)
@@ -119,7 +136,7 @@ class TransformerOrientationMap:
     def phases(self):
         """The per-phase physics (:class:`~.phase.Phase`), built on first use."""
         return build_phases(self.crystals, self._phase_meta, self.token_config.k_max, self.token_config.direct_beam_radius,
-                            self.accel_voltage, self.config.score, self.calibration)
+                            self.accel_voltage, self.config.score, self.calibration, self.precession_angle_degrees)
 
     @property
     def phase_names(self) -> list:
@@ -258,10 +275,12 @@ class TransformerOrientationMap:
             self._warn_if_uncalibrated(refine=False)
         self.phases  # built here, before any worker forks
         measured = SelfCalibration(note="self-calibration: off (self_calibrate=False)")
+        if progress_bar:
+            from tqdm.auto import tqdm
+            tqdm.write(self.voltage_note)
         if self_calibrate:
             measured = self.measure_calibration(peaks, batch_size, device)
             if progress_bar:
-                from tqdm.auto import tqdm
                 tqdm.write(measured.note)
             if measured.applied:
                 peaks = with_correction(peaks, measured.matrix)

@@ -27,7 +27,7 @@ class Phase:
     ----------
     name : str
     crystal : py4DSTEM Crystal (the user's; read, never changed by the stages)
-    reflections : Reflections within ``k_max`` at the model's voltage (CPU tensors)
+    reflections : Reflections within ``k_max`` at the data's voltage and precession (CPU tensors)
     rotations : (S, 3, 3) float64 array, the proper rotations of the point group (crystal frame)
     separation : float, a lower bound (1/A) on the distance between two scored disks of one candidate
     k_max, r_min : float, the window (1/A) the model reads disks in (outside: not observed)
@@ -67,12 +67,14 @@ class Phase:
 
 
 def build_phases(crystals: Sequence, phase_metadata: Sequence[dict], k_max: float, r_min: float,
-                 accel_voltage: float, score: ScoreConfig,
-                 calibration: Optional[Calibration]) -> Tuple[Phase, ...]:
-    """One :class:`Phase` per crystal; ``phase_metadata``: the model's per-phase entries (name, symmetry)."""
+                 accel_voltage: float, score: ScoreConfig, calibration: Optional[Calibration],
+                 precession_angle_degrees: float = 0.0) -> Tuple[Phase, ...]:
+    """One :class:`Phase` per crystal; ``phase_metadata``: the model's per-phase entries (name, symmetry);
+    ``accel_voltage`` (V) and ``precession_angle_degrees``: the data's."""
     phases = []
     for crystal, meta in zip(crystals, phase_metadata):
-        reflections = Reflections.from_crystal(crystal, k_max, accel_voltage)
+        reflections = Reflections.from_crystal(crystal, k_max, accel_voltage,
+                                               precession_angle_degrees=precession_angle_degrees)
         rotations = (np.asarray(meta["symmetry"]) if "symmetry" in meta
                      else point_group_rotations(crystal).numpy())
         phases.append(Phase(meta.get("name") or formula(crystal.numbers), crystal, reflections, rotations,

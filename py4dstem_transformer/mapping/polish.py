@@ -72,7 +72,7 @@ def polish_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     g = reflections.g.to(matrix.device)[index]  # (B, K, 3) crystal frame
     term = _Score(g, torch.log(reflections.intensity.to(matrix.device)[index]), sim_mask, observed.float(),
                   observed_mask, reflections.wavelength, score.sigma_excitation_error, score.kernel, score.power, limit,
-                  k_max, r_min)
+                  k_max, r_min, reflections.precession)
     rot = matrix.float().transpose(-1, -2)  # (B, 3, 3) crystal -> lab
     g_lab = g @ matrix.float()  # (B, K, 3) rows of R g
     term.pair = torch.cdist(term.q, g_lab[..., :2]).masked_fill(~sim_mask[:, None, :], torch.inf).argmin(-1)  # (B, N)
@@ -103,9 +103,10 @@ class _Score:
     """The paired correlation of an orientation and of its six turns, from its lab-frame reflections."""
 
     def __init__(self, g, log_f2, sim_mask, observed, observed_mask, wavelength, sigma, kernel, power, limit,
-                 k_max, r_min):
+                 k_max, r_min, precession=0.0):
         self.g2 = (g * g).sum(-1)  # (B, K)
         self.log_f2, self.sim_mask, self.wavelength = log_f2, sim_mask, wavelength
+        self.precession = precession
         self.q = observed[..., :2]  # (B, N, 2)
         self.wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask  # (B, N)
         self.aa = (self.wa * self.wa).sum(-1)  # (B,)
@@ -145,7 +146,7 @@ class _Score:
         ``power * ln`` of their kinematic intensities, -inf where not scored."""
         g2 = g2[:, None]  # turns keep |g|, so the in-plane radius^2 is g2 - gz^2
         log_i = excited_log_intensity(gz, g2, g2 - gz**2, log_f2[:, None], self.wavelength, self.sigma, self.k_max,
-                                      self.r_min)
+                                      self.r_min, self.precession)
         return (self.power * log_i).masked_fill(~(sim_mask[:, None] & torch.isfinite(log_i)), -torch.inf)
 
 

@@ -75,7 +75,8 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
     log_i = torch.log(observed[..., 2].float().clamp_min(1e-6))  # (B, N)
     g_all, log_f2_all = reflections.g.to(matrix.device), torch.log(reflections.intensity.to(matrix.device))
     g2_all = (g_all * g_all).sum(-1)  # (G,)
-    subset, subset_mask = _subset(matrix, g_all, g2_all, log_f2_all, reflections.wavelength, config, k_max, r_min)
+    subset, subset_mask = _subset(matrix, g_all, g2_all, log_f2_all, reflections.wavelength, config, k_max, r_min,
+                                  reflections.precession)
     if subset is None:  # every reflection, every iteration
         table_g, table_g2, table_log_f2 = g_all, g2_all, log_f2_all.expand(len(rot), -1)  # (G, 3), (G,), (B, G)
         selectable = table_log_f2
@@ -92,7 +93,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
         table_z = beam @ table_g.T if subset is None else (table_g @ beam[:, :, None])[..., 0]  # (B, T)
         # the max_reflections brightest within the candidate window, in no order (the assignment needs none)
         top, local = brightest_excited(table_z, table_g2, selectable, reflections.wavelength, config.candidate_sigma,
-                                       config.max_reflections, k_max, r_min, ordered=False)  # (B, K)
+                                       config.max_reflections, k_max, r_min, False, reflections.precession)  # (B, K)
         sim_mask = torch.isfinite(top)
         index = local if subset is None else torch.gather(subset, 1, local)  # (B, K) into all reflections
         g_lab = g_all[index] @ rot.transpose(-1, -2)  # (B, K, 3): rows of (R g)
@@ -107,7 +108,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
                       w * torch.exp(config.intensity_weight_power * log_i))
         sigma_xy = _position_noise(pair, config)  # (B,)
         step = _gauss_newton_step(pair, law, reflections.wavelength, config, sigma_xy,
-                                  shift if config.fit_origin else None)  # (B, 5) or (B, 7)
+                                  shift if config.fit_origin else None, reflections.precession)  # (B, 5) or (B, 7)
         omega = step[:, :3] * (max_step / step[:, :3].norm(dim=-1, keepdim=True).clamp_min(max_step))
         enough = (w.sum(-1) >= 2)[:, None]
         rot = exp_so3(omega * enough) @ rot
@@ -120,7 +121,7 @@ def refine_orientations(matrix: torch.Tensor, observed: torch.Tensor, observed_m
 
 
 def _subset(matrix: torch.Tensor, g: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, wavelength: float,
-            config: RefineConfig, k_max, r_min):
+            config: RefineConfig, k_max, r_min, precession: float = 0.0):
     """``(index (B, S), mask (B, S))`` of the reflections (``g`` (G, 3), ``|g|^2`` and ``ln |F|^2`` (G,)) each
     of (B, 3, 3) orientations can be assigned to over the whole fit: the brightest ``subset_reflections`` it
     excites in a window widened by ``subset_margin`` (how far excitation errors move while it converges).
@@ -131,7 +132,7 @@ def _subset(matrix: torch.Tensor, g: torch.Tensor, g2: torch.Tensor, log_f2: tor
     margin = config.subset_margin
     top, index = brightest_excited(matrix[:, :, 2].float() @ g.T, g2, log_f2, wavelength,
                                    config.candidate_sigma + margin / 3, S, None if k_max is None else k_max + margin,
-                                   max(r_min - margin, 0.0), ordered=False)
+                                   max(r_min - margin, 0.0), False, precession)
     return index, torch.isfinite(top)
 
 
@@ -155,7 +156,7 @@ class _Pairs:
 
 
 def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineConfig,
-                       sigma_xy: torch.Tensor, shift: torch.Tensor = None) -> torch.Tensor:
+                       sigma_xy: torch.Tensor, shift: torch.Tensor = None, precession: float = 0.0) -> torch.Tensor:
     """One damped Gauss-Newton step (B, 5) in (omega, ln c, tau), or (B, 7) in (omega, ln c, tau, t) where the
     current (B, 2) origin error ``shift`` is given (``p.q`` is then already ``q - t``; prior width
     ``config.sigma_origin``).
@@ -164,7 +165,9 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     ``ln(I / |F|^2) - ln c + tau s^2`` (sigma_log_intensity in ln I), with ``tau = 1 / 2 sigma^2``
     and ``s ~ g_lab,z - lambda |g|^2 / 2`` the excitation error. ``law`` (B, 2) holds the current
     ``(ln c, tau)``; tau is pulled towards ``1 / 2 sigma_excitation^2`` by a weak prior, so the
-    effective excitation width can follow the foil thickness.
+    effective excitation width can follow the foil thickness. With a ``precession`` angle (rad) the law is the
+    cycle-averaged one of :mod:`~..core.kinematics`: ``s^2`` becomes ``s^2 / k`` and ``ln I`` loses ``ln k / 2``,
+    ``k = 1 + (phi r)^2 / 2 sigma_excitation^2`` at in-plane radius ``r`` (held fixed within a step).
     """
     x, y, z = p.g_lab.unbind(-1)  # (B, N) each
     zero = torch.zeros_like(x)
@@ -172,9 +175,11 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     d_x, d_y, d_z = torch.stack([zero, z, -y], -1), torch.stack([-z, zero, x], -1), torch.stack([y, -x, zero], -1)
     s = z - 0.5 * lam * (p.g_lab * p.g_lab).sum(-1)  # (B, N) excitation error
     log_c, tau = law[:, :1], law[:, 1:]
-    e_i = p.log_ratio - log_c + tau * s**2  # (B, N)
+    k = 1 + precession**2 * (x * x + y * y) / (2 * config.sigma_excitation**2)  # (B, N); 1 without precession
+    e_i = p.log_ratio - log_c + 0.5 * torch.log(k) + tau * s**2 / k  # (B, N)
     # the three residuals of every disk (x, y, intensity) as rows of one (B, 3N, 5) Jacobian
-    j_i = torch.cat([(2 * tau * s)[..., None] * d_z, -torch.ones_like(s)[..., None], (s**2)[..., None]], -1)  # (B, N, 5)
+    j_i = torch.cat([(2 * tau * s / k)[..., None] * d_z, -torch.ones_like(s)[..., None], (s**2 / k)[..., None]],
+                    -1)  # (B, N, 5)
     pad = torch.zeros_like(d_x[..., :2])
     one = torch.ones_like(x)[..., None]
     if shift is None:
