@@ -58,3 +58,27 @@ def test_shipped_model_on_clean_kinematic_and_bloch(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.index("Conditions open to tuning") < out.index("HELD-OUT") < out.index("ellipse 1.5%")
     assert path.stat().st_size > 100
+
+
+def test_voltage_conditions_simulate_at_their_voltage_and_tell_the_mapper(cu):
+    from py4dstem_transformer import TransformerOrientationMap
+
+    at_300, _ = rb.simulate_condition(cu, rb.Condition("k", "k", dynamical=False), 6, seed=2)
+    at_80, _ = rb.simulate_condition(cu, rb.Condition("k80", "k80", dynamical=False, accel_voltage=80e3), 6, seed=2)
+    assert any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(at_300, at_80))  # the Ewald sphere differs
+    mapper, cache = TransformerOrientationMap.pretrained("Cu"), {}
+    assert rb.told(mapper, BY_NAME["bloch_006"], cache) is mapper  # the model's own voltage: nothing to tell
+    told = rb.told(mapper, BY_NAME["bloch_80kv"], cache)
+    assert told.accel_voltage == 80e3 and told.precession_angle_degrees == 0.0
+    assert rb.told(mapper, BY_NAME["bloch_80kv"], cache) is told  # built once
+    assert rb.told(mapper, BY_NAME["precession"], cache).precession_angle_degrees == 1.0
+
+
+@pytest.mark.slow
+def test_a_joint_model_counts_a_wrong_phase_as_wrong(capsys):
+    report = rb.main(["--model", "Cu+Cu2O", "--phase", "Cu2O", "--n", "12", "--acom-n", "0", "--conditions",
+                      "kinematic"])
+    (row,) = report["rows"]
+    assert report["phase"] == "Cu2O" and 0.5 <= row["ours"]["phase_right"] <= 1.0
+    assert row["ours"]["strict_5"] <= row["ours"]["phase_right"]
+    assert "| phase right |" in capsys.readouterr().out

@@ -190,24 +190,40 @@ def pack_braggvectors(pixels: Sequence[np.ndarray], condition: Condition, origin
 
 
 # -- mapping and figures -------------------------------------------------------------------------
-def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float) -> dict:
+def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float,
+             wrong_phase: Optional[np.ndarray] = None) -> dict:
+    """Strict / flip accuracy, median, AUC, patterns/s; positions in ``wrong_phase`` ((n,) bool: a joint model
+    called them another phase) count as wrong (180 deg)."""
+    from ..evaluation.compare import roc_auc, summarize_errors
+
     r = evaluate_orientation_map(orientation_map, matrices[None], symmetry)
-    return {"n": int(orientation_map.corr.size), "strict_5": r["strict"]["within_5"], "flip_5": r["flip"]["within_5"],
-            "median_strict": r["strict"]["median"], "auc": r["corr_auc"],
-            "patterns_per_s": orientation_map.corr.size / seconds, "errors_strict": r["errors_strict"].tolist()}
+    strict, flip = r["errors_strict"].copy(), r["errors_flip"].copy()
+    figures = {}
+    if wrong_phase is not None:
+        strict[wrong_phase], flip[wrong_phase] = 180.0, 180.0
+        figures["phase_right"] = float(1 - np.mean(wrong_phase))
+    s, f = summarize_errors(strict), summarize_errors(flip)
+    return {"n": int(orientation_map.corr.size), "strict_5": s["within_5"], "flip_5": f["within_5"],
+            "median_strict": s["median"], "auc": roc_auc(r["corr"], strict < 5.0),
+            "patterns_per_s": orientation_map.corr.size / seconds, "errors_strict": strict.tolist(), **figures}
 
 
-def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True) -> dict:
+def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: int = 0) -> dict:
     """The shipped model through ``match_orientations`` (defaults: refined, self-calibrated); ``refine=False``:
     the network alone, on the calibration as given (its uncalibrated-``corr`` warning is silenced, ``corr`` is
-    not used there)."""
+    not used there). A joint model maps through ``match_phases``: the patterns are all of phase ``phase``, and
+    those it calls another phase count as wrong."""
     with warnings.catch_warnings():
         if not refine:
             warnings.simplefilter("ignore", UserWarning)
         t0 = time.perf_counter()
-        om = mapper.match_orientations(bragg, refine=refine, progress_bar=False, self_calibrate=refine)
+        if mapper.n_phases > 1:
+            phase_map = mapper.match_phases(bragg, refine=refine, progress_bar=False, self_calibrate=refine)
+            om, wrong = phase_map.orientation_maps[phase], np.asarray(phase_map.phase_index).ravel() != phase
+        else:
+            om, wrong = mapper.match_orientations(bragg, refine=refine, progress_bar=False, self_calibrate=refine), None
         seconds = time.perf_counter() - t0
-    figures = _figures(om, matrices, mapper.symmetry, seconds)
+    figures = _figures(om, matrices, mapper.phases[phase].rotations, seconds, wrong)
     measured = om.self_calibration
     if refine and measured is not None:
         figures["self_calibration"] = {k: getattr(measured, k) for k in
@@ -240,10 +256,11 @@ def told(mapper, condition: Condition, cache: dict):
 
 
 def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, seed: int = 0,
-                  cache: Optional[dict] = None, tell: bool = True) -> dict:
+                  cache: Optional[dict] = None, tell: bool = True, phase: int = 0) -> dict:
     """Simulate ``condition``, map it with ours (refined, network alone) and ACOM (first ``acom_n``); the figures.
     ``tell``: the mapper and ACOM are told the condition's voltage and precession (``False``: ``mapper`` as it
-    is, ACOM at 300 kV without precession: what a user who says nothing gets)."""
+    is, ACOM at 300 kV without precession: what a user who says nothing gets). ``crystal`` is the model's phase
+    ``phase`` (ACOM maps with it alone)."""
     from ..core.crystal import private_copy
 
     if tell:
@@ -254,12 +271,13 @@ def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, se
     bragg = pack_braggvectors(pixels, condition, origin)
     row = {"condition": asdict(condition), "n": n, "simulate_s": time.perf_counter() - t0,
            "disks_median": float(np.median([len(p) - 1 for p in pixels])),
-           "ours": run_ours(mapper, bragg, matrices, refine=True),
-           "network": run_ours(mapper, bragg, matrices, refine=False)}
+           "ours": run_ours(mapper, bragg, matrices, refine=True, phase=phase),
+           "network": run_ours(mapper, bragg, matrices, refine=False, phase=phase)}
     if acom_n:
         m = min(acom_n, n)
         row["acom"] = run_acom(private_copy(crystal), pack_braggvectors(pixels[:m], condition, origin[:m]),
-                               matrices[:m], mapper.symmetry, *((condition.accel_voltage, condition.precession_deg)
+                               matrices[:m], mapper.phases[phase].rotations,
+                               *((condition.accel_voltage, condition.precession_deg)
                                                                if tell else ()))
         row["ours_on_acom_patterns"] = float(np.mean(np.asarray(row["ours"]["errors_strict"][:m]) <= 5.0))
     return row
@@ -272,6 +290,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
             "| network ≤5° strict | ours ≤5° strict, ACOM's patterns "
             "| ACOM ≤5° strict | ACOM ≤5° flip | ACOM median | ACOM AUC | ACOM patterns/s | self-calibration |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if any("phase_right" in r["ours"] for r in rows):  # a joint model: how often it named the phase
+        head = head.replace(" | self-calibration |\n", " | self-calibration | phase right |\n") + "---|"
     lines = [head]
     for r in rows:
         o, a = r["ours"], r.get("acom")
@@ -281,7 +301,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {r['condition']['label']} | {r['disks_median']:.0f} | {o['strict_5']:.1%} | "
                      f"{o['flip_5']:.1%} | "
                      f"{o['median_strict']:.2f}° | {o['auc']:.2f} | {o['patterns_per_s']:,.0f} | "
-                     f"{r['network']['strict_5']:.1%} | {acom} | {_self_calibration(o)} |")
+                     f"{r['network']['strict_5']:.1%} | {acom} | {_self_calibration(o)} |"
+                     + (f" {o['phase_right']:.1%} |" if "phase_right" in o else ""))
     return "\n".join(lines)
 
 
@@ -295,16 +316,16 @@ def _self_calibration(ours: dict) -> str:
             f"± {100 * m['ellipticity_error']:.2f}% ({verdict})")
 
 
-def _warm_up(mapper, crystal) -> None:
+def _warm_up(mapper, crystal, phase: int = 0) -> None:
     """Map a few kinematic patterns once, so that the first condition's patterns/s carry no start-up cost."""
     kinematic = Condition("warm-up", "warm-up", dynamical=False)
     disks, matrices = simulate_condition(crystal, kinematic, 8, seed=12345)
     pixels = detector_pixels(disks)
-    run_ours(mapper, pack_braggvectors(pixels, kinematic, believed_origin(kinematic, 8)), matrices)
+    run_ours(mapper, pack_braggvectors(pixels, kinematic, believed_origin(kinematic, 8)), matrices, phase=phase)
 
 
 def main(argv=None) -> dict:
-    from ..core.crystal import crystal_from_metadata
+    from ..core.crystal import crystals_from_metadata
     from .common import load_mapper
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -318,16 +339,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--untold", action="store_true",
                         help="do not tell the mapper and ACOM the conditions' voltage and precession (they assume "
                              "the model's voltage, 300 kV, and none)")
+    parser.add_argument("--phase", default=None,
+                        help="a joint model's phase to simulate (name or index; default the first): mapped with "
+                             "match_phases, a wrong phase counts as wrong; ACOM maps with that crystal alone")
     args = parser.parse_args(argv)
     by_name = {c.name: c for c in CONDITIONS}
     chosen = [by_name[name] for name in args.conditions.split(",") if name]
     mapper = load_mapper(args.model)
-    crystal = crystal_from_metadata(mapper.model.metadata)
-    _warm_up(mapper, crystal)
+    names = mapper.phase_names
+    phase = 0 if args.phase is None else (names.index(args.phase) if args.phase in names else int(args.phase))
+    crystal = crystals_from_metadata(mapper.model.metadata)[phase]
+    _warm_up(mapper, crystal, phase)
     t0 = time.perf_counter()
     cache = {}
-    rows = [run_condition(mapper, crystal, c, args.n, args.acom_n, args.seed, cache, not args.untold) for c in chosen]
+    rows = [run_condition(mapper, crystal, c, args.n, args.acom_n, args.seed, cache, not args.untold, phase)
+            for c in chosen]
     report = {"n": args.n, "acom_n": args.acom_n, "seed": args.seed, "held_out": list(HELD_OUT), "told": not args.untold,
+              "model": args.model, "phase": names[phase],
               "wall_s": time.perf_counter() - t0, "rows": rows}
     for title, held in (("Conditions open to tuning", False), ("HELD-OUT check (never used for tuning)", True)):
         some = [r for r in rows if r["condition"]["held_out"] == held]
