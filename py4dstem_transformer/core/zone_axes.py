@@ -43,6 +43,7 @@ __all__ = [
     "FundamentalZone",
     "point_group_operations",
     "pattern_symmetry",
+    "pattern_symmetry_from_operations",
     "fundamental_zone",
     "triangle_zone",
     "triangle_grid",
@@ -86,7 +87,13 @@ class PatternSymmetry:
 
 def pattern_symmetry(crystal, dynamical: bool = True, symprec: float = 1e-3) -> PatternSymmetry:
     """The :class:`PatternSymmetry` of ``crystal`` for dynamical or kinematic patterns."""
-    ops = point_group_operations(crystal, symprec)
+    return pattern_symmetry_from_operations(point_group_operations(crystal, symprec), dynamical)
+
+
+def pattern_symmetry_from_operations(ops: np.ndarray, dynamical: bool = True) -> PatternSymmetry:
+    """The :class:`PatternSymmetry` of a point group given as its (K, 3, 3) operations (proper and improper,
+    crystal Cartesian frame, identity first), for dynamical or kinematic patterns."""
+    ops = np.asarray(ops, dtype=np.float64)
     inversion = -np.eye(3)
     centro = bool(np.any(np.all(np.abs(ops - inversion) < 1e-8, axis=(1, 2))))
     if not dynamical:  # Friedel's law: the Laue group acts on kinematic patterns
