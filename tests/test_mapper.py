@@ -272,3 +272,25 @@ def test_sure_sparse_patterns_are_not_turned(trained):
                                          precision="fp32", search=None)
     np.testing.assert_allclose(results["sure"].matrix,
                                _run_logged(unturned, tokens, _constant_calibration(0.9), [], num_matches=2).matrix, atol=1e-5)
+
+
+def test_a_pointlistarray_of_calibrated_peaks_maps_like_the_braggvectors():
+    """``crystal.match_orientations`` also takes a PointListArray of calibrated peaks (what py4DSTEM.read gives for
+    older files, e.g. py4DSTEM's own phase-mapping test data); so does the drop-in."""
+    import py4DSTEM
+
+    scan = kinematic_scan(KinematicSet(6, seed=4), (2, 3))
+    pla = py4DSTEM.PointListArray(dtype=[("qx", float), ("qy", float), ("intensity", float)], shape=(2, 3))
+    for i in range(2):
+        for j in range(3):
+            v = scan.cal[i, j]
+            pla.get_pointlist(i, j).add_data_by_field([v.qx, v.qy, v.I])
+    mapper = TransformerOrientationMap.pretrained("Cu")
+    a = mapper.match_orientations(scan, progress_bar=False)
+    b = mapper.match_orientations(pla, progress_bar=False)
+    # the same peaks to float32 rounding (BraggVectors are calibrated after the float32 cast, these before it)
+    np.testing.assert_allclose(b.matrix, a.matrix, atol=1e-4)
+    np.testing.assert_allclose(b.corr, a.corr, atol=0.01)
+    wrong = py4DSTEM.PointListArray(dtype=[("x", float), ("y", float)], shape=(1, 1))
+    with pytest.raises(ValueError, match=r"fields \['x', 'y'\], not \['qx', 'qy', 'intensity'\]"):
+        mapper.match_orientations(wrong, progress_bar=False)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
+__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_from_pointlistarray", "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
            "open_peaks"]
 
 _VECTORS = "_v_uncal"
@@ -100,6 +100,22 @@ def peaks_from_braggvectors(bragg_peaks) -> Peaks:
     calibration = DetectorCalibration.from_py4dstem(bragg_peaks.calibration, getattr(bragg_peaks, "calstate", None))
     data = [pl.data for row in pla._pointlists for pl in row]
     return _from_structured(data, tuple(pla.shape), calibration)
+
+
+def peaks_from_pointlistarray(pointlists) -> Peaks:
+    """Flatten a py4DSTEM ``PointListArray`` of calibrated peaks: ``qx, qy`` in 1/A about the direct beam and
+    ``intensity``, one PointList per scan position (what ``crystal.match_orientations`` takes besides
+    ``BraggVectors``, and what ``py4DSTEM.read`` gives for older files)."""
+    names = tuple(getattr(pointlists, "dtype", None).names or ()) if hasattr(pointlists, "dtype") else ()
+    missing = [f for f in ("qx", "qy", "intensity") if f not in names]
+    if missing:
+        raise ValueError(f"this PointListArray has fields {list(names)}, not {missing}: expected calibrated peaks "
+                         "qx, qy (1/A, origin at the direct beam) and intensity")
+    if len(pointlists.shape) != 2:
+        raise ValueError(f"expected a 2-D scan of PointLists, got shape {pointlists.shape}")
+    rx, ry = pointlists.shape
+    data = [pointlists.get_pointlist(i, j).data for i in range(rx) for j in range(ry)]
+    return _from_structured(data, (rx, ry), None)
 
 
 def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_size=None):

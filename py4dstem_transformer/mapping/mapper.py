@@ -20,7 +20,7 @@ from ..core.device import resolve_device
 from ..io.compatibility import check_crystal_matches_model, check_voltage, resolve_precession, resolve_voltage
 from ..core.crystal import crystals_from_metadata, phase_metadata
 from ..io.orientation_map import build_orientation_map, ensure_plan
-from ..io.peaks import Peaks, PeaksFile, open_peaks, peaks_from_braggvectors
+from ..io.peaks import Peaks, PeaksFile, open_peaks, peaks_from_braggvectors, peaks_from_pointlistarray
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
 from .confidence import Calibration
@@ -159,7 +159,9 @@ class TransformerOrientationMap:
         Parameters
         ----------
         bragg_peaks_array : py4DSTEM BraggVectors (calibrated origin and Q pixel size; ellipse and rotation
-            used when set; never modified), flat :class:`~..io.peaks.Peaks` (from ``read_peaks``), or the path
+            used when set; never modified), a ``PointListArray`` of calibrated peaks (``qx, qy`` in 1/A about
+            the direct beam, ``intensity``; as ACOM takes it), flat :class:`~..io.peaks.Peaks` (from
+            ``read_peaks``), or the path
             of a file written by ``py4DSTEM.save`` (or its :class:`~..io.peaks.PeaksFile`, ``open_peaks``):
             then the peaks are read one chunk at a time and the scan never has to fit in memory
         num_matches_return : matches per position (1-4): the best first, then its near-ambiguous partners
@@ -358,4 +360,6 @@ def _as_source(bragg_peaks):
         if not os.path.exists(bragg_peaks):
             raise FileNotFoundError(f"no file {os.fspath(bragg_peaks)!r} (expected a py4DSTEM file holding BraggVectors)")
         return open_peaks(bragg_peaks)
+    if type(bragg_peaks).__name__ == "PointListArray":
+        return peaks_from_pointlistarray(bragg_peaks)
     return peaks_from_braggvectors(bragg_peaks)
