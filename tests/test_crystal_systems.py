@@ -98,3 +98,20 @@ def as_orix(matrices, group):
 
 def distance_to_identity(matrices):
     return np.linalg.norm(matrices - np.eye(3), axis=(1, 2))
+
+
+@pytest.mark.slow
+def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
+    from py4dstem_transformer.benchmarks import crystal_systems
+
+    args = ["--materials", "Mg", "--minutes", "0.05", "--num-zone-axes", "40", "--n", "6", "--acom-n", "2",
+            "--out", str(tmp_path), "--no-progress"]
+    first = crystal_systems.main(args)
+    (row,) = first["rows"]
+    assert row["system"] == "hexagonal" and row["point_group_rotations"] == 12
+    assert row["training"]["patterns"] == 40 * 8 and row["acom"]["n"] == 2 and row["ours"]["n"] == 6
+    model = tmp_path / "Mg.pt"
+    stamp = model.stat().st_mtime_ns
+    again = crystal_systems.main(args)  # resumed: the model is not trained again
+    assert model.stat().st_mtime_ns == stamp and again["rows"][0]["training"] == row["training"]
+    assert "| Mg (P6_3/mmc) | hexagonal | 12 |" in capsys.readouterr().out
