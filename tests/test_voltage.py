@@ -151,3 +151,21 @@ def test_simulate_from_a_cif(tmp_path):
     (tmp_path / "bad.cif").write_text("data_nothing\n")
     with pytest.raises(ValueError, match="could not read a crystal structure from"):
         crystal_from_cif(tmp_path / "bad.cif")
+
+
+def test_validate_voltages_stores_the_measured_range(tmp_path, capsys):
+    from py4dstem_transformer.cli import main
+    from py4dstem_transformer.io.compatibility import VALIDATION_KEY
+    from py4dstem_transformer.model.model import OrientationModel
+    from py4dstem_transformer.pretrained import load_pretrained
+
+    out = tmp_path / "cu.pt"
+    assert main(["validate-voltages", "Cu", "--out", str(out), "--kv", "80", "--n", "12", "--tolerance", "1.0",
+                 "--no-progress"]) == 0
+    validation = OrientationModel.load(out).metadata[VALIDATION_KEY]
+    assert validation["kv"] == [80.0, 300.0] and validation["n"] == 12 and len(validation["strict_per_phase"]) == 2
+    assert validation["range"] == [80e3, 300e3]  # a tolerance of 1 accepts any accuracy: the range is all measured
+    assert all(0.0 <= s <= 1.0 for s in validation["strict"])
+    assert "saved" in capsys.readouterr().out
+    shipped = load_pretrained("Cu")
+    assert OrientationModel.load(out).state_dict().keys() == shipped.state_dict().keys()
