@@ -139,28 +139,17 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
 
 
 def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, seed: int = 0) -> dict:
-    """Ours (refined; network alone) and ACOM on ``n`` py4DSTEM Bloch-wave patterns of ``crystal``."""
+    """Ours (refined; network alone) and ACOM on ``n`` py4DSTEM Bloch-wave patterns of ``crystal``: the robustness
+    benchmark's ``bloch_006`` condition (:func:`.robustness.run_condition`), with the material's name and group."""
     from ..core.crystal import private_copy
     from ..mapping.mapper import TransformerOrientationMap
     from . import robustness as rb
 
     condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
-    t0 = time.perf_counter()
-    disks, matrices = rb.simulate_condition(crystal, condition, n, seed)
-    pixels, origin = rb.detector_pixels(disks), rb.believed_origin(condition, n, seed)
-    bragg = rb.pack_braggvectors(pixels, condition, origin)
     mapper = TransformerOrientationMap(private_copy(crystal), model_path)
-    row = {"material": name, "system": MATERIALS[name].system, "space_group": MATERIALS[name].space_group,
-           "n": n, "simulate_s": time.perf_counter() - t0, "point_group_rotations": int(len(mapper.symmetry)),
-           "disks_median": float(np.median([len(p) - 1 for p in pixels])),
-           "ours": rb.run_ours(mapper, bragg, matrices, refine=True),
-           "network": rb.run_ours(mapper, bragg, matrices, refine=False)}
-    if acom_n:
-        m = min(acom_n, n)
-        row["acom"] = rb.run_acom(private_copy(crystal), rb.pack_braggvectors(pixels[:m], condition, origin[:m]),
-                                  matrices[:m], mapper.symmetry)
-        row["ours_on_acom_patterns"] = float(np.mean(np.asarray(row["ours"]["errors_strict"][:m]) <= 5.0))
-    return row
+    row = rb.run_condition(mapper, crystal, condition, n, acom_n, seed)
+    return {"material": name, "system": MATERIALS[name].system, "space_group": MATERIALS[name].space_group,
+            "point_group_rotations": int(len(mapper.symmetry)), **row}
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

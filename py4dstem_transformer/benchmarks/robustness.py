@@ -275,10 +275,9 @@ def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, se
            "network": run_ours(mapper, bragg, matrices, refine=False, phase=phase)}
     if acom_n:
         m = min(acom_n, n)
+        experiment = (condition.accel_voltage, condition.precession_deg) if tell else ()
         row["acom"] = run_acom(private_copy(crystal), pack_braggvectors(pixels[:m], condition, origin[:m]),
-                               matrices[:m], mapper.phases[phase].rotations,
-                               *((condition.accel_voltage, condition.precession_deg)
-                                                               if tell else ()))
+                               matrices[:m], mapper.phases[phase].rotations, *experiment)
         row["ours_on_acom_patterns"] = float(np.mean(np.asarray(row["ours"]["errors_strict"][:m]) <= 5.0))
     return row
 

@@ -134,9 +134,13 @@ class TransformerOrientationMap:
 
     @functools.cached_property
     def phases(self):
-        """The per-phase physics (:class:`~.phase.Phase`), built on first use."""
+        """The per-phase physics (:class:`~.phase.Phase`) of the data's voltage and precession, built on first use."""
+        return self.phases_for(self.accel_voltage, self.precession_angle_degrees)
+
+    def phases_for(self, accel_voltage: float, precession_angle_degrees: float = 0.0):
+        """The per-phase physics at another voltage (V) and precession angle (deg), built anew (not cached)."""
         return build_phases(self.crystals, self._phase_meta, self.token_config.k_max, self.token_config.direct_beam_radius,
-                            self.accel_voltage, self.config.score, self.calibration, self.precession_angle_degrees)
+                            accel_voltage, self.config.score, self.calibration, precession_angle_degrees)
 
     @property
     def phase_names(self) -> list:

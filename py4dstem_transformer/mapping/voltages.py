@@ -20,7 +20,6 @@ from ..core.rotations import symmetry_min_angle
 from ..io.compatibility import VALIDATION_KEY
 from ..model.tokens import braggvectors_to_tokens
 from ..simulation.scan import simulate_random_orientations
-from .phase import build_phases
 
 __all__ = ["validate_voltages", "accepted_range", "attach_validation"]
 
@@ -50,8 +49,7 @@ def validate_voltages(mapper, voltages_kv: Sequence[float], n: int = 300, seed: 
         raise ValueError(f"voltages must be positive kV, got {voltages_kv}")
     per_phase = []
     for v in kv:
-        phases = build_phases(mapper.crystals, mapper._phase_meta, mapper.token_config.k_max,
-                              mapper.token_config.direct_beam_radius, v * 1e3, mapper.config.score, mapper.calibration)
+        phases = mapper.phases_for(v * 1e3)
         row = []
         for p, crystal in enumerate(mapper.crystals):
             bragg, truth = simulate_random_orientations(crystal, n, seed + 100 * p, False, thickness, progress_bar,
