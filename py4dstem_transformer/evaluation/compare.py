@@ -76,14 +76,18 @@ def acom_default(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_m
 
 
 def acom_plan(crystal, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0,
-              precession_angle_degrees: Optional[float] = None) -> None:
+              precession_angle_degrees: Optional[float] = None, tol_structure_factor: float = 0.0,
+              angle_step_zone_axis: float = 2.0, angle_step_in_plane: float = 2.0) -> None:
     """Structure factors to ``k_max`` (1/A) and py4DSTEM's default orientation plan on ``crystal`` at
-    ``accel_voltage`` (V), with ``precession_angle_degrees`` where the data were precessed."""
+    ``accel_voltage`` (V), with ``precession_angle_degrees`` where the data were precessed. The other
+    keywords are py4DSTEM's (its defaults here); py4DSTEM's own tests of its LiCoO2 data use
+    ``k_max=1.7, tol_structure_factor=0.1, angle_step_zone_axis=1.0, angle_step_in_plane=5.0``."""
     with _quiet():
         crystal.setup_diffraction(accel_voltage)
-        crystal.calculate_structure_factors(k_max)
+        crystal.calculate_structure_factors(k_max, tol_structure_factor=tol_structure_factor)
         crystal.orientation_plan(zone_axis_range="auto", accel_voltage=accel_voltage, progress_bar=False,
-                                 precession_angle_degrees=precession_angle_degrees)
+                                 precession_angle_degrees=precession_angle_degrees,
+                                 angle_step_zone_axis=angle_step_zone_axis, angle_step_in_plane=angle_step_in_plane)
 
 
 def acom_match(crystal, bragg_peaks, progress_bar: bool = False):

@@ -15,7 +15,8 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_from_pointlistarray", "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
+__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_from_pointlistarray", "braggvectors_from_pointlistarray",
+           "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
            "open_peaks"]
 
 _VECTORS = "_v_uncal"
@@ -104,8 +105,9 @@ def peaks_from_braggvectors(bragg_peaks) -> Peaks:
 
 def peaks_from_pointlistarray(pointlists) -> Peaks:
     """Flatten a py4DSTEM ``PointListArray`` of calibrated peaks: ``qx, qy`` in 1/A about the direct beam and
-    ``intensity``, one PointList per scan position (what ``crystal.match_orientations`` takes besides
-    ``BraggVectors``, and what ``py4DSTEM.read`` gives for older files)."""
+    ``intensity``, one PointList per scan position (what ``py4DSTEM.read`` gives for older files). py4DSTEM's
+    own ``match_orientations`` and ``CrystalPhase`` need ``BraggVectors``: see
+    :func:`braggvectors_from_pointlistarray`."""
     names = tuple(getattr(pointlists, "dtype", None).names or ()) if hasattr(pointlists, "dtype") else ()
     missing = [f for f in ("qx", "qy", "intensity") if f not in names]
     if missing:
@@ -116,6 +118,16 @@ def peaks_from_pointlistarray(pointlists) -> Peaks:
     rx, ry = pointlists.shape
     data = [pointlists.get_pointlist(i, j).data for i in range(rx) for j in range(ry)]
     return _from_structured(data, (rx, ry), None)
+
+
+def braggvectors_from_pointlistarray(pointlists, Qshape=(256, 256)):
+    """py4DSTEM ``BraggVectors`` holding a ``PointListArray`` of calibrated peaks (1/A about the direct beam).
+
+    py4DSTEM 0.14's ``crystal.match_orientations`` and ``CrystalPhase.quantify_phase`` read a calibration
+    state that a bare ``PointListArray`` does not have. The vectors are stored as they are (Q pixel size
+    1 1/A, origin 0, the calibration state set explicitly, as py4DSTEM's autodetection would call a Q pixel
+    size of 1 uncalibrated). The input is not changed."""
+    return peaks_to_braggvectors(peaks_from_pointlistarray(pointlists), Qshape, origin=(0.0, 0.0), q_pixel_size=1.0)
 
 
 def peaks_to_braggvectors(peaks: Peaks, Qshape=(256, 256), origin=None, q_pixel_size=None):
