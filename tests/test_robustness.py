@@ -39,11 +39,14 @@ def test_conditions_change_what_is_detected(cu):
     kin, _ = rb.simulate_condition(cu, BY_NAME["kinematic"], 6, seed=1)
     bright, _ = rb.simulate_condition(cu, rb.Condition("b", "b", dynamical=False, min_relative_intensity=0.03), 6, 1)
     edge, _ = rb.simulate_condition(cu, rb.Condition("e", "e", dynamical=False, detector_edge=1.4), 6, seed=1)
-    for k, b, e in zip(kin, bright, edge):
-        assert len(b) <= len(k) and len(e) <= len(k)
+    box, _ = rb.simulate_condition(cu, rb.Condition("x", "x", dynamical=False, detector_box=(-1.0, 1.2, -1.1, 0.9)), 6, 1)
+    for k, b, e, x in zip(kin, bright, edge, box):
+        assert len(b) <= len(k) and len(e) <= len(k) and len(x) <= len(k)
         assert np.hypot(e[1:, 0], e[1:, 1]).max(initial=0) <= 1.4
         assert b[1:, 2].min(initial=1) >= 0.03 and b[1:, 2].max(initial=1) == pytest.approx(1.0)
-    assert sum(map(len, bright)) < sum(map(len, kin))
+        assert (x[1:, 0] >= -1.0).all() and (x[1:, 0] <= 1.2).all() and (x[1:, 1] >= -1.1).all() and (x[1:, 1] <= 0.9).all()
+    assert sum(map(len, bright)) < sum(map(len, kin)) and sum(map(len, box)) < sum(map(len, kin))
+    assert max(np.hypot(x[1:, 0], x[1:, 1]).max(initial=0) for x in box) > 1.2  # the corners reach beyond the edges
 
 
 @pytest.mark.slow

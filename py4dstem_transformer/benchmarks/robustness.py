@@ -58,6 +58,8 @@ class Condition:
     thickness : (min, max) A, uniform per pattern (Bloch only).
     precession_deg : kinematic precession angle, or None.
     detector_edge : 1/A; disks further out are lost.
+    detector_box : ``(qx_min, qx_max, qy_min, qy_max)`` (1/A, lab frame) of a square detector off centre; disks
+        outside are lost (None: no box).
     min_relative_intensity : disks fainter than this fraction of the brightest diffracted one are lost.
     q_pixel_error : the BraggVectors' Q pixel size is the true one times ``1 + q_pixel_error``.
     ellipticity : the BraggVectors get an ellipse calibration ``(a, b) = (1, 1 - ellipticity)`` that the
@@ -74,6 +76,7 @@ class Condition:
     thickness: Tuple[float, float] = (100.0, 400.0)
     precession_deg: Optional[float] = None
     detector_edge: float = K_MAX
+    detector_box: Optional[Tuple[float, float, float, float]] = None
     min_relative_intensity: float = 1e-3
     q_pixel_error: float = 0.0
     ellipticity: float = 0.0
@@ -89,6 +92,8 @@ CONDITIONS = (
     Condition("kinematic", "kinematic", dynamical=False),
     Condition("precession", "kinematic, 1° precession", dynamical=False, precession_deg=1.0),
     Condition("edge_14", "detector edge at 1.4 1/Å", detector_edge=1.4),
+    Condition("box", "square detector off centre, edges 1.27–1.43 1/Å (as the LiCoO2 data's)",
+              detector_box=(-1.27, 1.43, -1.40, 1.30)),
     Condition("bright", "only disks ≥ 3% of the brightest", min_relative_intensity=0.03),
     Condition("q_pixel", "Q pixel size calibrated 2% off", q_pixel_error=0.02),
     Condition("thick_foils", "foils 500–1000 Å", thickness=(500.0, 1000.0), held_out=True),
@@ -134,7 +139,11 @@ def detected_disks(data: np.ndarray, condition: Condition) -> np.ndarray:
     """(k, 3) ``(qx, qy, I)`` in 1/A: the direct beam first, then the disks the detector keeps;
     intensities over the brightest diffracted disk."""
     direct = (data["h"] == 0) & (data["k"] == 0) & (data["l"] == 0)
-    d = data[~direct & (np.hypot(data["qx"], data["qy"]) <= condition.detector_edge)]
+    inside = np.hypot(data["qx"], data["qy"]) <= condition.detector_edge
+    if condition.detector_box is not None:
+        x0, x1, y0, y1 = condition.detector_box
+        inside &= (data["qx"] >= x0) & (data["qx"] <= x1) & (data["qy"] >= y0) & (data["qy"] <= y1)
+    d = data[~direct & inside]
     brightest = d["intensity"].max() if len(d) else 1.0
     d = d[d["intensity"] >= condition.min_relative_intensity * brightest]
     beam = data["intensity"][direct]
