@@ -105,3 +105,16 @@ def test_overlay_uses_py4dstem_disks_and_the_right_position():
     fig = plot_positions(peaks, [(0, 0), (0, 1)], {"a": ([cu], ["Cu"], phase, np.broadcast_to(np.eye(3), (2, 3, 3, 3)))},
                          k_max=1.5, returnfig=True)
     assert "Cu" in fig.axes[0].get_title() and "-" in fig.axes[1].get_title()
+
+
+def test_disk_fit_scores_the_right_answer_above_a_wrong_one():
+    from py4dstem_transformer.evaluation.overlay import disk_fit, simulated_disks
+
+    cu = make_cu()
+    m = random_rotations(6, seed=7).numpy()
+    for right, wrong in zip(m[:3], m[3:]):
+        observed = simulated_disks(cu, right, k_max=1.7)  # a perfect pattern of the right orientation
+        good, bad = disk_fit(observed, cu, right), disk_fit(observed, cu, wrong)
+        assert good["f1"] == pytest.approx(1.0) and good["explained"] == pytest.approx(1.0)
+        assert bad["f1"] < 0.6
+    assert disk_fit(np.zeros((0, 3)), cu, m[0]) == {"explained": 0.0, "found": 0.0, "f1": 0.0}

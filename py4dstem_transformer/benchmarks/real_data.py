@@ -12,7 +12,10 @@ On the same ``PointListArray`` (``DIR/braggdisks_cali.h5``, crystals from ``DIR/
   the phase; then py4DSTEM's ``CrystalPhase.quantify_phase`` on ACOM's orientations; all timed;
 * checks that need no ground truth (:mod:`~..evaluation.agreement`): how often the two methods agree (same
   phase, within 5 deg), overall and where both are confident; how often each method's answer agrees with a
-  neighbour's (spatial coherence), and how that varies with the transformer's confidence.
+  neighbour's (spatial coherence), and how that varies with the transformer's confidence;
+* which answer explains the observed disks (:func:`~..evaluation.overlay.disk_fit`, py4DSTEM's kinematic
+  simulation of each answer) on ``--fit-n`` random positions with >= 15 peaks, and on ``--full-plan-n`` of
+  them ACOM with a fuller, slower plan (:data:`FULL_PLAN`).
 
 ``MODEL`` is a joint model for the three phases in the order LiCoO2, LiMn2O4, Li2MnO3; ``make_model`` (the
 ``--train-dir`` option) trains one with the project's own commands and is resumable.
@@ -31,7 +34,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DATA", "CIFS", "read_scan", "crop", "read_crystals", "make_model", "acom_phase_map", "crystal_phase_map",
+__all__ = ["DATA", "CIFS", "read_scan", "crop", "read_crystals", "make_model", "ACOM_PLAN", "FULL_PLAN", "acom_phase_map", "crystal_phase_map",
+           "disk_fits", "save_reference", "load_reference",
            "summarize", "main"]
 
 #: Where the data lie, relative to the repository root (``../shared/data/lco``).
@@ -237,6 +241,35 @@ def summarize(ours: dict, acom: dict, symmetries: Sequence[np.ndarray], names: S
     return out
 
 
+#: A fuller ACOM plan (every reflection with ``|F| >= 0.01`` to 2 1/A, py4DSTEM's default 2 deg / 2 deg steps),
+#: run on a sample only: it takes seconds per pattern for the three phases.
+FULL_PLAN = dict(k_max=2.0, tol_structure_factor=0.01, angle_step_zone_axis=2.0, angle_step_in_plane=2.0)
+
+
+def disk_fits(scan, crystals, answers: dict, positions: np.ndarray, accel_voltage: float = 300e3) -> dict:
+    """:func:`~..evaluation.overlay.disk_fit` of each method's answer at ``positions`` ((n, 2) scan indices).
+
+    ``answers``: label -> ``(phase_index (Rx, Ry) or (n,), matrix (Rx, Ry, 3, 3) or (n, 3, 3))`` (per-position
+    arrays of the whole scan, or already of the n positions). Returns label -> (n,) F1 (0 where no answer).
+    """
+    from ..evaluation.overlay import disk_fit, observed_disks
+
+    out = {label: np.zeros(len(positions)) for label in answers}
+    for i, (rx, ry) in enumerate(positions):
+        obs = observed_disks(scan, int(rx), int(ry))
+        for label, (phase, matrix) in answers.items():
+            p, m = (phase[i], matrix[i]) if np.ndim(phase) == 1 else (phase[rx, ry], matrix[rx, ry])
+            if p >= 0:
+                out[label][i] = disk_fit(obs, crystals[int(p)], m, accel_voltage=accel_voltage)["f1"]
+    return out
+
+
+def _fit_summary(fits: dict, a: str, b: str) -> dict:
+    x, y = fits[a], fits[b]
+    return {"n": int(len(x)), f"{a}_median_f1": float(np.median(x)), f"{b}_median_f1": float(np.median(y)),
+            f"{a}_better": float((x > y + 0.05).mean()), f"{b}_better": float((y > x + 0.05).mean())}
+
+
 def _positions(pointlists, flat: np.ndarray):
     """A 1 x len(flat) ``PointListArray`` of the given flat positions (copies), for timing."""
     from emdfile import PointListArray
@@ -275,6 +308,16 @@ def markdown(report: dict) -> str:
                      f"{', '.join(f'{k} {v:.0%}' for k, v in s['crystalphase_fractions'].items())}; same phase as "
                      f"the transformer {s['ours_vs_crystalphase_same_phase']:.1%}, as ACOM "
                      f"{s['acom_vs_crystalphase_same_phase']:.1%}.")
+    if "disk_fit" in s:
+        d = s["disk_fit"]
+        lines.append(f"Disk fit (F1 of observed vs py4DSTEM-simulated disks, {d['n']} random positions with ≥ 15 peaks): "
+                     f"median transformer {d['ours_median_f1']:.2f}, ACOM {d['acom_median_f1']:.2f}; transformer better "
+                     f"at {d['ours_better']:.0%}, ACOM at {d['acom_better']:.0%}.")
+    if "disk_fit_full_plan" in s:
+        d = s["disk_fit_full_plan"]
+        lines.append(f"ACOM with a fuller plan ({d['acom_full_per_pattern_s']:.2f} s per pattern) on {d['n']} of them: "
+                     f"median F1 {d['acom_full_median_f1']:.2f} vs transformer {d['ours_median_f1']:.2f}; transformer "
+                     f"better at {d['ours_better']:.0%}, ACOM at {d['acom_full_better']:.0%}.")
     lines.append("Transformer confidence vs coherence: " + "; ".join(
         f"corr {r['corr_from']:.2f}–{r['corr_to']:.2f}: {r['any_neighbour']:.0%} (n={r['n']})"
         for r in s["coherence_by_confidence"] if r["n"]))
@@ -291,6 +334,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-crystalphase", action="store_true", help="skip py4DSTEM's CrystalPhase")
     parser.add_argument("--reference", help="ACOM's and CrystalPhase's answers (.npz): read if it exists, else "
                         "computed and written there")
+    parser.add_argument("--fit-n", type=int, default=300,
+                        help="disk fit of both answers on this many random positions with >= 15 peaks")
+    parser.add_argument("--full-plan-n", type=int, default=40,
+                        help="ACOM with a fuller plan (FULL_PLAN) on the first this many of them (0: skip)")
     parser.add_argument("--timing-n", type=int, default=200,
                         help="ACOM is timed again on this many random positions in this run, beside the transformer")
     parser.add_argument("--json", help="write every figure to this file")
@@ -300,6 +347,7 @@ def main(argv=None) -> dict:
 
     from ..core.crystal import private_copy
     from ..evaluation.rings import calibration_check
+    from ..io.peaks import peaks_from_pointlistarray
     from ..mapping.mapper import TransformerOrientationMap
 
     scan, crystals = read_scan(args.data), read_crystals(args.data)
@@ -325,6 +373,20 @@ def main(argv=None) -> dict:
     acom_per_pattern = timing["match_s"] / len(flat)
     symmetries = [p.rotations for p in mapper.phases]
     summary = summarize(ours, acom, symmetries, names, cp)
+    # who explains the disks: py4DSTEM's kinematic simulation of each answer against the observed disks
+    counts = peaks_from_pointlistarray(scan).counts.reshape(scan.shape)
+    rich = np.argwhere((counts >= 15) & (ours["phase_index"] >= 0) & (acom["phase_index"] >= 0))
+    sample = rich[np.random.default_rng(1).choice(len(rich), size=min(args.fit_n, len(rich)), replace=False)]
+    fits = disk_fits(scan, crystals, {"ours": (ours["phase_index"], ours["matrix"]),
+                                      "acom": (acom["phase_index"], acom["matrix"])}, sample)
+    summary["disk_fit"] = _fit_summary(fits, "ours", "acom")
+    if args.full_plan_n:
+        few = sample[:args.full_plan_n]
+        full = acom_phase_map(crystals, _positions(scan, np.ravel_multi_index(few.T, scan.shape)), plan=FULL_PLAN)
+        full_fits = disk_fits(scan, crystals, {"ours": (ours["phase_index"], ours["matrix"]),
+                                               "acom_full": (full["phase_index"][0], full["matrix"][0])}, few)
+        summary["disk_fit_full_plan"] = {**_fit_summary(full_fits, "ours", "acom_full"),
+                                         "acom_full_per_pattern_s": full["match_s"] / len(few), "plan": FULL_PLAN}
     report = {"data": os.path.abspath(args.data), "model": str(model), "positions": int(np.prod(scan.shape)),
               "self_calibration": getattr(mapper.self_calibration, "note", None), "voltage": mapper.voltage_note,
               "calibration_check": {k: {a: b for a, b in v.items() if a != "curve"}

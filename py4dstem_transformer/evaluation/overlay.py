@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["observed_disks", "simulated_disks", "plot_answers", "plot_positions"]
+__all__ = ["observed_disks", "simulated_disks", "disk_fit", "plot_answers", "plot_positions"]
 
 #: Marker of each answer in :func:`plot_answers`, in order.
 _STYLES = (("tab:blue", "x"), ("tab:orange", "+"), ("tab:green", "1"), ("tab:red", "2"))
@@ -69,6 +69,32 @@ def simulated_disks(crystal, matrix: np.ndarray, k_max: float = 2.0, accel_volta
         out[:, 2] /= out[:, 2].max()
         out = out[out[:, 2] >= min_intensity]
     return out
+
+
+def disk_fit(observed: np.ndarray, crystal, matrix: np.ndarray, tol: float = 0.04, k_max: float = 1.7,
+             r_min: float = 0.1, accel_voltage: float = 300e3) -> dict:
+    """How well one answer explains one pattern, by py4DSTEM's kinematic simulation (no ground truth needed).
+
+    The observed disks with ``r_min <= |q| <= k_max`` (1/A) are compared with as many of the answer's
+    strongest simulated disks (:func:`simulated_disks`): ``explained`` is the share of observed disks within
+    ``tol`` (1/A) of a simulated one, ``found`` the share of those simulated disks within ``tol`` of an observed
+    one, and ``f1`` their harmonic mean. A right answer scores high on both; a wrong one leaves observed disks
+    unexplained and predicts strong disks that are not there. All three are 0 where either side has no disk.
+    """
+    from scipy.spatial import cKDTree
+
+    obs = np.asarray(observed, np.float64)
+    r = np.hypot(obs[:, 0], obs[:, 1])
+    obs = obs[(r >= r_min) & (r <= k_max)]
+    sim = simulated_disks(crystal, matrix, k_max, accel_voltage)
+    sim = sim[np.hypot(sim[:, 0], sim[:, 1]) >= r_min] if len(sim) else sim
+    if not len(obs) or not len(sim):
+        return {"explained": 0.0, "found": 0.0, "f1": 0.0}
+    sim = sim[np.argsort(-sim[:, 2], kind="stable")][:len(obs)]
+    explained = float((cKDTree(sim[:, :2]).query(obs[:, :2])[0] <= tol).mean())
+    found = float((cKDTree(obs[:, :2]).query(sim[:, :2])[0] <= tol).mean())
+    f1 = 2 * explained * found / (explained + found) if explained + found > 0 else 0.0
+    return {"explained": explained, "found": found, "f1": f1}
 
 
 def plot_answers(observed: np.ndarray, answers: Sequence[Tuple[str, object, np.ndarray]], ax=None,
