@@ -401,11 +401,11 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=float)
     if args.figures:
-        _figures(args.figures, scan, crystals, names, phase_map, ours, acom, symmetries, rings)
+        _figures(args.figures, scan, crystals, names, ours, acom, symmetries)
     return report
 
 
-def _figures(folder, scan, crystals, names, phase_map, ours, acom, symmetries, rings) -> List[str]:
+def _figures(folder, scan, crystals, names, ours, acom, symmetries) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,7 +429,7 @@ def _figures(folder, scan, crystals, names, phase_map, ours, acom, symmetries, r
         ax.set_title(title)
     axes[2].imshow(ours["corr"], cmap="gray", vmin=0, vmax=1)
     axes[2].set_title("transformer confidence")
-    for ax, (title, m) in zip(axes[3:], (("transformer: agreeing neighbours", ours), ("ACOM: agreeing neighbours", acom))):
+    for ax, (title, m) in zip(axes[3:], (("transformer:\nneighbours agreeing ≤5°", ours), ("ACOM:\nneighbours agreeing ≤5°", acom))):
         im = ax.imshow(coherence(m["matrix"], m["phase_index"], symmetries)["map"], cmap="viridis", vmin=0, vmax=4)
         ax.set_title(title)
     fig.colorbar(im, ax=axes[3:].tolist(), shrink=0.8)

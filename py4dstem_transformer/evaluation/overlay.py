@@ -23,9 +23,9 @@ def observed_disks(bragg_peaks, rx: int, ry: int) -> np.ndarray:
     """(N, 3) ``(qx, qy, intensity)`` (1/A, calibrated as the mapper would) of scan position ``(rx, ry)``."""
     import torch
 
-    from ..mapping.mapper import _as_source
+    from ..io.peaks import as_peaks_source
 
-    source = _as_source(bragg_peaks)
+    source = as_peaks_source(bragg_peaks)
     shape = getattr(source, "whole_shape", None) or source.scan_shape
     if not (0 <= rx < shape[0] and 0 <= ry < shape[1]):
         raise IndexError(f"scan position ({rx}, {ry}) is outside the {shape[0]} x {shape[1]} scan")

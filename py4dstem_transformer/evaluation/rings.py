@@ -28,9 +28,9 @@ def peak_radii(bragg_peaks, direct_beam_radius: float = 0.05) -> np.ndarray:
     """
     import torch
 
-    from ..mapping.mapper import _as_source
+    from ..io.peaks import as_peaks_source
 
-    source = _as_source(bragg_peaks)
+    source = as_peaks_source(bragg_peaks)
     peaks = source.read(0, source.num_positions) if not hasattr(source, "qx") else source
     qx, qy = np.asarray(peaks.qx, np.float64), np.asarray(peaks.qy, np.float64)
     if peaks.calibration is not None:

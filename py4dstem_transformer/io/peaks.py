@@ -15,7 +15,7 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "PeaksFile", "peaks_from_braggvectors", "peaks_from_pointlistarray", "braggvectors_from_pointlistarray",
+__all__ = ["Peaks", "PeaksFile", "as_peaks_source", "peaks_from_braggvectors", "peaks_from_pointlistarray", "braggvectors_from_pointlistarray",
            "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
            "open_peaks"]
 
@@ -307,3 +307,19 @@ def _read_calibration(f, group):
             cal._params.update(md._params)
             return cal
     return None
+
+
+def as_peaks_source(bragg_peaks):
+    """``Peaks`` or ``PeaksFile`` for what a user maps: py4DSTEM ``BraggVectors``, a calibrated ``PointListArray``,
+    flat ``Peaks``, a ``PeaksFile`` or the path of a py4DSTEM file."""
+    import os
+
+    if isinstance(bragg_peaks, (Peaks, PeaksFile)):
+        return bragg_peaks
+    if isinstance(bragg_peaks, (str, os.PathLike)):
+        if not os.path.exists(bragg_peaks):
+            raise FileNotFoundError(f"no file {os.fspath(bragg_peaks)!r} (expected a py4DSTEM file holding BraggVectors)")
+        return open_peaks(bragg_peaks)
+    if type(bragg_peaks).__name__ == "PointListArray":
+        return peaks_from_pointlistarray(bragg_peaks)
+    return peaks_from_braggvectors(bragg_peaks)

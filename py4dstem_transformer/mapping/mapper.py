@@ -20,7 +20,7 @@ from ..core.device import resolve_device
 from ..io.compatibility import check_crystal_matches_model, check_voltage, resolve_precession, resolve_voltage
 from ..core.crystal import crystals_from_metadata, phase_metadata
 from ..io.orientation_map import build_orientation_map, ensure_plan
-from ..io.peaks import Peaks, PeaksFile, open_peaks, peaks_from_braggvectors, peaks_from_pointlistarray
+from ..io.peaks import Peaks, as_peaks_source
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
 from .confidence import Calibration
@@ -268,7 +268,7 @@ class TransformerOrientationMap:
         """(one OrientationMap per phase, phase probability (Rx, Ry, P))."""
         from .distributed import MapJob, map_job_tokens, map_scan_distributed
 
-        peaks = _as_source(bragg_peaks)
+        peaks = as_peaks_source(bragg_peaks)
         if len(peaks.scan_shape) != 2:
             raise ValueError(f"expected a 2-D scan, got scan shape {peaks.scan_shape}")
         if chunk_size is None or int(chunk_size) < 1:
@@ -323,7 +323,7 @@ class TransformerOrientationMap:
         """The scan-wide Q pixel-size and ellipse error of ``bragg_peaks`` (BraggVectors or Peaks), measured on a
         sample of its patterns (:func:`.selfcal.self_calibrate`, settings ``self.self_calibration_config``);
         nothing is mapped beyond the sample and nothing is changed."""
-        peaks = _as_source(bragg_peaks)
+        peaks = as_peaks_source(bragg_peaks)
         if not isinstance(peaks, Peaks):  # a file: read only the positions the measurement maps
             peaks = sampled_peaks(peaks, self.self_calibration_config)
         device = self.device if device is None else resolve_device(device)
@@ -352,18 +352,3 @@ class TransformerOrientationMap:
         message = uncalibrated_warning(fitted, self.config, refine) if self.calibrated_confidence else None
         if message:
             warnings.warn(message, stacklevel=3)
-
-
-def _as_source(bragg_peaks):
-    """``Peaks`` or ``PeaksFile`` for BraggVectors, flat Peaks, a PeaksFile or the path of a py4DSTEM file."""
-    import os
-
-    if isinstance(bragg_peaks, (Peaks, PeaksFile)):
-        return bragg_peaks
-    if isinstance(bragg_peaks, (str, os.PathLike)):
-        if not os.path.exists(bragg_peaks):
-            raise FileNotFoundError(f"no file {os.fspath(bragg_peaks)!r} (expected a py4DSTEM file holding BraggVectors)")
-        return open_peaks(bragg_peaks)
-    if type(bragg_peaks).__name__ == "PointListArray":
-        return peaks_from_pointlistarray(bragg_peaks)
-    return peaks_from_braggvectors(bragg_peaks)
