@@ -82,13 +82,10 @@ def _match(library, bragg_peaks, k_max: float, shape: int) -> np.ndarray:
 
 def _draw_images(bragg_peaks, k_max: float, shape: int, sigma_px: float = 1.0) -> Tuple[np.ndarray, float]:
     """(B, shape, shape) float32 images of the diffracted disks, beam at the centre; and the scale (1/A per px)."""
-    import torch
-
-    from ..io.peaks import peaks_from_braggvectors
+    from ..io.peaks import calibrated_xy, peaks_from_braggvectors
 
     peaks = peaks_from_braggvectors(bragg_peaks)
-    qx, qy = (t.numpy() for t in peaks.calibration.apply(torch.from_numpy(peaks.qx), torch.from_numpy(peaks.qy),
-                                                         torch.from_numpy(peaks.counts)))
+    qx, qy = calibrated_xy(peaks)
     scale = 1.05 * k_max / (shape / 2)
     position = np.repeat(np.arange(peaks.num_positions), peaks.counts)
     keep = np.hypot(qx, qy) > 0.1  # the direct beam is not in pyxem's templates

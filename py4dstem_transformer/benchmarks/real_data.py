@@ -59,16 +59,30 @@ def read_scan(data: str = DATA):
 def crop(pointlists, rows: slice, cols: slice):
     """A new ``PointListArray`` of the positions ``[rows, cols]`` of ``pointlists`` (copies; the input is
     not changed)."""
-    from emdfile import PointListArray
-
     rx, ry = range(*rows.indices(pointlists.shape[0])), range(*cols.indices(pointlists.shape[1]))
     if not len(rx) or not len(ry):
         raise ValueError(f"empty crop {rows}, {cols} of a {pointlists.shape} scan")
-    out = PointListArray(pointlists.dtype, (len(rx), len(ry)), name=pointlists.name)
-    for i, x in enumerate(rx):
-        for j, y in enumerate(ry):
-            out[i, j].add(pointlists[x, y].data.copy())
+    return _copy_positions(pointlists, [(x, y) for x in rx for y in ry], (len(rx), len(ry)))
+
+
+def _copy_positions(pointlists, positions, shape):
+    """A new ``PointListArray`` of ``shape`` holding copies of ``pointlists`` at ``positions`` ((rx, ry) pairs,
+    C order over ``shape``)."""
+    from emdfile import PointListArray
+
+    out = PointListArray(pointlists.dtype, shape, name=pointlists.name)
+    for b, (x, y) in enumerate(positions):
+        out[np.unravel_index(b, shape)].add(pointlists[int(x), int(y)].data.copy())
     return out
+
+
+def _braggvectors(bragg_peaks):
+    """What py4DSTEM's ACOM and ``CrystalPhase`` read: ``BraggVectors`` (a ``PointListArray`` is wrapped)."""
+    from ..io.peaks import braggvectors_from_pointlistarray
+
+    if type(bragg_peaks).__name__ == "PointListArray":
+        return braggvectors_from_pointlistarray(bragg_peaks)
+    return bragg_peaks
 
 
 def read_crystals(data: str = DATA) -> list:
@@ -112,8 +126,8 @@ def make_model(out: str, data: str = DATA, minutes: float = 30.0, directions=(12
 
 
 #: py4DSTEM's own ACOM plan for these data (its unit tests'): structure factors to 1.7 1/A without the weakest
-#: (``|F| < 0.1``), beam directions every 1 deg, in-plane every 5 deg, 300 kV. Its default plan (2 deg / 2 deg,
-#: every reflection to 2 1/A) took 1.4 s per pattern per phase here, 5 hours for this scan.
+#: (``|F| < 0.1``), beam directions every 1 deg, in-plane every 5 deg, 300 kV. A fuller plan (:data:`FULL_PLAN`)
+#: took 2.0 s per pattern for the three phases here, 2.6 hours for this scan.
 ACOM_PLAN = dict(k_max=1.7, tol_structure_factor=0.1, angle_step_zone_axis=1.0, angle_step_in_plane=5.0)
 
 
@@ -128,10 +142,8 @@ def acom_phase_map(crystals: Sequence, bragg_peaks, accel_voltage: float = 300e3
     """
     from ..core.crystal import private_copy
     from ..evaluation.compare import acom_match, acom_plan
-    from ..io.peaks import braggvectors_from_pointlistarray
 
-    if type(bragg_peaks).__name__ == "PointListArray":  # py4DSTEM's ACOM reads BraggVectors only
-        bragg_peaks = braggvectors_from_pointlistarray(bragg_peaks)
+    bragg_peaks = _braggvectors(bragg_peaks)
     copies = [private_copy(c) for c in crystals]
     t0 = time.perf_counter()
     for c in copies:
@@ -156,10 +168,7 @@ def crystal_phase_map(acom: dict, bragg_peaks, names: Sequence[str], progress_ba
     ``reliability`` and ``seconds``."""
     from py4DSTEM.process.diffraction import CrystalPhase
 
-    from ..io.peaks import braggvectors_from_pointlistarray
-
-    if type(bragg_peaks).__name__ == "PointListArray":
-        bragg_peaks = braggvectors_from_pointlistarray(bragg_peaks)
+    bragg_peaks = _braggvectors(bragg_peaks)
     cp = CrystalPhase(acom["crystals"], crystal_names=list(names))
     t0 = time.perf_counter()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -220,18 +229,19 @@ def summarize(ours: dict, acom: dict, symmetries: Sequence[np.ndarray], names: S
         a = method_agreement(ours["matrix"], ours["phase_index"], acom["matrix"], acom["phase_index"], symmetries,
                              tol_deg, where)
         out[f"agreement_{label}"] = {k: v for k, v in a.items() if k != "misorientation"}
+    maps = {}
     for label, m in (("ours", ours), ("acom", acom)):
         c = coherence(m["matrix"], m["phase_index"], symmetries, tol_deg, mask & (m["phase_index"] >= 0))
         out[f"coherence_{label}"] = {k: v for k, v in c.items() if k != "map"}
         out[f"phase_fractions_{label}"] = {n: float((m["phase_index"][mask] == i).mean()) for i, n in enumerate(names)}
+        maps[label] = c["map"]  # agreeing neighbours per position (the mask does not change it)
     # is the confidence informative? coherence of the transformer's answers by confidence bin
-    c = coherence(ours["matrix"], ours["phase_index"], symmetries, tol_deg)
     bins = [0.0, 0.25, 0.5, 0.75, 0.9, 1.0001]
     rows = []
     for lo, hi in zip(bins[:-1], bins[1:]):
         sel = mask & (ours["phase_index"] >= 0) & (ours["corr"] >= lo) & (ours["corr"] < hi)
         rows.append({"corr_from": lo, "corr_to": min(hi, 1.0), "n": int(sel.sum()),
-                     "any_neighbour": float((c["map"][sel] > 0).mean()) if sel.any() else float("nan")})
+                     "any_neighbour": float((maps["ours"][sel] > 0).mean()) if sel.any() else float("nan")})
     out["coherence_by_confidence"] = rows
     if cp is not None:
         has = mask & (cp["phase_index"] >= 0)
@@ -253,10 +263,12 @@ def disk_fits(scan, crystals, answers: dict, positions: np.ndarray, accel_voltag
     arrays of the whole scan, or already of the n positions). Returns label -> (n,) F1 (0 where no answer).
     """
     from ..evaluation.overlay import disk_fit, observed_disks
+    from ..io.peaks import as_peaks_source
 
+    source = as_peaks_source(scan)  # flat peaks, read once
     out = {label: np.zeros(len(positions)) for label in answers}
     for i, (rx, ry) in enumerate(positions):
-        obs = observed_disks(scan, int(rx), int(ry))
+        obs = observed_disks(source, int(rx), int(ry))
         for label, (phase, matrix) in answers.items():
             p, m = (phase[i], matrix[i]) if np.ndim(phase) == 1 else (phase[rx, ry], matrix[rx, ry])
             if p >= 0:
@@ -272,12 +284,7 @@ def _fit_summary(fits: dict, a: str, b: str) -> dict:
 
 def _positions(pointlists, flat: np.ndarray):
     """A 1 x len(flat) ``PointListArray`` of the given flat positions (copies), for timing."""
-    from emdfile import PointListArray
-
-    out = PointListArray(pointlists.dtype, (1, len(flat)), name=pointlists.name)
-    for j, b in enumerate(flat):
-        out[0, j].add(pointlists[np.unravel_index(int(b), pointlists.shape)].data.copy())
-    return out
+    return _copy_positions(pointlists, [np.unravel_index(int(b), pointlists.shape) for b in flat], (1, len(flat)))
 
 
 def _ours(phase_map) -> dict:
@@ -362,8 +369,9 @@ def main(argv=None) -> dict:
     if args.reference and os.path.exists(args.reference):
         acom, cp = load_reference(args.reference)
     else:
-        acom = acom_phase_map(crystals, scan, progress_bar=not args.no_progress)
-        cp = None if args.no_crystalphase else crystal_phase_map(acom, scan, names, progress_bar=not args.no_progress)
+        bragg = _braggvectors(scan)  # once, for ACOM and CrystalPhase
+        acom = acom_phase_map(crystals, bragg, progress_bar=not args.no_progress)
+        cp = None if args.no_crystalphase else crystal_phase_map(acom, bragg, names, progress_bar=not args.no_progress)
         if args.reference:
             save_reference(args.reference, acom, cp)
     # ACOM's time per pattern, measured in this run on random positions (the whole-scan run may be cached)

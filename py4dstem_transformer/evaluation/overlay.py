@@ -20,10 +20,10 @@ _STYLES = (("tab:blue", "x"), ("tab:orange", "+"), ("tab:green", "1"), ("tab:red
 
 
 def observed_disks(bragg_peaks, rx: int, ry: int) -> np.ndarray:
-    """(N, 3) ``(qx, qy, intensity)`` (1/A, calibrated as the mapper would) of scan position ``(rx, ry)``."""
-    import torch
+    """(N, 3) ``(qx, qy, intensity)`` (1/A, calibrated as the mapper would) of scan position ``(rx, ry)``.
 
-    from ..io.peaks import as_peaks_source
+    For many positions, pass ``as_peaks_source(bragg_peaks)`` (flat ``Peaks``) so the scan is read once."""
+    from ..io.peaks import as_peaks_source, calibrated_xy
 
     source = as_peaks_source(bragg_peaks)
     shape = getattr(source, "whole_shape", None) or source.scan_shape
@@ -31,10 +31,7 @@ def observed_disks(bragg_peaks, rx: int, ry: int) -> np.ndarray:
         raise IndexError(f"scan position ({rx}, {ry}) is outside the {shape[0]} x {shape[1]} scan")
     flat = int(np.ravel_multi_index((rx, ry), shape))
     peaks = source.read(flat, flat + 1)
-    qx, qy = np.asarray(peaks.qx, np.float64), np.asarray(peaks.qy, np.float64)
-    if peaks.calibration is not None:
-        tx, ty = peaks.calibration.apply(torch.as_tensor(qx), torch.as_tensor(qy), torch.as_tensor(peaks.counts))
-        qx, qy = tx.numpy(), ty.numpy()
+    qx, qy = calibrated_xy(peaks)
     return np.stack([qx, qy, np.asarray(peaks.intensity, np.float64)], -1)
 
 
@@ -137,6 +134,9 @@ def plot_positions(bragg_peaks, positions: Sequence[Tuple[int, int]], methods: D
     """
     import matplotlib.pyplot as plt
 
+    from ..io.peaks import as_peaks_source
+
+    source = as_peaks_source(bragg_peaks)  # read the scan once, not once per panel
     positions = [tuple(int(v) for v in p) for p in positions]
     if not positions:
         raise ValueError("no positions to plot")
@@ -152,7 +152,7 @@ def plot_positions(bragg_peaks, positions: Sequence[Tuple[int, int]], methods: D
             answers.append((f"{label}" + (f" ({names[p]})" if p >= 0 else ""), crystals[p] if p >= 0 else None,
                             matrix[rx, ry] if p >= 0 else None))
             said.append(names[p] if p >= 0 else "-")
-        plot_answers(observed_disks(bragg_peaks, rx, ry), answers, ax, k_max, accel_voltage,
+        plot_answers(observed_disks(source, rx, ry), answers, ax, k_max, accel_voltage,
                      title=f"({rx}, {ry}): " + " / ".join(said))
     fig.tight_layout()
     return fig if returnfig else None

@@ -26,16 +26,10 @@ def peak_radii(bragg_peaks, direct_beam_radius: float = 0.05) -> np.ndarray:
     ``bragg_peaks``: anything the mapper reads (``BraggVectors``, a calibrated ``PointListArray``, flat
     ``Peaks``, a file path); raw positions are calibrated as the mapper would.
     """
-    import torch
-
-    from ..io.peaks import as_peaks_source
+    from ..io.peaks import as_peaks_source, calibrated_xy
 
     source = as_peaks_source(bragg_peaks)
-    peaks = source.read(0, source.num_positions) if not hasattr(source, "qx") else source
-    qx, qy = np.asarray(peaks.qx, np.float64), np.asarray(peaks.qy, np.float64)
-    if peaks.calibration is not None:
-        tx, ty = peaks.calibration.apply(torch.as_tensor(qx), torch.as_tensor(qy), torch.as_tensor(peaks.counts))
-        qx, qy = tx.numpy(), ty.numpy()
+    qx, qy = calibrated_xy(source if hasattr(source, "qx") else source.read(0, source.num_positions))
     q = np.hypot(qx, qy)
     return q[q >= direct_beam_radius]
 

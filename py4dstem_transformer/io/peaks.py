@@ -15,7 +15,7 @@ import numpy as np
 
 from .detector import DetectorCalibration
 
-__all__ = ["Peaks", "PeaksFile", "as_peaks_source", "peaks_from_braggvectors", "peaks_from_pointlistarray", "braggvectors_from_pointlistarray",
+__all__ = ["Peaks", "PeaksFile", "as_peaks_source", "calibrated_xy", "peaks_from_braggvectors", "peaks_from_pointlistarray", "braggvectors_from_pointlistarray",
            "peaks_to_braggvectors", "fill_braggvectors", "read_peaks",
            "open_peaks"]
 
@@ -323,3 +323,15 @@ def as_peaks_source(bragg_peaks):
     if type(bragg_peaks).__name__ == "PointListArray":
         return peaks_from_pointlistarray(bragg_peaks)
     return peaks_from_braggvectors(bragg_peaks)
+
+
+def calibrated_xy(peaks: Peaks) -> Tuple[np.ndarray, np.ndarray]:
+    """(P,) ``qx, qy`` (float64, 1/A, lab frame) of every peak of ``peaks``: its calibration applied, or the
+    positions as they are where they are calibrated already."""
+    qx, qy = np.asarray(peaks.qx, np.float64), np.asarray(peaks.qy, np.float64)
+    if peaks.calibration is None:
+        return qx, qy
+    import torch
+
+    tx, ty = peaks.calibration.apply(torch.from_numpy(qx), torch.from_numpy(qy), torch.as_tensor(peaks.counts))
+    return tx.numpy(), ty.numpy()
