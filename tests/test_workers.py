@@ -1,61 +1,127 @@
-"""Worker processes: the same map as the calling process, shares dealt evenly, sensible defaults."""
+"""``workers=``: this machine's processes as a Dask LocalCluster, the client= path; the same map, sensible defaults."""
 
+import os
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+from py4dstem_transformer.mapping import mapper as mapper_module
+from py4dstem_transformer.mapping.local_cluster import (MIN_POSITIONS_FOR_WORKERS, Inherited, local_chunk_size,
+                                                        local_client, resolve_workers)
 from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
-from py4dstem_transformer.mapping.workers import resolve_workers, split_interleaved, worker_pool
 
 from conftest import KinematicSet, kinematic_scan, make_cu
 
-linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
-
-
-def test_split_interleaved_deals_every_item_once():
-    shares = split_interleaved(11, 3)
-    assert [s.tolist() for s in shares] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
-    assert [s.tolist() for s in split_interleaved(2, 4)] == [[0], [1]]  # no empty shares
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local workers are forked on Linux only")
 
 
 @linux
 def test_resolve_workers_defaults():
     cpu = torch.device("cpu")
-    assert resolve_workers(None, cpu, 100) == 1  # small scans stay in the calling process
+    assert resolve_workers(None, cpu, MIN_POSITIONS_FOR_WORKERS - 1) == 1  # small scans stay in the calling process
     assert resolve_workers(None, cpu, 10**6) == max(1, min(torch.get_num_threads(), 8))
     assert resolve_workers(3, cpu, 100) == 3
     assert resolve_workers(3, torch.device("cuda"), 10**6) == 1  # one GPU, one process
-    with pytest.raises(ValueError, match="workers must be >= 1"):
-        resolve_workers(0, cpu, 100)
+    for bad in (0, -2, True):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            resolve_workers(bad, cpu, 100)
+
+
+def test_local_chunks_balance_the_workers_within_the_memory_bound():
+    threads = torch.get_num_threads()
+    slots = 2 * max(1, threads // 2)
+    size = local_chunk_size(65536, 2, 16384)
+    assert size == min(16384, max(256, -(-65536 // (slots * 4))))
+    assert -(-65536 // size) >= 2 * 4 or size == 16384  # several tasks per worker unless the bound decides
+    assert local_chunk_size(10**7, 2, 16384) == 16384  # never above chunk_size (memory)
+    assert local_chunk_size(1000, 2, 16384) == 256  # nor below 256 positions (per-task costs)
+    assert local_chunk_size(1000, 2, 100) == 100
 
 
 @linux
-def test_pool_runs_in_other_processes_in_order_sharing_the_threads():
-    import os
+def test_local_client_runs_tasks_in_other_processes_and_leaves_nothing_behind():
+    import dask
+    import distributed
+    import psutil
 
-    with worker_pool(lambda x: (x * x, os.getpid(), torch.get_num_threads()), 2) as imap:
-        out = list(imap(range(6)))
-    assert [v for v, _, _ in out] == [0, 1, 4, 9, 16, 25]
-    assert os.getpid() not in {pid for _, pid, _ in out}
-    assert {threads for _, _, threads in out} == {max(1, torch.get_num_threads() // 2)}  # the threads are shared
+    scheduler_before = dask.config.get("scheduler", None)
+    with local_client(2) as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2
+        pids = client.gather(client.map(lambda x: os.getpid(), range(8), pure=False))
+        squares = client.gather(client.map(lambda x: x * x, range(6)))
+        children = psutil.Process().children(recursive=True)
+    assert squares == [0, 1, 4, 9, 16, 25]
+    assert os.getpid() not in pids and len(set(pids)) >= 1
+    assert dask.config.get("scheduler", None) == scheduler_before  # the user's default scheduler is left alone
+    with pytest.raises(ValueError):
+        distributed.default_client()  # and no default client was made
+    alive = [p for p in children if p.pid in pids and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, "worker processes outlived the call"
+
+
+class _Unpicklable:
+    """Stands for a mapper with its physics built: it must reach forked workers without being pickled."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        raise TypeError("this object must not be pickled")
+
+
+def test_an_inherited_handle_pickles_to_a_key_and_gives_the_object_back():
+    import pickle
+
+    obj = _Unpicklable(41)
+    handle = Inherited(obj)
+    data = pickle.dumps(handle)
+    assert len(data) < 200  # a key, not the object
+    copy = pickle.loads(pickle.dumps(pickle.loads(data)))  # a scheduler may unpickle and pickle it again
+    assert isinstance(copy, Inherited) and copy.get() is obj
+    handle.release()
+    with pytest.raises(KeyError, match="not forked"):
+        copy.get()  # a process that does not hold the object cannot have it
+
+
+@linux
+def test_forked_local_workers_find_an_inherited_object_without_pickling_it():
+    obj = _Unpicklable(41)
+    handle = Inherited(obj)
+    try:
+        with local_client(2) as client:
+            got = client.gather([client.submit(lambda h, x: (h.get().value + x, os.getpid()), handle, x, pure=False)
+                                 for x in range(4)])
+    finally:
+        handle.release()
+    assert [v for v, _ in got] == [41, 42, 43, 44]
+    assert os.getpid() not in {pid for _, pid in got}
 
 
 @pytest.mark.slow
 @linux
-def test_workers_give_the_same_map(trained):
-    """Each position's answer lands in its own place. Shares batch differently (padding, one thread), so a
+def test_workers_give_the_same_map_through_a_local_cluster(trained, monkeypatch):
+    """Each position's answer lands in its own place. Tasks batch differently (padding, one thread), so a
     near-tie between a candidate and its flip partner may rank the other way: compare the best matches up
     to symmetry, and demand all but a few of them equal."""
     from py4dstem_transformer.core.rotations import symmetry_min_angle
 
+    started = []
+
+    def spy(workers):
+        started.append(workers)
+        return local_client(workers)
+
+    monkeypatch.setattr(mapper_module, "local_client", spy)
     truth = KinematicSet(40, seed=11)
     scan = kinematic_scan(truth, (5, 8))
     maps = {}
     for workers in (1, 2):
         mapper = TransformerOrientationMap(make_cu(), trained, workers=workers, precision="fp32")
         maps[workers] = mapper.match_orientations(scan, progress_bar=False, chunk_size=16)
+    assert started == [2]  # workers=2 went through a Dask cluster, workers=1 stayed here
     one, two = (torch.as_tensor(maps[w].matrix[:, :, 0].reshape(-1, 3, 3)) for w in (1, 2))
     angle = torch.rad2deg(symmetry_min_angle(one, two, torch.as_tensor(mapper.symmetry))).numpy()
     same = angle < 0.01

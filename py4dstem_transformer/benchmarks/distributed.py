@@ -1,4 +1,4 @@
-"""Benchmark: a scan mapped from its file on a Dask cluster (1 and 2 workers) and in one process.
+"""Benchmark: a scan mapped from its file in one process, with ``workers=`` and on Dask clusters.
 
 ``python -m py4dstem_transformer.benchmarks.distributed [--size 1024] [--workers 1,2] [--chunk 16384]
 [--file PATH] [--json FILE]``
@@ -7,15 +7,19 @@ The scan: a simulated Cu polycrystal (:func:`~py4dstem_transformer.simulation.sc
 grain per 256 positions), written with ``py4DSTEM.save`` by a separate interpreter (so that this one
 never holds it; ``--file`` reuses a file). It is mapped from the file with the shipped Cu model:
 
-- ``in process``: ``mapper.match_orientations(path)``, this process and its forked workers (today's path);
-- ``Dask, n workers``: ``mapper.match_orientations(path, client=client)`` on a
-  ``LocalCluster(n_workers=n, threads_per_worker=1)``; each worker reads its own chunks from the file.
+- ``one process``: ``mapper.match_orientations(path)`` with ``workers=1`` (the reference map);
+- ``workers=n``: the default on a CPU (n = torch's threads, at most 8): a Dask ``LocalCluster`` of n forked
+  processes started and closed by the call (:mod:`~py4dstem_transformer.mapping.local_cluster`), its
+  start included in the time;
+- ``Dask, n workers``: ``mapper.match_orientations(path, client=client)`` on a user's
+  ``LocalCluster(n_workers=n, threads_per_worker=1)``, started before the clock; each worker reads its own
+  chunks from the file.
 
-Printed: wall time and patterns/s of each, the scaling efficiency of n workers against one
+Printed: wall time and patterns/s of each, the scaling efficiency of n Dask workers against one
 (``t_1 / (n t_n)``), the peak resident memory of each Dask worker and of this process (``ru_maxrss``),
-and how many positions of each map are the in-process map's (symmetry-reduced angle <= 0.01 deg;
-the in-process run deals each chunk out to forked workers, which batch differently, so a near-tie
-between a candidate and its beam-flip partner can fall the other way at a few positions).
+and how many positions of each map are the one-process map's (symmetry-reduced angle <= 0.01 deg;
+other chunks batch differently, so a near-tie between a candidate and its beam-flip partner can fall
+the other way at a few positions).
 """
 
 from __future__ import annotations
@@ -49,6 +53,19 @@ def write_scan(path: str, size: int, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
+def _agreement(om, reference, symmetry) -> dict:
+    from ..evaluation.compare import misorientation_deg
+
+    angle = misorientation_deg(om.matrix[:, :, 0], reference.matrix[:, :, 0], symmetry)
+    return {"same_within_0.01deg": float((angle <= 0.01).mean()), "differ_over_1deg": int((angle > 1).sum()),
+            "max_corr_difference": float(np.abs(om.corr - reference.corr).max())}
+
+
+def _agreement_text(row: dict) -> str:
+    return (f"against the one-process map: {row['same_within_0.01deg']:.4%} of positions within 0.01 deg, "
+            f"{row['differ_over_1deg']} over 1 deg")
+
+
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: kB
 
@@ -56,8 +73,10 @@ def _peak_rss_gb() -> float:
 def main(argv=None) -> dict:
     from distributed import Client, LocalCluster
 
+    import torch
+
     from ..core.device import environment_info
-    from ..evaluation.compare import misorientation_deg
+    from ..mapping.local_cluster import resolve_workers
     from ..mapping.mapper import TransformerOrientationMap
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,13 +101,23 @@ def main(argv=None) -> dict:
         print(f"{args.size} x {args.size} scan simulated and saved in {out['write_s']:.0f} s "
               f"({os.path.getsize(path) / 2**20:.0f} MB)")
     n = int(args.size) ** 2
-    mapper = TransformerOrientationMap.pretrained("Cu")
+    mapper = TransformerOrientationMap.pretrained("Cu", workers=1)
     try:
         t0 = time.perf_counter()
         reference = mapper.match_orientations(path, progress_bar=False, chunk_size=args.chunk)
         t = time.perf_counter() - t0
-        out["runs"]["in process"] = {"seconds": t, "patterns_per_s": n / t}
-        print(f"in process (this process and its forked workers): {t:.1f} s, {n / t:.0f} patterns/s")
+        out["runs"]["one process"] = {"seconds": t, "patterns_per_s": n / t}
+        print(f"one process (workers=1): {t:.1f} s, {n / t:.0f} patterns/s")
+        default = resolve_workers(None, torch.device("cpu"), n)
+        if default > 1:
+            local = TransformerOrientationMap.pretrained("Cu")  # workers=None: the default
+            t0 = time.perf_counter()
+            om = local.match_orientations(path, progress_bar=False, chunk_size=args.chunk)
+            t = time.perf_counter() - t0
+            row = {"seconds": t, "patterns_per_s": n / t, **_agreement(om, reference, mapper.symmetry)}
+            out["runs"][f"workers={default}"] = row
+            print(f"workers={default} (the default: a LocalCluster for the call, its start included): {t:.1f} s, "
+                  f"{n / t:.0f} patterns/s; {_agreement_text(row)}")
         for w in (int(v) for v in args.workers.split(",")):
             with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                     Client(cluster) as client:
@@ -97,14 +126,11 @@ def main(argv=None) -> dict:
                 om = mapper.match_orientations(path, progress_bar=False, chunk_size=args.chunk, client=client)
                 t = time.perf_counter() - t0
                 rss = client.run(_peak_rss_gb)
-            angle = misorientation_deg(om.matrix[:, :, 0], reference.matrix[:, :, 0], mapper.symmetry)
             row = {"seconds": t, "patterns_per_s": n / t, "worker_peak_gb": sorted(rss.values()),
-                   "same_within_0.01deg": float((angle <= 0.01).mean()), "differ_over_1deg": int((angle > 1).sum()),
-                   "max_corr_difference": float(np.abs(om.corr - reference.corr).max())}
+                   **_agreement(om, reference, mapper.symmetry)}
             out["runs"][f"Dask, {w} worker{'s' if w > 1 else ''}"] = row
             print(f"Dask, {w} x 1 thread: {t:.1f} s, {n / t:.0f} patterns/s; worker peak memory "
-                  f"{', '.join(f'{g:.2f}' for g in row['worker_peak_gb'])} GB; against the in-process map: "
-                  f"{row['same_within_0.01deg']:.4%} of positions within 0.01 deg, {row['differ_over_1deg']} over 1 deg")
+                  f"{', '.join(f'{g:.2f}' for g in row['worker_peak_gb'])} GB; {_agreement_text(row)}")
         dask_runs = {int(k.split(",")[1].split()[0]): v for k, v in out["runs"].items() if k.startswith("Dask")}
         if 1 in dask_runs:
             for w, row in dask_runs.items():

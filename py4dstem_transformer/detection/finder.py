@@ -80,10 +80,10 @@ def find_bragg_disks(
     device : str or torch.device, optional
         Default: CUDA if available, else CPU.
     workers : int, optional
-        Processes on a CPU (forked, Linux; each gets an equal share of torch's threads), for a whole
-        DataCube held in memory or memory-mapped (an h5py-backed one is read in the calling process).
-        Default 1: on 2 cores two 1-thread workers were no faster than one 2-thread process (the
-        dense steps are bound by memory traffic; docs/benchmarks.md).
+        Processes on a CPU for a whole DataCube: a Dask ``LocalCluster`` of forked processes (Linux) for the
+        call, the same path as ``client=`` (an h5py-backed datacube is read by the workers themselves; with
+        ``radial_bksb`` the calling process works alone). Default 1: on 2 cores two 1-thread workers were
+        no faster than one 2-thread process (the dense steps are bound by memory traffic; docs/benchmarks.md).
     client : ``dask.distributed.Client``, optional
         Find the disks of a whole DataCube on its workers, a batch of positions per task: a datacube
         backed by an HDF5 dataset (``DataCube(data=h5py_file["..."])``) is read by the workers themselves
@@ -115,7 +115,7 @@ def find_bragg_disks(
     run = dict(template=template, config=config, filter_function=filter_function, batch_size=batch_size, device=dev)
 
     if isinstance(data, DataCube):
-        from ..mapping.workers import resolve_workers
+        from ..mapping.local_cluster import local_client, resolve_workers
 
         if radial_bksb:
             _check_origin(data)
@@ -127,10 +127,13 @@ def find_bragg_disks(
                                         progress_bar)
             return _to_braggvectors(peaks, data, config, template, filter_function, name)
         n_workers = resolve_workers(1 if workers is None else workers, dev, data.R_N)
-        if not isinstance(data.data, np.ndarray):  # h5py datasets must not cross a fork
-            n_workers = 1
-        peaks = _detect_stream(_datacube_chunks(data, radial_bksb), data.Qshape, len_=data.R_N,
-                               progress_bar=progress_bar, workers=n_workers, **run)
+        if n_workers > 1 and not radial_bksb:  # this machine's processes, as a Dask cluster: the client= path
+            with local_client(n_workers) as local:
+                peaks = _detect_distributed(local, data, template, config, filter_function, batch_size, dev,
+                                            progress_bar)
+        else:
+            peaks = _detect_stream(_datacube_chunks(data, radial_bksb), data.Qshape, len_=data.R_N,
+                                   progress_bar=progress_bar, **run)
         return _to_braggvectors(peaks, data, config, template, filter_function, name)
     if radial_bksb:
         raise ValueError("radial_bksb needs a whole DataCube with its origin calibrated (it subtracts a radial median)")
@@ -229,13 +232,9 @@ def _check_origin(datacube):
 # --- detecting ------------------------------------------------------------------------------------
 
 
-def _detect_stream(chunks, shape, len_, template, config, filter_function, batch_size, device, progress_bar,
-                   workers: int = 1):
-    """Run :func:`detect_batch` over every chunk (on ``workers`` forked processes when > 1); one
-    :class:`BatchPeaks` for all patterns, in order."""
+def _detect_stream(chunks, shape, len_, template, config, filter_function, batch_size, device, progress_bar):
+    """Run :func:`detect_batch` over every chunk, here; one :class:`BatchPeaks` for all patterns, in order."""
     from tqdm.auto import tqdm
-
-    from ..mapping.workers import worker_pool
 
     ranges, read = chunks
     shape = tuple(int(s) for s in shape)
@@ -261,10 +260,10 @@ def _detect_stream(chunks, shape, len_, template, config, filter_function, batch
 
     parts = []
     with tqdm(total=len_, desc="Finding Bragg disks", unit="DP", unit_scale=True, disable=not progress_bar) as bar:
-        with worker_pool(detect, workers) as imap:
-            for peaks in imap(list(ranges(batch))):
-                parts.append(peaks)
-                bar.update(len(peaks.counts))
+        for part in ranges(batch):
+            peaks = detect(part)
+            parts.append(peaks)
+            bar.update(len(peaks.counts))
     return BatchPeaks.concatenate(parts)
 
 
@@ -285,7 +284,7 @@ def _detect_distributed(client, datacube, template, config, filter_function, bat
     parts = [None] * len(futures)
     with tqdm(total=datacube.R_N, desc="Finding Bragg disks", unit="DP", unit_scale=True,
               disable=not progress_bar) as bar:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):  # also a client that is not the default
             peaks = future.result()
             parts[futures.pop(future)] = peaks
             bar.update(len(peaks.counts))

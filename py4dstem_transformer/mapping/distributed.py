@@ -26,6 +26,7 @@ import torch
 
 from ..core.device import resolve_device
 from ..io.peaks import Peaks, PeaksFile
+from .local_cluster import Inherited
 from .schedule import map_scan
 from .selfcal import SelfCalibration, phases_within_reach
 
@@ -64,23 +65,29 @@ def map_job_tokens(mapper, job: MapJob, tokens, phases) -> Tuple[np.ndarray, np.
 
 
 def map_part(mapper, job: MapJob, part, chunk_size: int = 16384):
-    """Map one chunk: ``part`` is a :class:`Peaks` slice or ``(PeaksFile, start, stop)``.
+    """Map one chunk: ``part`` is a :class:`Peaks` slice or ``(PeaksFile, start, stop)``; ``mapper`` the mapper
+    or an :class:`~.local_cluster.Inherited` handle to it.
 
     Returns ``(matrix, corr, probability, counts)`` for its positions. Runs on a Dask worker.
     """
     prepare_worker()
+    if isinstance(mapper, Inherited):  # a forked local worker: its own copy of the caller's mapper
+        mapper = mapper.get()
     peaks = part if isinstance(part, Peaks) else part[0].read(part[1], part[2])
     phases = phases_within_reach(mapper.phases, job.measured, mapper.self_calibration_config)
     shape = (mapper.n_phases, job.num_matches)
     return map_scan(peaks, mapper.token_config, lambda tokens: map_job_tokens(mapper, job, tokens, phases), shape,
-                    workers=1, chunk_size=chunk_size, progress_bar=False)
+                    chunk_size=chunk_size, progress_bar=False)
 
 
-def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 16384, progress_bar: bool = True):
+def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 16384, progress_bar: bool = True,
+                         shipped=None):
     """:func:`~.schedule.map_scan` over a Dask ``client``'s workers: the same four arrays, in scan order.
 
     ``source``: :class:`Peaks` (chunks are sent as flat arrays) or :class:`PeaksFile` (workers read their
-    chunks). Progress is counted in positions, chunk by chunk as they finish.
+    chunks). Progress is counted in positions, chunk by chunk as they finish. ``shipped``: what every task
+    carries for the mapper instead of the mapper scattered once to every worker (forked local workers get an
+    :class:`~.local_cluster.Inherited` handle to their own copy of it).
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -89,7 +96,9 @@ def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 
     matrix, corr, probability = np.zeros((B, P, K, 3, 3)), np.zeros((B, P, K)), np.zeros((B, P))
     counts = np.zeros(B, dtype=np.int64)
     run = uuid.uuid4().hex[:8]
-    remote_mapper = client.scatter(mapper, broadcast=True, hash=False)
+    # a handle rides in every task (a few bytes); scattering it would replicate the worker's object between
+    # workers, pickled in full
+    remote_mapper = shipped if shipped is not None else client.scatter(mapper, broadcast=True, hash=False)
     futures = {}
     with warnings.catch_warnings():
         # a chunk's peaks travel inside its task (not scattered), so the scheduler can rerun the task elsewhere
@@ -103,7 +112,7 @@ def map_scan_distributed(client, mapper, job: MapJob, source, chunk_size: int = 
                                    pure=False)
             futures[future] = (start, stop)
     with tqdm(total=B, desc="matching orientations", unit="pattern", disable=not progress_bar) as bar:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):  # also a client that is not the default
             start, stop = futures.pop(future)
             m, c, p, n = future.result()
             matrix[start:stop], corr[start:stop], probability[start:stop], counts[start:stop] = m, c, p, n

@@ -31,7 +31,7 @@ from .predict import Network, default_batch_size
 from .schedule import map_scan
 from .selfcal import (SelfCalibration, SelfCalibrationConfig, phases_within_reach, sampled_peaks,
                       self_calibrate as measure_correction, with_correction)
-from .workers import resolve_workers
+from .local_cluster import Inherited, local_chunk_size, local_client, resolve_workers
 
 __all__ = ["TransformerOrientationMap"]
 
@@ -58,8 +58,9 @@ class TransformerOrientationMap:
         ``corr`` is the calibrated probability that the orientation is within 5 deg of the truth where the
         model holds a calibration (:mod:`.confidence`); otherwise, and with ``False``, the raw score.
     workers : int, optional
-        CPU processes sharing torch's threads (:mod:`.workers`; Linux). Default: ``torch.get_num_threads()``
-        (at most 8) for scans of at least 8192 positions on a CPU, else 1; on CUDA always 1.
+        CPU processes sharing torch's threads: a Dask ``LocalCluster`` of forked processes for each call, the
+        same path as ``client=`` (:mod:`.local_cluster`; Linux). Default: ``torch.get_num_threads()`` (at most
+        8) for scans of at least 8192 positions on a CPU, else 1 (the calling process); on CUDA always 1.
     accel_voltage : float, optional
         The microscope's voltage (V), where the crystal does not carry one: py4DSTEM keeps it as
         ``crystal.accel_voltage`` (``crystal.setup_diffraction(200e3)``), and that comes first. Default: the
@@ -276,10 +277,9 @@ class TransformerOrientationMap:
         chunk_size = int(chunk_size)
         asked, device = device, self.device if device is None else resolve_device(device)
         K = Query(int(num_matches), inversion_symmetry).num_matches  # checked before any work
-        calibration = self.calibration if self.calibrated_confidence else None
         if not refine:
             self._warn_if_uncalibrated(refine=False)
-        self.phases  # built here, before any worker forks
+        self.phases  # built first: the self-calibration and the detector's reach use them
         measured = SelfCalibration(note="self-calibration: off (self_calibrate=False)")
         if progress_bar:
             from tqdm.auto import tqdm
@@ -295,15 +295,25 @@ class TransformerOrientationMap:
         # on a cluster each worker picks its own device (its GPU, else CPU) unless this call asked for one
         job = MapJob(K, inversion_symmetry, refine, min_angle_deg, batch_size,
                      None if client is not None and asked is None else str(device), measured)
+        workers = 1 if client is not None else resolve_workers(self.workers, device, peaks.num_positions)
         if client is not None:
             matrix, corr, probability, counts = map_scan_distributed(client, self, job, peaks, chunk_size, progress_bar)
-        else:
-            if refine and calibration is not None and self.config.search is not None and peaks.num_positions >= 8192:
-                for phase in phases:  # built once here rather than in every worker process
+        elif workers > 1:  # this machine's processes, as a Dask cluster: the same path as client=
+            if refine and self.calibrated_confidence and self.calibration is not None and self.config.search is not None:
+                for phase in phases:  # built once here; forked workers inherit it (copies share the cache)
                     phase.library(self.config.search, self.config.score)
+            handle = Inherited(self)
+            try:
+                with local_client(workers) as local:
+                    matrix, corr, probability, counts = map_scan_distributed(
+                        local, self, job, peaks, local_chunk_size(peaks.num_positions, workers, chunk_size),
+                        progress_bar, shipped=handle)
+            finally:
+                handle.release()
+        else:
             matrix, corr, probability, counts = map_scan(
                 peaks, self.token_config, lambda tokens: map_job_tokens(self, job, tokens, phases), (self.n_phases, K),
-                resolve_workers(self.workers, device, peaks.num_positions), chunk_size, progress_bar)
+                chunk_size, progress_bar)
         corr[counts < min_number_peaks] = 0.0  # too few peaks: no match
         corr *= probability[:, :, None]
         Rx, Ry = peaks.scan_shape

@@ -1,0 +1,135 @@
+"""Several processes on this machine, through Dask: ``workers=`` is a Dask cluster of this machine's cores.
+
+``match_orientations(..., workers=n)`` (and ``find_bragg_disks(..., workers=n)``) start a
+``distributed.LocalCluster`` of ``n`` worker processes for the call and map through it exactly as
+through a user's own ``client=`` (:mod:`.distributed`): one code path, whatever the cluster. The
+cluster lives for the call only (nothing lingers between calls; a user who wants a lasting one passes
+``client=``).
+
+The workers are forked (Dask's ``multiprocessing-method: fork``): they start in ~0.3 s with torch and
+this package already imported, as the home-made pool this replaces did, and they hold a copy of this
+process's memory. So the mapper goes to them as an :class:`Inherited` handle: a key in every task, which the
+task turns into the worker's own copy of the caller's mapper, per-phase physics and search library
+included (built once here, not once per worker). Everything else (chunks, tasks, the assembly) is the
+``client=`` path. Forking needs Linux; elsewhere (macOS, Windows), on a GPU (one device, one process) and
+on small scans the default maps in the calling process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import sys
+import uuid
+from typing import Iterator, Optional
+
+import torch
+
+__all__ = ["resolve_workers", "local_client", "Inherited", "local_chunk_size", "task_threads", "can_fork", "MIN_POSITIONS_FOR_WORKERS"]
+
+#: Scans with fewer positions are mapped in the calling process by default: starting the cluster and
+#: rebuilding the physics in every worker (~1 s in all) costs more than the workers save.
+MIN_POSITIONS_FOR_WORKERS = 8192
+#: The default never starts more processes than this (measured on 2 cores only).
+MAX_DEFAULT_WORKERS = 8
+#: Tasks per worker a local scan is cut into (dynamic load balance: dense and vacuum regions differ).
+TASKS_PER_WORKER = 4
+
+
+def resolve_workers(workers: Optional[int], device: torch.device, num_positions: int) -> int:
+    """The number of worker processes to use (1 = the calling process).
+
+    ``workers=None`` picks ``torch.get_num_threads()`` (at most 8) on a Linux CPU for scans of at least
+    8192 positions, else 1. An explicit count is used as given on a Linux CPU (1 elsewhere).
+    """
+    if workers is not None:
+        if isinstance(workers, bool) or int(workers) < 1:
+            raise ValueError(f"workers must be an integer >= 1 (or None for automatic), got {workers!r}")
+        workers = int(workers)
+    if device.type != "cpu" or not can_fork():
+        return 1
+    if workers is not None:
+        return workers
+    if num_positions < MIN_POSITIONS_FOR_WORKERS:
+        return 1
+    return max(1, min(torch.get_num_threads(), MAX_DEFAULT_WORKERS))
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def local_chunk_size(num_positions: int, workers: int, chunk_size: int) -> int:
+    """Positions per task on a local cluster of ``workers`` processes: about :data:`TASKS_PER_WORKER` tasks per
+    task thread, at most ``chunk_size`` (the memory bound), at least 256 (per-task costs)."""
+    slots = int(workers) * task_threads(workers)
+    per_task = -(-int(num_positions) // (slots * TASKS_PER_WORKER))
+    return int(max(1, min(int(chunk_size), max(256, per_task))))
+
+
+def task_threads(workers: int) -> int:
+    """Task threads per local worker process: this process's torch threads shared out."""
+    return max(1, torch.get_num_threads() // int(workers))
+
+
+#: Objects forked local workers find in their copy of this process's memory (:class:`Inherited`).
+_INHERITED: dict = {}
+
+
+class Inherited:
+    """A handle to an object of this process: it pickles to its key alone, and :meth:`get` returns the object in
+    this process and in any process forked from it after the handle was made (a :func:`local_client` worker).
+    Dask's scheduler unpickles and pickles task arguments again on their way, so the handle stays a handle
+    until the task itself calls :meth:`get`."""
+
+    def __init__(self, obj=None, key: Optional[str] = None):
+        self.key = key or uuid.uuid4().hex
+        if key is None:
+            _INHERITED[self.key] = obj
+
+    def __reduce__(self):
+        return Inherited, (None, self.key)
+
+    def get(self):
+        """The object; KeyError in a process that was not forked from its owner after the handle was made."""
+        try:
+            return _INHERITED[self.key]
+        except KeyError:
+            raise KeyError(f"no inherited object {self.key}: this process was not forked from the one that made the "
+                           "handle (send the object itself to workers of other clusters)") from None
+
+    def release(self) -> None:
+        _INHERITED.pop(self.key, None)
+
+
+@contextlib.contextmanager
+def local_client(workers: int) -> Iterator:
+    """A ``distributed.Client`` on a new ``LocalCluster`` of ``workers`` forked processes, closed when the block
+    ends (also on errors and interrupts). An :class:`Inherited` made before the block reaches the workers.
+
+    Each process runs ``max(1, torch.get_num_threads() // workers)`` task threads (one torch thread each,
+    :func:`.distributed.prepare_worker`), so the workers share this process's threads as the pool did. No
+    dashboard, no memory limit (the nanny would otherwise kill a worker over its share of RAM and rerun its
+    task forever), quiet logs, and the client is not made Dask's default (the user's own stays theirs).
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    if not can_fork():
+        raise RuntimeError("local worker processes are forked and need Linux; use workers=1, or pass client= "
+                           "with a cluster of your own")
+    threads = task_threads(workers)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork",
+                          "distributed.worker.daemon": True,
+                          # the worker's sampling profiler walks the task thread's stack every 10 ms, holding
+                          # the GIL our many small tensor operations need
+                          "distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
+                               memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR)
+    try:
+        with Client(cluster, set_as_default=False) as client:
+            yield client
+    finally:
+        cluster.close()
