@@ -12,8 +12,9 @@ never holds it; ``--file`` reuses a file). It is mapped from the file with the s
   processes started and closed by the call (:mod:`~py4dstem_transformer.mapping.local_cluster`), its
   start included in the time;
 - ``Dask, n workers``: ``mapper.match_orientations(path, client=client)`` on a user's
-  ``LocalCluster(n_workers=n, threads_per_worker=1)``, started before the clock; each worker reads its own
-  chunks from the file.
+  ``LocalCluster(n_workers=n, threads_per_worker=1)`` with the workers' sampling profiler off
+  (``distributed.worker.profile.enabled: False``, as docs/distributed.md recommends), started before
+  the clock; each worker reads its own chunks from the file.
 
 Printed: wall time and patterns/s of each, the scaling efficiency of n Dask workers against one
 (``t_1 / (n t_n)``), the peak resident memory of each Dask worker and of this process (``ru_maxrss``),
@@ -73,6 +74,7 @@ def _peak_rss_gb() -> float:
 def main(argv=None) -> dict:
     from distributed import Client, LocalCluster
 
+    import dask
     import torch
 
     from ..core.device import environment_info
@@ -119,7 +121,8 @@ def main(argv=None) -> dict:
             print(f"workers={default} (the default: a LocalCluster for the call, its start included): {t:.1f} s, "
                   f"{n / t:.0f} patterns/s; {_agreement_text(row)}")
         for w in (int(v) for v in args.workers.split(",")):
-            with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            with dask.config.set({"distributed.worker.profile.enabled": False}), \
+                    LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                     Client(cluster) as client:
                 client.run(lambda: __import__("torch").ones(1))  # workers started and torch imported before the clock
                 t0 = time.perf_counter()
