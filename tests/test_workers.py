@@ -1,5 +1,6 @@
 """``workers=``: this machine's processes as a Dask LocalCluster, the client= path; the same map, sensible defaults."""
 
+import multiprocessing
 import os
 import sys
 
@@ -18,12 +19,15 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local w
 
 
 @linux
-def test_resolve_workers_defaults():
+def test_resolve_workers_defaults(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_workers(None, cpu, MIN_POSITIONS_FOR_WORKERS - 1) == 1  # small scans stay in the calling process
     assert resolve_workers(None, cpu, 10**6) == max(1, min(torch.get_num_threads(), 8))
     assert resolve_workers(3, cpu, 100) == 3
     assert resolve_workers(3, torch.device("cuda"), 10**6) == 1  # one GPU, one process
+    with monkeypatch.context() as m:  # e.g. a mapping inside a user's Dask task: no processes of its own
+        m.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+        assert resolve_workers(None, cpu, 10**6) == 1 and resolve_workers(3, cpu, 10**6) == 1
     for bad in (0, -2, True):
         with pytest.raises(ValueError, match="workers must be an integer >= 1"):
             resolve_workers(bad, cpu, 100)

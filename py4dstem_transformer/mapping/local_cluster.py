@@ -26,10 +26,11 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["resolve_workers", "local_client", "Inherited", "local_chunk_size", "task_threads", "can_fork", "MIN_POSITIONS_FOR_WORKERS"]
+__all__ = ["resolve_workers", "local_client", "Inherited", "local_chunk_size", "task_threads", "can_fork",
+           "MIN_POSITIONS_FOR_WORKERS"]
 
-#: Scans with fewer positions are mapped in the calling process by default: starting the cluster and
-#: rebuilding the physics in every worker (~1 s in all) costs more than the workers save.
+#: Scans with fewer positions are mapped in the calling process by default: starting the cluster (~0.3 s),
+#: the search library built before it, and the tasks' own costs outweigh what the workers save.
 MIN_POSITIONS_FOR_WORKERS = 8192
 #: The default never starts more processes than this (measured on 2 cores only).
 MAX_DEFAULT_WORKERS = 8
@@ -41,13 +42,14 @@ def resolve_workers(workers: Optional[int], device: torch.device, num_positions:
     """The number of worker processes to use (1 = the calling process).
 
     ``workers=None`` picks ``torch.get_num_threads()`` (at most 8) on a Linux CPU for scans of at least
-    8192 positions, else 1. An explicit count is used as given on a Linux CPU (1 elsewhere).
+    8192 positions, else 1. An explicit count is used as given on a Linux CPU (1 elsewhere, and inside a
+    daemon process such as a Dask worker, which may not start processes of its own).
     """
     if workers is not None:
         if isinstance(workers, bool) or int(workers) < 1:
             raise ValueError(f"workers must be an integer >= 1 (or None for automatic), got {workers!r}")
         workers = int(workers)
-    if device.type != "cpu" or not can_fork():
+    if device.type != "cpu" or not can_fork() or multiprocessing.current_process().daemon:
         return 1
     if workers is not None:
         return workers
