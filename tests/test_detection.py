@@ -341,3 +341,104 @@ def test_a_dask_cluster_finds_the_same_peaks_from_memory_and_from_the_file(scan,
                     np.testing.assert_array_equal(got.raw[i, j].data, expected.raw[i, j].data)
             with pytest.raises(ValueError, match="radial_bksb"):
                 find_bragg_disks(datacube, kernel, radial_bksb=True, client=client)
+
+
+# --- the compiled pass (CPU) against the torch steps ------------------------------------------------
+
+
+def _patterns(scan, n=24):
+    datacube = scan[0]
+    return torch.as_tensor(np.asarray(datacube.data).reshape(-1, *datacube.Qshape)[:n], dtype=torch.float32)
+
+
+def _assert_same_peaks(a, b, atol_px=1e-3):
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_allclose(a.x, b.x, atol=atol_px)
+    np.testing.assert_allclose(a.y, b.y, atol=atol_px)
+    np.testing.assert_allclose(a.intensity, b.intensity, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b.intensity).max(initial=0))))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(TUTORIAL, subpixel="poly"),
+        dict(TUTORIAL, subpixel="multicorr"),
+        dict(),  # py4DSTEM's defaults: multicorr, sigma_cc 2, spacing 60, edge 20, relative cut
+        dict(subpixel="pixel", sigma_cc=0, minRelativeIntensity=0, minPeakSpacing=0, maxNumPeaks=None, edgeBoundary=1),
+        dict(subpixel="poly", sigma_cc=1.5, relativeToPeak=2, minRelativeIntensity=0.05, minPeakSpacing=5, maxNumPeaks=6),
+        dict(subpixel="poly", corrPower=0.5, sigma_dp=1, **{k: v for k, v in TUTORIAL.items() if k != "minAbsoluteIntensity"}),
+        dict(subpixel="poly", maxNumPeaks=0),
+        dict(subpixel="poly", edgeBoundary=60),  # wider than half the detector: no maxima
+    ],
+)
+def test_compiled_pass_gives_the_torch_steps_peaks(scan, kw):
+    from py4dstem_transformer.detection import fused
+
+    if not fused.available:
+        pytest.skip("numba is not installed")
+    x = _patterns(scan)
+    template_ft = template_spectrum(scan[1], x.shape[-2:])
+    config = DiskDetectionConfig(**kw)
+    reference = detect_batch(x, template_ft, config, fused=False)
+    ours = detect_batch(x, template_ft, config, fused=True)
+    _assert_same_peaks(ours, reference)
+    if kw.get("maxNumPeaks", 1) != 0 and kw.get("edgeBoundary", 0) < 48:
+        assert reference.counts.sum() >= len(x)  # the comparison is not between two empty lists
+
+
+def test_compiled_pass_breaks_ties_as_the_torch_steps_do():
+    """Integer images with plateaus, no template and no smoothing: equal values everywhere, so both the
+    maxima rule (>= on one side, > on the other) and the brightest-first order meet ties."""
+    from py4dstem_transformer.detection import fused
+
+    if not fused.available:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(11)
+    x = torch.as_tensor(rng.integers(0, 4, size=(6, 40, 36)).repeat(2, axis=1), dtype=torch.float32)
+    for kw in (dict(subpixel="pixel", sigma_cc=0, minPeakSpacing=3, minRelativeIntensity=0, edgeBoundary=2),
+               dict(subpixel="pixel", sigma_cc=0, minPeakSpacing=0, relativeToPeak=3, minRelativeIntensity=0.9,
+                    maxNumPeaks=None, edgeBoundary=1)):
+        config = DiskDetectionConfig(**kw)
+        reference = detect_batch(x, None, config, fused=False)
+        ours = detect_batch(x, None, config, fused=True)
+        assert reference.counts.sum() > 10
+        _assert_same_peaks(ours, reference, atol_px=0)
+
+
+def test_compiled_pass_on_threads_gives_one_threads_peaks_and_restores_torchs_threads(scan):
+    x = _patterns(scan, 30)
+    template_ft = template_spectrum(scan[1], x.shape[-2:])
+    config = DiskDetectionConfig(subpixel="multicorr", **TUTORIAL)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = detect_batch(x, template_ft, config, fused=True)
+        torch.set_num_threads(3)
+        three = detect_batch(x, template_ft, config, fused=True)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    _assert_same_peaks(three, one, atol_px=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(corrPower=0.5)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_compiled_pass_refuses_nan_and_inf(scan, kw, bad):
+    x = _patterns(scan, 9).clone()
+    x[7, 40, 3] = bad
+    template_ft = template_spectrum(scan[1], x.shape[-2:])
+    for fused in (True, False):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            detect_batch(x, template_ft, DiskDetectionConfig(**kw), fused=fused)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        detect_batch(x, None, DiskDetectionConfig(**kw), fused=True)
+
+
+def test_kernels_wider_than_the_image_take_the_torch_steps():
+    from py4dstem_transformer.detection import fused
+    from py4dstem_transformer.detection.correlate import gaussian_kernel
+
+    assert not fused.fits((6, 6), gaussian_kernel(2.0))  # radius 8 > 6
+    x = torch.as_tensor(np.random.default_rng(2).random((3, 6, 6)), dtype=torch.float32)
+    config = DiskDetectionConfig(subpixel="poly", sigma_cc=2, edgeBoundary=1, minPeakSpacing=0, minRelativeIntensity=0)
+    _assert_same_peaks(detect_batch(x, None, config), detect_batch(x, None, config, fused=False), atol_px=0)

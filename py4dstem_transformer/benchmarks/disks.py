@@ -18,7 +18,8 @@ For each detector and each setting, py4DSTEM 0.14.18 (``datacube.find_Bragg_disk
   spacing 8 px and edge 4 px at 128, scaled with the detector, an absolute cut of
   2.5 (128 / Qx)**2 sqrt(dose / 1e6)).
 
-Printed: patterns/s of each (ours: the better of two runs) and the ratio; how many of py4DSTEM's peaks we find within 0.1 px and
+Printed: patterns/s of each (ours: the better of two runs) and the ratio; ours once more with the
+torch steps instead of the compiled pass (``detect.use_fused = False``: the path on a GPU); how many of py4DSTEM's peaks we find within 0.1 px and
 within 0.01 px; the difference in peak counts. For the tutorial settings the scan is also mapped
 from either set of peaks with the shipped Cu model (calibration from the simulation: the true origin
 of every position and pixel size), and the maps compared position by position (symmetry-reduced
@@ -124,6 +125,17 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def _torch_steps():
+    from ..detection import detect
+
+    previous, detect.use_fused = detect.use_fused, False
+    try:
+        yield
+    finally:
+        detect.use_fused = previous
+
+
 def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3, dose: float = 1e6) -> dict:
     """All the measurements for one detector size (see the module docstring)."""
     from ..core.symmetry import point_group_rotations
@@ -148,6 +160,11 @@ def run_size(q: int, scan: int, settings, mapper=None, seed: int = 3, dose: floa
             ours = find_bragg_disks(datacube, kernel, progress_bar=False, name="ours", **kw)
             t_ours = min(t_ours, time.perf_counter() - t0)
         row = {"keywords": kw, "py4dstem_per_s": n / t_ref, "ours_per_s": n / t_ours, "ratio": t_ref / t_ours}
+        with _torch_steps():  # ours again, without the compiled pass (what a GPU runs; the CPU path before it)
+            gc.collect()
+            t0 = time.perf_counter()
+            find_bragg_disks(datacube, kernel, progress_bar=False, name="ours_torch", **kw)
+            row["ours_torch_steps_per_s"] = n / (time.perf_counter() - t0)
         row.update(compare_peaks(reference, ours))
         row["peaks_per_pattern"] = row["peaks_reference"] / n
         if mapper is not None and name.startswith("tutorial"):
@@ -188,7 +205,8 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
     import torch
 
     from ..detection.config import DiskDetectionConfig
-    from ..detection.correlate import smooth, template_spectrum
+    from ..detection import fused
+    from ..detection.correlate import gaussian_kernel, smooth, template_spectrum
     from ..detection.maxima import filter_maxima, local_maxima
     from ..detection.subpixel import refine_multicorr, refine_poly
 
@@ -222,6 +240,10 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
         if config.subpixel == "multicorr":
             refine_multicorr(fx, fy, m.pattern, cc, config.upsample_factor)
             tick("multicorr")
+        if fused.available:  # what the CPU path runs instead of clip ... poly: one compiled pass, one thread
+            fused.peaks_fused(cc.numpy(), gaussian_kernel(config.sigma_cc) if config.sigma_cc > 0 else np.ones(1),
+                              config)
+            tick("fused pass (clip ... poly, 1 thread)")
         for k, v in times.items():
             best[k] = min(best.get(k, float("inf")), v * 1e3 / batch)
     return best
@@ -230,7 +252,7 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
 def _print(result: dict) -> None:
     q, n = result["detector"], result["patterns"]
     print(f"\n{q} x {q} detector, {n} patterns, {result['dose']:.0e} electrons each (same scan for both)")
-    print(f"{'setting':22s} {'peaks/DP':>8s} {'py4DSTEM DP/s':>13s} {'ours DP/s':>10s} {'ratio':>7s} "
+    print(f"{'setting':22s} {'peaks/DP':>8s} {'py4DSTEM DP/s':>13s} {'ours DP/s':>10s} {'ratio':>7s} {'torch steps':>11s} "
           f"{'<0.1 px':>8s} {'<0.01 px':>8s} {'count diff':>10s} {'maps <0.1/1 deg':>15s} {'control':>7s} {'strict ref/ours':>15s}")
     for name, r in result["settings"].items():
         maps = f"{r['maps_within_0.1deg']:.1%}/{r['maps_within_1deg']:.1%}" if "maps_within_0.1deg" in r else "-"
@@ -238,15 +260,16 @@ def _print(result: dict) -> None:
         strict = (f"{r['map_reference_strict_5deg']:.1%}/{r['map_ours_strict_5deg']:.1%}"
                   if "map_ours_strict_5deg" in r else "-")
         print(f"{name:22s} {r['peaks_per_pattern']:8.1f} {r['py4dstem_per_s']:13.0f} {r['ours_per_s']:10.0f} "
-              f"{r['ratio']:6.1f}x {r['within_0.1px']:8.2%} {r['within_0.01px']:8.2%} {r['count_difference']:10.2%} "
+              f"{r['ratio']:6.1f}x {r.get('ours_torch_steps_per_s', float('nan')):11.0f} {r['within_0.1px']:8.2%} {r['within_0.01px']:8.2%} {r['count_difference']:10.2%} "
               f"{maps:>15s} {control:>7s} {strict:>15s}")
     if "end_to_end" in result:
         e = result["end_to_end"]
         print(f"DataCube -> OrientationMap (ours, tutorial settings): find {e['find_s']:.2f} s + map {e['map_s']:.2f} s "
               f"= {e['per_pattern_ms']:.3f} ms per pattern; a 256 x 256 scan: {e['projected_256x256_scan_s'] / 60:.1f} min (projected)")
     for name, stages in result.get("stages_ms", {}).items():
-        print(f"steps, ms per pattern ({name}, batches of 16): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
-              + f"; sum {sum(stages.values()):.3f}")
+        torch_steps = {k: v for k, v in stages.items() if not k.startswith("fused")}
+        print(f"steps, ms per pattern ({name}, batches of 16, torch's threads): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + f"; sum of the torch steps {sum(torch_steps.values()):.3f}")
 
 
 def main(argv=None) -> dict:

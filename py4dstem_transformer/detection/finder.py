@@ -10,6 +10,7 @@ Registered on py4DSTEM's ``DataCube`` as ``find_Bragg_disks_batched`` (py4DSTEM'
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -250,13 +251,11 @@ def _detect_stream(chunks, shape, len_, template, config, filter_function, batch
         block = read(*part)
         if filter_function is not None:
             block = np.stack([np.asarray(filter_function(p)) for p in block]) if len(block) else block
-        x = torch.as_tensor(np.ascontiguousarray(block, dtype=np.float32), device=device)
-        if len(block) and not bool(torch.isfinite(x.sum())):  # one reduction; NaN and inf propagate
-            raise ValueError(
-                "diffraction patterns contain NaN or inf; replace them (e.g. np.nan_to_num, or mask the dead pixels "
-                "with a filter_function) before finding disks"
-            )
-        return detect_batch(x, template_ft, config)
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        with warnings.catch_warnings():  # a read-only memmap: torch warns about writing, which nothing here does
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.as_tensor(block, device=device)
+        return detect_batch(x, template_ft, config)  # raises on NaN / inf
 
     parts = []
     with tqdm(total=len_, desc="Finding Bragg disks", unit="DP", unit_scale=True, disable=not progress_bar) as bar:
