@@ -138,7 +138,7 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
     cheap_check = template_ft is not None and config.corrPower == 1
 
     def share(lo, hi):
-        parts = []
+        parts, ccs = [], []
         for s in range(lo, hi, step):
             part = patterns[s : min(s + step, hi)]
             if not cheap_check:
@@ -149,14 +149,19 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
             if cheap_check:
                 _check_finite(cc[:, 0, 0])
             counts, x, y, intensity, _ = _fused.peaks_fused(cc.numpy(), weights, config)
-            if config.subpixel == "multicorr" and len(x):
-                pattern = torch.repeat_interleave(torch.arange(len(counts)), torch.from_numpy(counts))
-                tx, ty = refine_multicorr(torch.from_numpy(x), torch.from_numpy(y), pattern, cc, config.upsample_factor)
-                ti = torch.from_numpy(intensity)
-                order = brightest_first(pattern, ti)  # py4DSTEM sorts multicorr's peaks by intensity again
-                x, y, intensity = tx[order].numpy(), ty[order].numpy(), ti[order].numpy()
             parts.append(BatchPeaks(counts, x, y, intensity))
-        return BatchPeaks.concatenate(parts)
+            if config.subpixel == "multicorr":
+                ccs.append(cc)
+        peaks = BatchPeaks.concatenate(parts)
+        if ccs and len(peaks.x):  # once per share: the refinement's cost is mostly per call
+            pattern = torch.repeat_interleave(torch.arange(hi - lo), torch.from_numpy(peaks.counts))
+            cc = ccs[0] if len(ccs) == 1 else torch.cat(ccs)
+            x, y = refine_multicorr(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc,
+                                    config.upsample_factor)
+            intensity = torch.from_numpy(peaks.intensity)
+            order = brightest_first(pattern, intensity)  # py4DSTEM sorts multicorr's peaks by intensity again
+            peaks = BatchPeaks(peaks.counts, x[order].numpy(), y[order].numpy(), intensity[order].numpy())
+        return peaks
 
     if threads == 1:
         return share(0, n)
