@@ -110,6 +110,7 @@ def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
     (row,) = first["rows"]
     assert row["system"] == "hexagonal" and row["point_group_rotations"] == 12
     assert row["training"]["patterns"] == 40 * 8 and row["acom"]["n"] == 2 and row["ours"]["n"] == 6
+    assert row["thorough"]["n"] == 6 and 0 <= row["thorough_on_acom_patterns"] <= 1  # every pattern searched
     model = tmp_path / "Mg.pt"
     stamp = model.stat().st_mtime_ns
     again = crystal_systems.main(args)  # resumed: the model is not trained again

@@ -294,3 +294,29 @@ def test_a_pointlistarray_of_calibrated_peaks_maps_like_the_braggvectors():
     wrong = py4DSTEM.PointListArray(dtype=[("x", float), ("y", float)], shape=(1, 1))
     with pytest.raises(ValueError, match=r"fields \['x', 'y'\], not \['qx', 'qy', 'intensity'\]"):
         mapper.match_orientations(wrong, progress_bar=False)
+
+
+def test_search_confidence_one_searches_every_pattern(trained, monkeypatch):
+    """The library search takes the patterns less sure than ``search_confidence``; 1 (or more) takes every one,
+    however sure (what catches a confident beam flip, docs/benchmarks.md)."""
+    import py4dstem_transformer.mapping.pipeline as pipeline
+    from conftest import kinematic_tokens
+    from py4dstem_transformer.mapping.config import SearchConfig
+
+    _, tokens, _ = kinematic_tokens(12, seed=9)
+    searched = []
+    real = pipeline.library_hypotheses
+
+    def spy(observed, mask, *args, **kwargs):
+        searched.append(len(observed))
+        return real(observed, mask, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "library_hypotheses", spy)
+    for threshold in (0.85, 1.0):
+        mapper = TransformerOrientationMap(make_cu(), trained, polish_config=None, precision="fp32", sparse_turns=1,
+                                           search=SearchConfig(size=300, top=2), search_confidence=threshold)
+        assert mapper.config.search.confidence == threshold and mapper.config.search.size == 300
+        searched.clear()
+        _run_logged(mapper, tokens, _constant_calibration(0.99), [])  # every answer sure
+        eligible = int((tokens.counts >= mapper.config.search.min_disks).sum())
+        assert sum(searched) == (0 if threshold < 1 else eligible) and (threshold < 1 or eligible > 0)

@@ -90,7 +90,8 @@ class SearchConfig:
     orientations (``disks`` kinematic disks each, seed ``seed``, scored on a raster of ``step``) as hypotheses. Needs a calibration and
     ``refine=True``."""
 
-    confidence: float = 0.85  # 0.5 searches fewer patterns (bench scan: +3% time, not +25%) for 1-4 points less
+    confidence: float = 0.85  # 0.5 searches fewer patterns (bench scan: +3% time, not +25%) for 1-4 points less;
+    # >= 1 searches every pattern: 15-40% slower, +0.5 to +4 points strict (the beam flip; docs/benchmarks.md)
     min_disks: int = 2  # patterns with fewer disks are not searched
     size: int = 20000
     disks: int = 32
@@ -129,21 +130,26 @@ class MapConfig:
 
     def replace(self, **keywords) -> "MapConfig":
         """A copy with settings changed by their flat names (:data:`KEYWORDS`: ``corr_power=0.5``,
-        ``sparse_turns=2``, ``polish_config=None``, ...) or by their fields (``score=ScoreConfig(...)``)."""
-        config, own = self, {}
+        ``sparse_turns=2``, ``polish_config=None``, ...) or by their fields (``score=ScoreConfig(...)``);
+        the fields are replaced first, so a flat name given with its field changes that field."""
+        fields_, flat = {}, {}
         for name, value in keywords.items():
-            if name in KEYWORDS:
-                part, attr = KEYWORDS[name]
-                if attr is None:
-                    own[part] = value
-                else:
-                    config = dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **{attr: value})})
+            if name in KEYWORDS and KEYWORDS[name][1] is not None:
+                flat[name] = value
+            elif name in KEYWORDS:
+                fields_[KEYWORDS[name][0]] = value
             elif name in {f.name for f in dataclasses.fields(self)}:
-                own[name] = value
+                fields_[name] = value
             else:
                 raise TypeError(f"unknown mapping setting {name!r}; the settings are {sorted(KEYWORDS)} and "
                                 f"MapConfig's fields {[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(config, **own)
+        config = dataclasses.replace(self, **fields_)  # whole fields first, then the flat names change them
+        for name, value in flat.items():
+            part, attr = KEYWORDS[name]
+            if getattr(config, part) is None:
+                raise ValueError(f"{name}={value!r} sets {part}.{attr}, but {part} is None (off); pass {part}=... too")
+            config = dataclasses.replace(config, **{part: dataclasses.replace(getattr(config, part), **{attr: value})})
+        return config
 
 
 #: The mapper's flat keyword names for MapConfig's settings: ``name -> (field, attribute or None)``.
@@ -158,6 +164,7 @@ KEYWORDS = {
     "sparse_confidence": ("turns", "confidence"),
     "sparse_min_disks": ("turns", "min_disks"),
     "min_phase_probability": ("min_phase_probability", None),
+    "search_confidence": ("search", "confidence"),
 }
 
 

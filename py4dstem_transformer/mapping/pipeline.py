@@ -166,7 +166,8 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
     the library's best orientations of every phase as hypotheses; their matches are replaced (in ``found``)
     by the new ranking, in which their first answers compete too."""
     search = config.search
-    unsure = (_sureness(found, prob, calibration) < search.confidence).cpu() & (tokens.counts >= search.min_disks)
+    unsure = ((_sureness(found, prob, calibration) < search.confidence).cpu() | (search.confidence >= 1)) \
+        & (tokens.counts >= search.min_disks)
     if not unsure.any():
         return
     sub = tokens[unsure]
