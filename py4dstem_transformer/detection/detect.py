@@ -72,11 +72,11 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
     weights = gaussian_kernel(config.sigma_cc) if config.sigma_cc > 0 else np.ones(1)
     if fused is None:
         fused = use_fused and patterns.device.type == "cpu" and _fused.fits(patterns.shape[-2:], weights)
-    # the dense steps in sub-batches small enough to stay in cache; the filters on all maxima at once
-    step = max(1, _DENSE_PIXELS // (patterns.shape[-1] * patterns.shape[-2]))
     if fused:
         return _detect_fused(patterns, template_ft, config, weights)
     _check_finite(patterns)
+    # the dense steps in sub-batches small enough to stay in cache; the filters on all maxima at once
+    step = max(1, _DENSE_PIXELS // (patterns.shape[-1] * patterns.shape[-2]))
     parts, found = [], []
     for s in range(0, n, step):
         part = patterns[s : s + step]
@@ -148,7 +148,7 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
             cc, _ = correlate(part, template_ft, config.corrPower)
             if cheap_check:
                 _check_finite(cc[:, 0, 0])
-            counts, x, y, intensity, _ = _fused.peaks_fused(cc.numpy(), weights, config)
+            counts, x, y, intensity = _fused.peaks_fused(cc.numpy(), weights, config)
             parts.append(BatchPeaks(counts, x, y, intensity))
             if config.subpixel == "multicorr":
                 ccs.append(cc)

@@ -32,10 +32,10 @@ except ImportError:  # pragma: no cover - numba is a dependency
 _PIXEL, _POLY = 0, 1
 
 
-def _kernel(cc, start, stop, w, edge, min_abs, min_rel, rel_peak, spacing2, max_peaks, mode, ar, counts, px, py, pv):
+def _kernel(cc, start, stop, w, edge, min_abs, min_rel, rel_peak, spacing2, max_peaks, mode, counts, px, py, pv):
     """Patterns ``start ... stop - 1`` of ``cc`` (B, X, Y) float32: their peaks into ``px, py, pv``
-    (B, cap) float64 (x, y in pixels, intensity), their number into ``counts`` (B,) int64, and the
-    smoothed, clipped correlation into ``ar`` (B, X, Y) float32.
+    (B, cap) float64 (x, y in pixels, intensity), their number into ``counts`` (B,) int64. The smoothed,
+    clipped correlation of one pattern at a time lives in a scratch array ``a`` (X, Y).
 
     ``w`` is the 1-D Gaussian (odd length, sum 1; ``[1.]`` for no smoothing), ``edge`` >= 1,
     ``spacing2`` the squared minimum spacing (0: none), ``max_peaks`` < 0 for no limit, ``rel_peak``
@@ -47,6 +47,7 @@ def _kernel(cc, start, stop, w, edge, min_abs, min_rel, rel_peak, spacing2, max_
     row = np.empty(ny + 2 * r, np.float32)
     acc = np.empty(ny, np.float32)
     tmp = np.empty((nx, ny), np.float32)
+    a = np.empty((nx, ny), np.float32)
     flag = np.zeros(ny, np.bool_)
     cap_candidates = ((nx + 1) // 2) * ((ny + 1) // 2)  # no two maxima touch (py4DSTEM's rule)
     ci = np.empty(cap_candidates, np.int64)
@@ -89,11 +90,10 @@ def _kernel(cc, start, stop, w, edge, min_abs, min_rel, rel_peak, spacing2, max_
                 a_lo, a_hi, wk = tmp[lo], tmp[hi], w[k]
                 for y in range(ny):
                     acc[y] += wk * (a_lo[y] + a_hi[y])
-            out_row = ar[b, x]
+            out_row = a[x]
             for y in range(ny):
                 out_row[y] = acc[y]
         # 2. local maxima: >= the neighbours at +1 x, +1 y, (+1, +1), (-1, +1); > the other four
-        a = ar[b]
         n = 0
         for i in range(edge, nx - edge):
             up, mid, down = a[i - 1], a[i], a[i + 1]
@@ -141,31 +141,31 @@ def _kernel(cc, start, stop, w, edge, min_abs, min_rel, rel_peak, spacing2, max_
             if near:
                 continue
             kx[out], ky[out] = i, j
-            c = np.float64(ar[b, i, j])
+            c = np.float64(a[i, j])
             if mode == _PIXEL:
                 px[b, out], py[b, out], pv[b, out] = i, j, c
             else:  # 4. poly: parabolas along x and y, intensity bilinear at the vertex
-                xm, xp = np.float64(ar[b, i - 1, j]), np.float64(ar[b, i + 1, j])
-                ym, yp = np.float64(ar[b, i, j - 1]), np.float64(ar[b, i, j + 1])
+                xm, xp = np.float64(a[i - 1, j]), np.float64(a[i + 1, j])
+                ym, yp = np.float64(a[i, j - 1]), np.float64(a[i, j + 1])
                 fx = i + (xp - xm) / (4 * c - 2 * xp - 2 * xm)
                 fy = j + (yp - ym) / (4 * c - 2 * yp - 2 * ym)
-                px[b, out], py[b, out], pv[b, out] = fx, fy, _bilinear(ar, b, fx, fy)
+                px[b, out], py[b, out], pv[b, out] = fx, fy, _bilinear(a, fx, fy)
             out += 1
         counts[b] = out
 
 
-def _bilinear(ar, b, fx, fy):
+def _bilinear(a, fx, fy):
     """py4DSTEM's ``linear_interpolation_2D`` (floor / ceil neighbours, clamped) at (fx, fy)."""
-    nx, ny = ar.shape[1], ar.shape[2]
+    nx, ny = a.shape
     x0, x1, y0, y1 = math.floor(fx), math.ceil(fx), math.floor(fy), math.ceil(fy)
     dx, dy = fx - x0, fy - y0
     x0, x1 = min(max(x0, 0), nx - 1), min(max(x1, 0), nx - 1)
     y0, y1 = min(max(y0, 0), ny - 1), min(max(y1, 0), ny - 1)
     return (
-        (1 - dx) * (1 - dy) * np.float64(ar[b, x0, y0])
-        + (1 - dx) * dy * np.float64(ar[b, x0, y1])
-        + dx * (1 - dy) * np.float64(ar[b, x1, y0])
-        + dx * dy * np.float64(ar[b, x1, y1])
+        (1 - dx) * (1 - dy) * np.float64(a[x0, y0])
+        + (1 - dx) * dy * np.float64(a[x0, y1])
+        + dx * (1 - dy) * np.float64(a[x1, y0])
+        + dx * dy * np.float64(a[x1, y1])
     )
 
 
@@ -188,8 +188,7 @@ def peaks_fused(cc: np.ndarray, weights: np.ndarray, config):
     ``config.subpixel`` "pixel" / "none" gives pixel positions, "poly" and "multicorr" the parabola's
     (multicorr refines them further, on ``cc``, in :mod:`.subpixel`).
 
-    Returns ``counts`` (B,) int64, ``x``, ``y``, ``intensity`` (P,) float64 flat in pattern order, and
-    ``ar`` (B, X, Y) float32, the smoothed clipped correlation.
+    Returns ``counts`` (B,) int64 and ``x``, ``y``, ``intensity`` (P,) float64, flat in pattern order.
     """
     b, nx, ny = cc.shape
     w = np.ascontiguousarray(weights, dtype=np.float32)
@@ -197,17 +196,16 @@ def peaks_fused(cc: np.ndarray, weights: np.ndarray, config):
     max_peaks = -1 if config.maxNumPeaks is None else int(config.maxNumPeaks)
     cap = max(1, ((nx + 1) // 2) * ((ny + 1) // 2) if max_peaks < 0 else max_peaks)
     mode = _PIXEL if config.subpixel in ("pixel", "none") else _POLY
-    ar = np.empty_like(cc)
     counts = np.zeros(b, np.int64)
     px, py, pv = (np.zeros((b, cap)) for _ in range(3))
     # py4DSTEM drops intensities below minAbsoluteIntensity only when it is > 0
     min_abs = np.float32(config.minAbsoluteIntensity) if config.minAbsoluteIntensity > 0 else np.float32(-np.inf)
     args = (w, edge, min_abs, np.float32(config.minRelativeIntensity),
             int(config.relativeToPeak), float(config.minPeakSpacing) ** 2 if config.minPeakSpacing > 0 else 0.0,
-            max_peaks, mode, ar, counts, px, py, pv)
+            max_peaks, mode, counts, px, py, pv)
     if b == 0:
-        return counts, np.zeros(0), np.zeros(0), np.zeros(0), ar
+        return counts, np.zeros(0), np.zeros(0), np.zeros(0)
     _kernel(np.ascontiguousarray(cc, dtype=np.float32), 0, b, *args)
     valid = np.arange(cap)[None, :] < counts[:, None]
-    return counts, px[valid], py[valid], pv[valid], ar
+    return counts, px[valid], py[valid], pv[valid]
 
