@@ -107,8 +107,15 @@ def _cmd_train(args) -> int:
     from .simulation.training_set import TrainingSet
 
     sets = [TrainingSet.load(path) for path in args.training_set]
+    if args.mix:
+        if args.names:
+            raise SystemExit("--mix makes one phase of every file; --names is for a joint phase model (no --mix)")
+        from .simulation.mixture import mix_training_sets
+
+        sets = [mix_training_sets(sets)]
     training_set = sets[0] if len(sets) == 1 else PhaseTrainingSet(sets, names=args.names.split(",") if args.names else None)
     print(training_set)
+    augment_config = _augment_config(args.augment, float(training_set.config.k_max) * K_MAX_MARGIN)
     model_config = None
     if args.d_model or args.layers:
         base = ModelConfig()
@@ -124,6 +131,7 @@ def _cmd_train(args) -> int:
         training_set, epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         device=args.device, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
         progress_bar=not args.no_progress, model_config=model_config, precision=args.precision, init_weights=init,
+        augment_config=augment_config,
     )
     model.save(args.out)
     h = model.history
@@ -135,11 +143,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _augment_config(settings, k_max: float):
+    """AugmentConfig from ``["p_dim=0.3", ...]`` (the defaults elsewhere); a clear error for unknown names."""
+    import dataclasses
+
+    from .training.augment import AugmentConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(AugmentConfig)}
+    values = {"k_max": k_max}
+    for item in settings or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields or name == "k_max":
+            raise SystemExit(f"--augment {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{sorted(n for n in fields if n != 'k_max')}")
+        default = getattr(AugmentConfig(), name)
+        try:
+            values[name] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        except ValueError:
+            raise SystemExit(f"--augment {item!r}: {value!r} is not a {type(default).__name__}") from None
+    return AugmentConfig(**values)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on training-set files (several files: a joint phase model)")
     p.add_argument("training_set", nargs="+",
                    help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase")
     p.add_argument("--names", default=None, help="phase names, comma-separated (default: chemical formulas)")
+    p.add_argument("--mix", action="store_true",
+                   help="the files are one crystal simulated under several experiments (beam selections, "
+                        "kinematic, precession): train one phase on all of them (simulation.mixture)")
+    p.add_argument("--augment", action="append", metavar="NAME=VALUE",
+                   help="change an augmentation setting (training.augment.AugmentConfig), e.g. --augment p_dim=0.3 "
+                        "--augment p_edge=0.3; repeat for several")
     p.add_argument("--init", default=None,
                    help="start from this model's weights (a model file or a shipped model's name, e.g. Cu)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
@@ -162,14 +197,17 @@ def _cmd_calibrate(args) -> int:
     from .mapping.calibrate import attach_calibration, calibrate
     from .mapping.mapper import TransformerOrientationMap
 
-    mapper = TransformerOrientationMap.from_model(args.model)
+    settings = {} if args.search_confidence is None else {"search_confidence": args.search_confidence}
+    mapper = TransformerOrientationMap.from_model(args.model, calibrated_confidence=False, **settings)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
     attach_calibration(mapper.model, cal)
     mapper.model.save(args.out)
     info = cal.fitted_on
     print(f"saved {args.out}: confidence calibrated on {info['patterns']} simulated patterns "
-          f"({info['fraction_right']:.1%} right, ROC AUC {info['auc_on_fit_set']:.3f} on them)")
+          f"({info['fraction_right']:.1%} right, ROC AUC {info['auc_on_fit_set']:.3f} on them), under the library "
+          f"search gate search_confidence={mapper.config.search.confidence if mapper.config.search else None}, "
+          f"which mappers of this model now use by default")
     return 0
 
 
@@ -187,6 +225,11 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--passes", type=int, default=2,
                    help="fits, each mapping the patterns under the one before (the calibration decides which "
                         "sparse patterns are turned); default 2")
+    p.add_argument("--search-confidence", type=float, default=None,
+                   help="calibrate under this library-search gate, which the model's mappers then use by default: "
+                        "1 searches every pattern (slower; more often right on non-cubic crystals, where a "
+                        "confident answer can be the beam flip: docs/benchmarks.md 'Crystal systems'); default: "
+                        "the model's present setting (0.85 for a new model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

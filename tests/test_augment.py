@@ -145,3 +145,49 @@ def test_ellipse_error_stretches_one_axis_only():
     lo, hi = float(r.min()), float(r.max())
     assert (abs(lo - 1) < 2e-3 or abs(hi - 1) < 2e-3) and 1e-3 < hi - lo <= 0.02 + 1e-3
     assert float(torch.hypot(out.qx.mean(), out.qy.mean())) < 1e-5  # no shift
+
+
+def _surviving(batch, out):
+    """(pattern, qx, qy) of every surviving disk, to compare with the input's."""
+    pos = torch.repeat_interleave(torch.arange(len(out.counts)), out.counts)
+    return [(int(p), round(float(x), 5), round(float(y), 5)) for p, x, y in zip(pos, out.qx, out.qy)]
+
+
+def test_dim_cut_keeps_only_the_brighter_disks_of_a_pattern(kset40):
+    batch = PatternStore(kset40).gather(torch.arange(40))
+    out = augment(batch, _only(p_dim=1.0, dim_cut_max=0.1), torch.Generator().manual_seed(6), False)
+    assert torch.equal(out.matrix, batch.matrix) and (out.counts >= 1).all()
+    assert int(out.counts.sum()) < int(batch.counts.sum())  # something was cut
+    kept = set(_surviving(batch, out))
+    pos = torch.repeat_interleave(torch.arange(40), batch.counts)
+    brightest = torch.zeros(40).scatter_reduce_(0, pos, batch.intensity, "amax")
+    relative = batch.intensity / brightest[pos]
+    for p in range(40):  # per pattern: every kept disk is at least as bright as every dropped one
+        mine = pos == p
+        key = [(p, round(float(x), 5), round(float(y), 5)) in kept for x, y in zip(batch.qx[mine], batch.qy[mine])]
+        key = torch.tensor(key)
+        assert key.any()
+        if (~key).any():
+            assert float(relative[mine][key].min()) >= float(relative[mine][~key].max())
+            assert float(relative[mine][~key].max()) < 0.1  # the cut is at most dim_cut_max
+
+
+def test_edge_cut_keeps_the_disks_inside_one_radius_per_pattern(kset40):
+    batch = PatternStore(kset40).gather(torch.arange(40))
+    out = augment(batch, _only(p_edge=1.0, edge_min=1.0), torch.Generator().manual_seed(7), False)
+    assert torch.equal(out.matrix, batch.matrix) and (out.counts >= 1).all()
+    kept = set(_surviving(batch, out))
+    pos = torch.repeat_interleave(torch.arange(40), batch.counts)
+    r = torch.hypot(batch.qx, batch.qy)
+    cut_somewhere = False
+    for p in range(40):
+        mine = pos == p
+        key = torch.tensor([(p, round(float(x), 5), round(float(y), 5)) in kept
+                            for x, y in zip(batch.qx[mine], batch.qy[mine])])
+        if (~key).any() and key.sum() > 1:  # (a pattern with nothing inside keeps its brightest disk)
+            cut_somewhere = True
+            assert float(r[mine][key].max()) < float(r[mine][~key].min())  # one radius splits kept from dropped
+            assert float(r[mine][~key].min()) >= 1.0 - 1e-6  # never inside edge_min
+    assert cut_somewhere
+    # off by default: the default config's damage never cuts by radius or brightness alone
+    assert AugmentConfig().p_edge == 0 and AugmentConfig().p_dim == 0

@@ -115,6 +115,29 @@ def test_map_config_round_trip_and_flat_names():
         Query(3, inversion_symmetry=False)
 
 
+def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_mapper, tmp_path):
+    """A model calibrated under another gate (``calibrate --search-confidence 1``) carries it: its mappers use it
+    without a word; the user's own settings still win (and are warned about); an unreadable record falls back."""
+    import copy
+
+    from py4dstem_transformer.mapping.config import calibrated_config
+    from py4dstem_transformer.mapping.confidence import METADATA_KEY
+
+    model = copy.deepcopy(cu_mapper.model)
+    thorough = MapConfig().replace(search_confidence=1.0)
+    model.metadata[METADATA_KEY]["fitted_on"]["map_config"] = thorough.to_dict()
+    model.save(tmp_path / "thorough.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapper = TransformerOrientationMap(make_cu(), str(tmp_path / "thorough.pt"))
+    assert mapper.config == thorough and mapper.config.search.confidence == 1.0
+    with pytest.warns(UserWarning, match="search.confidence: 1.0 -> 0.85"):
+        assert TransformerOrientationMap(make_cu(), model, search_confidence=0.85).config == MapConfig()
+    assert TransformerOrientationMap(make_cu(), model, config=MapConfig(), calibrated_confidence=False).config == MapConfig()
+    assert cu_mapper.config == MapConfig()  # the shipped model: the defaults
+    assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()
+
+
 def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
     fitted = cu_mapper.calibration.fitted_on["map_config"]
     assert fitted == MapConfig().to_dict()  # the shipped model records the settings it is calibrated for

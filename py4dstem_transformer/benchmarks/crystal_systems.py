@@ -5,18 +5,20 @@
 
 For each material, a user's whole path on this machine, with the project's own commands:
 ``crystal.generate_training_set`` (Bloch wave, ``--num-zone-axes`` random beam directions over the point
-group's fundamental zone, 8 thicknesses each), ``train`` (``--minutes``), ``calibrate``; then ``--n`` random
+group's fundamental zone, 8 thicknesses each), ``train`` (``--minutes``), ``calibrate`` under
+``search_confidence=1`` (:data:`SEARCH_CONFIDENCE`: every pattern gets the library search, which also refines
+its answer's beam-flip partner afresh; the model's mappers then use it by default); then ``--n`` random
 orientations (uniform on SO(3), seed 0) simulated with py4DSTEM's own Bloch-wave code at settings the
 training never used (the robustness benchmark's ``bloch_006``: beams with ``|s_g| <= 0.06 1/A``, foils
 100-400 A, 300 kV, raw pixels of a 256^2 detector), mapped with ``match_orientations`` (defaults) and with
 py4DSTEM's ACOM (default plan, ``zone_axis_range="auto"``) on the first ``--acom-n`` of the same
 BraggVectors, in the same run. Misorientations use the crystal's own proper point-group rotations.
-The same patterns are then mapped once more with ``search_confidence=1`` (every pattern gets the library
-search, which also refines its answer's beam-flip partner afresh): slower, and more often right where a
-confident answer was the beam flip.
+The same patterns are then mapped once more with the shipped models' gate, ``search_confidence=0.85``
+(only the unsure patterns searched): faster, and less often right where a confident answer was the beam flip.
 
 Resumable: each material's training set, checkpoints, model and figures go to ``--out``; a material whose
-model exists is not trained again (``--retrain`` to force).
+model exists is not trained again (``--retrain`` to force), and is calibrated again only where its
+calibration was fitted under another gate.
 
 The crystals are built here from their space groups (pymatgen, Wyckoff positions from the literature):
 what matters for the benchmark is each crystal system's symmetry, which the space group fixes exactly.
@@ -33,7 +35,15 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Material", "MATERIALS", "material_crystal", "train_material", "evaluate_material", "main"]
+__all__ = ["Material", "MATERIALS", "SEARCH_CONFIDENCE", "material_crystal", "train_material", "evaluate_material",
+           "main"]
+
+#: The library-search gate the benchmark calibrates its models under (their mappers' default): every pattern is
+#: searched. On these user-trained models it was 2-7 points more often right than 0.85 on the held-out patterns
+#: (docs/benchmarks.md "Crystal systems"); the shipped Cu model gained 0.5 points at 40% of its speed.
+SEARCH_CONFIDENCE = 1.0
+#: The gate the patterns are mapped under a second time, for comparison (the shipped models' and MapConfig's).
+FAST_SEARCH_CONFIDENCE = 0.85
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,8 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
                    progress_bar: bool = True) -> Tuple[str, dict]:
     """Simulate, train and calibrate a model for ``crystal`` (resumable; files under ``out``). Returns
     ``(model path, what it took)``."""
-    from ..mapping.calibrate import attach_calibration, calibrate
-    from ..mapping.mapper import TransformerOrientationMap
+    from ..mapping.confidence import Calibration
+    from ..model.model import OrientationModel
     from ..simulation.simulate import generate_training_set
     from ..simulation.training_set import TrainingSet
     from ..training.trainer import train
@@ -115,7 +125,17 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
     model_path, info_path = os.path.join(out, f"{name}.pt"), os.path.join(out, f"{name}.json")
     if os.path.exists(model_path) and os.path.exists(info_path) and not retrain:
         with open(info_path) as f:
-            return model_path, json.load(f)
+            info = json.load(f)
+        model = OrientationModel.load(model_path)
+        calibration = Calibration.from_metadata(model.metadata)
+        fitted = (calibration.fitted_on.get("map_config") if calibration is not None else None) or {}
+        if (fitted.get("search") or {}).get("confidence") != SEARCH_CONFIDENCE:  # calibrated under another gate
+            info["recalibrate_s"] = _calibrate(crystal, model)
+            info["recalibrated"] = f"search_confidence={SEARCH_CONFIDENCE:g}, on the weights trained before"
+            model.save(model_path)
+            with open(info_path, "w") as f:
+                json.dump(info, f, indent=1)
+        return model_path, info
     set_path = os.path.join(out, f"{name}.h5")
     if os.path.exists(set_path):
         ts = TrainingSet.load(set_path)
@@ -128,10 +148,7 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
     model = train(ts, max_minutes=minutes, checkpoint_dir=checkpoints,
                   resume=os.path.exists(os.path.join(checkpoints, "last.pt")), progress_bar=progress_bar)
     train_s = time.perf_counter() - t0
-    mapper = TransformerOrientationMap(crystal, model)
-    t0 = time.perf_counter()
-    attach_calibration(model, calibrate(mapper, n=1000, progress_bar=False))
-    calibrate_s = time.perf_counter() - t0
+    calibrate_s = _calibrate(crystal, model)
     model.save(model_path)
     info = {"patterns": int(len(ts)), "directions": int(num_zone_axes), "simulate_s": float(ts.info["seconds"]),
             "train_minutes_budget": float(minutes), "train_s_this_run": train_s, "steps": int(model.history["step"][-1]),
@@ -139,6 +156,18 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
     with open(info_path, "w") as f:
         json.dump(info, f, indent=1)
     return model_path, info
+
+
+def _calibrate(crystal, model) -> float:
+    """Fit ``model``'s confidence under :data:`SEARCH_CONFIDENCE` (1000 patterns, as ``calibrate --n 1000
+    --search-confidence 1``) and attach it; returns the seconds it took."""
+    from ..mapping.calibrate import attach_calibration, calibrate
+    from ..mapping.mapper import TransformerOrientationMap
+
+    mapper = TransformerOrientationMap(crystal, model, search_confidence=SEARCH_CONFIDENCE, calibrated_confidence=False)
+    t0 = time.perf_counter()
+    attach_calibration(model, calibrate(mapper, n=1000, progress_bar=False))
+    return time.perf_counter() - t0
 
 
 def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, seed: int = 0) -> dict:
@@ -151,13 +180,14 @@ def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, 
     condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
     mapper = TransformerOrientationMap(private_copy(crystal), model_path)
     row = rb.run_condition(mapper, crystal, condition, n, acom_n, seed)
-    # the same patterns (the same seed) once more with every pattern searched (search_confidence=1): slower,
-    # it also catches confident beam flips. The model's corr was calibrated under the default (AUC: a ranking)
-    thorough = TransformerOrientationMap(private_copy(crystal), model_path, search_confidence=1.0,
-                                         calibrated_confidence=False)
-    row["thorough"] = rb.run_condition(thorough, crystal, condition, n, 0, seed)["ours"]
+    # the same patterns (the same seed) once more with only the unsure patterns searched (the shipped models'
+    # gate): faster, and blind to a confident beam flip. corr was calibrated under the model's gate (AUC: a ranking)
+    fast = TransformerOrientationMap(private_copy(crystal), model_path, search_confidence=FAST_SEARCH_CONFIDENCE,
+                                     calibrated_confidence=False)
+    row["fast"] = rb.run_condition(fast, crystal, condition, n, 0, seed)["ours"]
+    row["search_confidence"] = {"ours": mapper.config.search.confidence, "fast": FAST_SEARCH_CONFIDENCE}
     if acom_n:
-        row["thorough_on_acom_patterns"] = float(np.mean(np.asarray(row["thorough"]["errors_strict"][:min(acom_n, n)]) <= 5.0))
+        row["fast_on_acom_patterns"] = float(np.mean(np.asarray(row["fast"]["errors_strict"][:min(acom_n, n)]) <= 5.0))
     return {"material": name, "system": MATERIALS[name].system, "space_group": MATERIALS[name].space_group,
             "point_group_rotations": int(len(mapper.symmetry)), **row}
 
@@ -165,7 +195,7 @@ def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, 
 def markdown_table(rows: Sequence[dict]) -> str:
     head = ("| material | system | rotations | disks | training set | simulate | train | ours ≤5° strict | ours ≤5° flip "
             "| ours median | ours AUC | network ≤5° strict | ours, ACOM's patterns | ACOM ≤5° strict | ACOM median "
-            "| `search_confidence=1`: ≤5° strict / flip, ACOM's patterns, patterns/s vs default |\n"
+            "| `search_confidence=0.85`: ≤5° strict / flip, ACOM's patterns, patterns/s vs default |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
@@ -176,15 +206,15 @@ def markdown_table(rows: Sequence[dict]) -> str:
                      f"{r['disks_median']:.0f} | {t['patterns']:,} | {t['simulate_s'] / 60:.1f} min | "
                      f"{t['train_minutes_budget']:g} min | {o['strict_5']:.1%} | {o['flip_5']:.1%} | "
                      f"{o['median_strict']:.2f}° | {o['auc']:.2f} | {r['network']['strict_5']:.1%} | {acom} | "
-                     f"{_thorough(r)} |")
+                     f"{_fast(r)} |")
     return "\n".join(lines)
 
 
-def _thorough(r: dict) -> str:
-    th = r.get("thorough")
+def _fast(r: dict) -> str:
+    th = r.get("fast")
     if th is None:
         return "–"
-    on_acom = f"{r['thorough_on_acom_patterns']:.1%}, " if "thorough_on_acom_patterns" in r else ""
+    on_acom = f"{r['fast_on_acom_patterns']:.1%}, " if "fast_on_acom_patterns" in r else ""
     return (f"{th['strict_5']:.1%} / {th['flip_5']:.1%}, {on_acom}{th['patterns_per_s']:,.0f} vs "
             f"{r['ours']['patterns_per_s']:,.0f}")
 

@@ -2,8 +2,9 @@
 
 :class:`MapConfig` gathers them; a mapper holds one, and ``py4dstem-transformer calibrate`` stores the
 one it fitted the confidence under beside the calibration in the model file
-(:class:`~.confidence.Calibration` ``fitted_on["map_config"]``), so that mapping under other settings
-says so instead of reporting an uncalibrated ``corr``. Settings that change only the speed (batch
+(:class:`~.confidence.Calibration` ``fitted_on["map_config"]``): a mapper for that model starts from
+those settings (:func:`calibrated_config`), and mapping under others says so instead of reporting an
+uncalibrated ``corr``. Settings that change only the speed (batch
 and chunk sizes, workers, device) are not here.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "MapConfig", "Query", "config_differences",
-           "uncalibrated_warning"]
+           "uncalibrated_warning", "calibrated_config"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,18 @@ class Query:
             raise ValueError(
                 f"num_matches_return must be between 1 and {available} (the prediction and its near-ambiguous "
                 f"partners{'' if self.inversion_symmetry else '; pass inversion_symmetry=True for the mirror partners'})")
+
+
+def calibrated_config(fitted: Optional[dict]) -> MapConfig:
+    """The settings a model's confidence was calibrated under (its calibration's ``fitted_on["map_config"]``), the
+    mapper's defaults for that model; ``MapConfig()`` where none was recorded or the record is of settings this
+    version does not have (an older file: its ``corr`` is then reported as uncalibrated where they differ)."""
+    if fitted is None:
+        return MapConfig()
+    try:
+        return MapConfig.from_dict(fitted)
+    except (TypeError, ValueError, AttributeError):
+        return MapConfig()
 
 
 def uncalibrated_warning(fitted: Optional[dict], config: MapConfig, refine: bool = True) -> Optional[str]:

@@ -24,7 +24,7 @@ from ..io.peaks import Peaks, as_peaks_source
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
 from .confidence import Calibration
-from .config import MapConfig, Query, uncalibrated_warning
+from .config import MapConfig, Query, calibrated_config, uncalibrated_warning
 from .phase import build_phases
 from .pipeline import Mapped, map_tokens
 from .predict import Network, default_batch_size
@@ -46,8 +46,10 @@ class TransformerOrientationMap:
         ``orientation_map`` and plan attributes py4DSTEM's plots read.
     model : OrientationModel or path of a model file
     config : MapConfig, optional
-        Every setting that changes an answer (:mod:`.config`); default ``MapConfig()``, the one the shipped
-        models' confidence was calibrated under. ``**settings`` change single ones by their flat names
+        Every setting that changes an answer (:mod:`.config`). Default: the settings the model's confidence
+        was calibrated under, recorded in the model file (``MapConfig()`` for the shipped models; a model
+        calibrated with ``calibrate --search-confidence 1`` searches every pattern), else ``MapConfig()``.
+        ``**settings`` change single ones by their flat names
         (``corr_power=0.5``, ``sparse_turns=2``, ``polish_config=None``, ...; :data:`.config.KEYWORDS`).
         Settings other than the calibration's are warned about: ``corr`` is then no calibrated probability.
     device : str or torch.device, optional
@@ -92,9 +94,10 @@ class TransformerOrientationMap:
         for c, phase in zip(self.crystals, self._phase_meta):
             check_crystal_matches_model(c, phase)
         self.crystal, self.model = self.crystals[0], model.eval()
-        self.config = (config or MapConfig()).replace(**settings)
-        self.device, self.precision, self.workers = resolve_device(device), precision, workers
         self.calibration, self.calibrated_confidence = Calibration.from_metadata(meta), calibrated_confidence
+        fitted = self.calibration.fitted_on.get("map_config") if self.calibration is not None else None
+        self.config = (config or calibrated_config(fitted)).replace(**settings)
+        self.device, self.precision, self.workers = resolve_device(device), precision, workers
         self.token_config = TokenConfig(**meta["token_config"]) if "token_config" in meta else TokenConfig()
         self.accel_voltage, source = resolve_voltage(self.crystals, accel_voltage, meta.get("accel_voltage"),
                                                      ACCEL_VOLTAGE)

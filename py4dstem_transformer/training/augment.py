@@ -8,7 +8,7 @@ Geometric augmentations change the label exactly:
   (dynamical intensities included; see docs/).
 
 Damage augmentations imitate disk detection on real data and leave the label alone: weakest disks
-dropped, random disks dropped, position jitter, multiplicative intensity noise, intensity
+dropped, random disks dropped, only the brighter disks kept (dose), only those inside a radius (detector size), position jitter, multiplicative intensity noise, intensity
 flattening (``I -> I**gamma``), spurious disks. Calibration augmentations imitate a detector whose
 calibration is slightly off, and leave the label alone too: the pattern's disks go through
 ``q -> A q + t``, with ``A`` a Q pixel-size error (isotropic scale) times an ellipse (a stretch along
@@ -52,6 +52,13 @@ class AugmentConfig:
     p_intensity_noise: float = 0.7
     intensity_noise_max: float = 0.35  # relative standard deviation
     p_flatten: float = 0.15
+    # dose and detector size: patterns that keep only their brighter disks (a relative-intensity cut drawn
+    # log-uniformly in [1e-3, dim_cut_max]: low dose, a high detection threshold) or only the disks inside a
+    # radius drawn uniformly in [edge_min, k_max] (a smaller detector or camera length). Off by default
+    p_dim: float = 0.0
+    dim_cut_max: float = 0.1  # relative to the pattern's brightest disk
+    p_edge: float = 0.0
+    edge_min: float = 1.0  # 1/A
     p_spurious: float = 0.4
     spurious_max: int = 2  # disks added to an affected pattern
     spurious_intensity_max: float = 0.5  # relative to the pattern's brightest disk
@@ -74,7 +81,7 @@ class AugmentConfig:
     def none(cls) -> "AugmentConfig":
         """Only the label-exact geometric augmentations, no damage."""
         return cls(p_drop_weak=0, p_drop_random=0, p_jitter=0, p_intensity_noise=0, p_flatten=0, p_spurious=0,
-                   p_scale=0, p_ellipse=0, p_origin=0)
+                   p_scale=0, p_ellipse=0, p_origin=0, p_dim=0, p_edge=0)
 
 
 def rotate_in_plane(batch: Batch, phi: torch.Tensor, mirror: torch.Tensor) -> Batch:
@@ -152,6 +159,15 @@ def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
     keep = rank >= torch.floor(fraction * batch.counts)[pos]
     rate = _per_pattern(config.p_drop_random, config.drop_random_max, u, B)[pos]
     keep &= u(P) >= rate
+    if config.p_dim:  # only the disks above a relative intensity drawn log-uniformly in [1e-3, dim_cut_max]
+        low, high = math.log(1e-3), math.log(max(config.dim_cut_max, 1e-3))
+        cut = torch.where(u(B) < config.p_dim, torch.exp(low + (high - low) * u(B)), torch.zeros(B))
+        brightest = torch.zeros(B).scatter_reduce_(0, pos, batch.intensity, "amax")
+        keep &= batch.intensity >= cut[pos] * brightest[pos]
+    if config.p_edge:  # only the disks inside a radius drawn uniformly in [edge_min, k_max]
+        radius = config.edge_min + (config.k_max - config.edge_min) * u(B)
+        radius = torch.where(u(B) < config.p_edge, radius, torch.full((B,), math.inf))
+        keep &= torch.hypot(batch.qx, batch.qy) <= radius[pos]
     survivors = torch.zeros(B, dtype=torch.int64).index_add_(0, pos, keep.long())
     keep |= (survivors == 0)[pos] & (rank == batch.counts[pos] - 1)  # keep the brightest if nothing left
     return keep
