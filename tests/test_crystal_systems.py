@@ -110,8 +110,13 @@ def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
     (row,) = first["rows"]
     assert row["system"] == "hexagonal" and row["point_group_rotations"] == 12
     assert row["training"]["patterns"] == 40 * 8 and row["acom"]["n"] == 2 and row["ours"]["n"] == 6
-    assert row["thorough"]["n"] == 6 and 0 <= row["thorough_on_acom_patterns"] <= 1  # every pattern searched
+    assert row["fast"]["n"] == 6 and 0 <= row["fast_on_acom_patterns"] <= 1  # mapped again under the 0.85 gate
+    assert row["search_confidence"] == {"ours": 1.0, "fast": 0.85}
     model = tmp_path / "Mg.pt"
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+
+    # calibrated under the recipe's gate, which the model's mappers then use by default
+    assert TransformerOrientationMap(crystal_systems.material_crystal("Mg"), str(model)).config.search.confidence == 1.0
     stamp = model.stat().st_mtime_ns
     again = crystal_systems.main(args)  # resumed: the model is not trained again
     assert model.stat().st_mtime_ns == stamp and again["rows"][0]["training"] == row["training"]
