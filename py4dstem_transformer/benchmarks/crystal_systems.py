@@ -39,7 +39,7 @@ __all__ = ["Material", "MATERIALS", "SEARCH_CONFIDENCE", "material_crystal", "tr
            "main"]
 
 #: The library-search gate the benchmark calibrates its models under (their mappers' default): every pattern is
-#: searched. On these user-trained models it was 2-7 points more often right than 0.85 on the held-out patterns
+#: searched. On these user-trained models it was 1.6-6.6 points more often right than 0.85 on the held-out patterns
 #: (docs/benchmarks.md "Crystal systems"); the shipped Cu model gained 0.5 points at 40% of its speed.
 SEARCH_CONFIDENCE = 1.0
 #: The gate the patterns are mapped under a second time, for comparison (the shipped models' and MapConfig's).
