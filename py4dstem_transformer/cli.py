@@ -149,13 +149,12 @@ def _augment_config(settings, k_max: float):
 
     from .training.augment import AugmentConfig
 
-    fields = {f.name: f.type for f in dataclasses.fields(AugmentConfig)}
+    names = sorted(f.name for f in dataclasses.fields(AugmentConfig) if f.name != "k_max")  # k_max follows the set
     values = {"k_max": k_max}
     for item in settings or []:
         name, sep, value = item.partition("=")
-        if not sep or name not in fields or name == "k_max":
-            raise SystemExit(f"--augment {item!r}: expected NAME=VALUE with NAME one of "
-                             f"{sorted(n for n in fields if n != 'k_max')}")
+        if not sep or name not in names:
+            raise SystemExit(f"--augment {item!r}: expected NAME=VALUE with NAME one of {names}")
         default = getattr(AugmentConfig(), name)
         try:
             values[name] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)

@@ -115,6 +115,7 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
                    progress_bar: bool = True) -> Tuple[str, dict]:
     """Simulate, train and calibrate a model for ``crystal`` (resumable; files under ``out``). Returns
     ``(model path, what it took)``."""
+    from ..mapping.config import calibrated_config
     from ..mapping.confidence import Calibration
     from ..model.model import OrientationModel
     from ..simulation.simulate import generate_training_set
@@ -128,8 +129,8 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
             info = json.load(f)
         model = OrientationModel.load(model_path)
         calibration = Calibration.from_metadata(model.metadata)
-        fitted = (calibration.fitted_on.get("map_config") if calibration is not None else None) or {}
-        if (fitted.get("search") or {}).get("confidence") != SEARCH_CONFIDENCE:  # calibrated under another gate
+        search = calibrated_config(calibration.fitted_on.get("map_config") if calibration is not None else None).search
+        if search is None or search.confidence != SEARCH_CONFIDENCE:  # calibrated under another gate
             info["recalibrate_s"] = _calibrate(crystal, model)
             info["recalibrated"] = f"search_confidence={SEARCH_CONFIDENCE:g}, on the weights trained before"
             model.save(model_path)

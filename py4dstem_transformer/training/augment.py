@@ -154,7 +154,8 @@ def _normal(u, n: int) -> torch.Tensor:
 def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
     """(P,) True for disks that survive; every pattern keeps at least one disk."""
     B, P, pos = len(batch.counts), len(batch.qx), batch.position
-    rank = _rank_by_intensity(batch, pos)  # 0 = weakest disk of its pattern
+    relative = _relative_intensity(batch, pos)
+    rank = _rank_by_intensity(pos, relative)  # 0 = weakest disk of its pattern
     fraction = _per_pattern(config.p_drop_weak, config.drop_weak_max, u, B)
     keep = rank >= torch.floor(fraction * batch.counts)[pos]
     rate = _per_pattern(config.p_drop_random, config.drop_random_max, u, B)[pos]
@@ -162,8 +163,7 @@ def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
     if config.p_dim:  # only the disks above a relative intensity drawn log-uniformly in [1e-3, dim_cut_max]
         low, high = math.log(1e-3), math.log(max(config.dim_cut_max, 1e-3))
         cut = torch.where(u(B) < config.p_dim, torch.exp(low + (high - low) * u(B)), torch.zeros(B))
-        brightest = torch.zeros(B).scatter_reduce_(0, pos, batch.intensity, "amax")
-        keep &= batch.intensity >= cut[pos] * brightest[pos]
+        keep &= relative >= cut[pos]
     if config.p_edge:  # only the disks inside a radius drawn uniformly in [edge_min, k_max]
         radius = config.edge_min + (config.k_max - config.edge_min) * u(B)
         radius = torch.where(u(B) < config.p_edge, radius, torch.full((B,), math.inf))
@@ -173,10 +173,14 @@ def _drop_mask(batch: Batch, config: AugmentConfig, u) -> torch.Tensor:
     return keep
 
 
-def _rank_by_intensity(batch: Batch, pos: torch.Tensor) -> torch.Tensor:
-    """(P,) rank of every disk within its pattern by relative intensity, 0 = the weakest."""
+def _relative_intensity(batch: Batch, pos: torch.Tensor) -> torch.Tensor:
+    """(P,) every disk's intensity relative to its pattern's brightest."""
     brightest = torch.zeros(len(batch.counts)).scatter_reduce_(0, pos, batch.intensity, "amax")
-    relative = batch.intensity / brightest[pos].clamp_min(1e-30)
+    return batch.intensity / brightest[pos].clamp_min(1e-30)
+
+
+def _rank_by_intensity(pos: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+    """(P,) rank of every disk within its pattern by ``relative`` intensity, 0 = the weakest."""
     order, rank_in_order = rank_within_pattern(pos, relative)
     rank = torch.empty_like(pos)
     rank[order] = rank_in_order
