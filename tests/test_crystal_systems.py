@@ -105,9 +105,10 @@ def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
     from py4dstem_transformer.benchmarks import crystal_systems
 
     args = ["--materials", "Mg", "--minutes", "0.05", "--num-zone-axes", "40", "--n", "6", "--acom-n", "2",
-            "--out", str(tmp_path), "--no-progress"]
+            "--sigma-excitation-error", "0.03", "--out", str(tmp_path), "--no-progress"]
     first = crystal_systems.main(args)
     (row,) = first["rows"]
+    assert row["training"]["sigma_excitation_error"] == 0.03  # the beam selection asked for, recorded
     assert row["system"] == "hexagonal" and row["point_group_rotations"] == 12
     assert row["training"]["patterns"] == 40 * 8 and row["acom"]["n"] == 2 and row["ours"]["n"] == 6
     assert row["fast"]["n"] == 6 and 0 <= row["fast_on_acom_patterns"] <= 1  # mapped again under the 0.85 gate
