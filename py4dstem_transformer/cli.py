@@ -196,7 +196,8 @@ def _cmd_calibrate(args) -> int:
     from .mapping.calibrate import attach_calibration, calibrate
     from .mapping.mapper import TransformerOrientationMap
 
-    settings = {} if args.search_confidence is None else {"search_confidence": args.search_confidence}
+    settings = {k: v for k, v in (("search_confidence", args.search_confidence),
+                                  ("sigma_excitation_error", args.sigma_excitation_error)) if v is not None}
     mapper = TransformerOrientationMap.from_model(args.model, calibrated_confidence=False, **settings)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
@@ -229,6 +230,10 @@ def _add_calibrate(sub) -> None:
                         "1 searches every pattern (slower; more often right on non-cubic crystals, where a "
                         "confident answer can be the beam flip: docs/benchmarks.md 'Crystal systems'); default: "
                         "the model's present setting (0.85 for a new model)")
+    p.add_argument("--sigma-excitation-error", type=float, default=None,
+                   help="calibrate under this excitation-error width of the score (1/A), which the model's mappers "
+                        "then use by default; default: the model's present setting (0.03 for a new model, 0.04 "
+                        "for one calibrated before 2026-12-02)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

@@ -95,6 +95,25 @@ def test_calibrate_end_to_end_on_simulated_patterns():
     assert cal.fitted_on["auc_on_fit_set"] > 0.7  # the mapper's own features do flag its errors
 
 
+@pytest.mark.slow
+def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path):
+    """``calibrate --sigma-excitation-error 0.05 --search-confidence 1`` on the shipped model (calibrated under
+    0.04 and 0.85): the file records those settings and its mappers use them without a warning."""
+    import warnings
+
+    from py4dstem_transformer.cli import main
+    from py4dstem_transformer.mapping.config import MapConfig
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+
+    out = tmp_path / "cu.pt"
+    assert main(["calibrate", "Cu", "--out", str(out), "--n", "120", "--seed", "4322", "--passes", "1",
+                 "--sigma-excitation-error", "0.05", "--search-confidence", "1", "--no-progress"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapper = TransformerOrientationMap(make_cu(), str(out))
+    assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0)
+
+
 def test_disk_agreement_by_hand():
     from py4dstem_transformer.mapping.confidence import disk_agreement
 

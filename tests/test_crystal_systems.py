@@ -122,3 +122,17 @@ def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
     again = crystal_systems.main(args)  # resumed: the model is not trained again
     assert model.stat().st_mtime_ns == stamp and again["rows"][0]["training"] == row["training"]
     assert "| Mg (P6_3/mmc) | hexagonal | 12 |" in capsys.readouterr().out
+    # a model calibrated under an older default (the score's excitation width) is calibrated again, weights kept
+    from py4dstem_transformer.mapping.confidence import METADATA_KEY
+    from py4dstem_transformer.model.model import OrientationModel
+
+    older = OrientationModel.load(str(model))
+    weights = {k: v.clone() for k, v in older.state_dict().items()}
+    older.metadata[METADATA_KEY]["fitted_on"]["map_config"] = \
+        crystal_systems.calibration_config().replace(sigma_excitation_error=0.04).to_dict()
+    older.save(str(model))
+    third = crystal_systems.main(args)
+    assert "score.sigma_excitation_error: 0.04 -> 0.03" in third["rows"][0]["training"]["recalibrated"]
+    now = TransformerOrientationMap(crystal_systems.material_crystal("Mg"), str(model))
+    assert now.config == crystal_systems.calibration_config()
+    assert all(torch.equal(v, weights[k]) for k, v in now.model.state_dict().items())

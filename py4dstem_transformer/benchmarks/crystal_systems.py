@@ -18,7 +18,7 @@ The same patterns are then mapped once more with the shipped models' gate, ``sea
 
 Resumable: each material's training set, checkpoints, model and figures go to ``--out``; a material whose
 model exists is not trained again (``--retrain`` to force), and is calibrated again only where its
-calibration was fitted under another gate.
+calibration was fitted under other settings than :func:`calibration_config` (another gate, an older default).
 
 The crystals are built here from their space groups (pymatgen, Wyckoff positions from the literature):
 what matters for the benchmark is each crystal system's symmetry, which the space group fixes exactly.
@@ -44,6 +44,15 @@ __all__ = ["Material", "MATERIALS", "SEARCH_CONFIDENCE", "material_crystal", "tr
 SEARCH_CONFIDENCE = 1.0
 #: The gate the patterns are mapped under a second time, for comparison (the shipped models' and MapConfig's).
 FAST_SEARCH_CONFIDENCE = 0.85
+
+
+def calibration_config():
+    """The settings the benchmark calibrates its models under: :class:`~..mapping.config.MapConfig`'s defaults
+    with every pattern searched (:data:`SEARCH_CONFIDENCE`). A model calibrated under others (another gate, or
+    an older default such as the score's excitation width) is calibrated again on its trained weights."""
+    from ..mapping.config import MapConfig
+
+    return MapConfig().replace(search_confidence=SEARCH_CONFIDENCE)
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
     simulator's default (0.04). A large cell has many beams and the Bloch-wave cost grows steeply with their number
     (LiFePO4: 2.8 s per direction at the default, against 0.025 s for Mg), so a narrower selection is what makes
     such a set affordable on 2 cores; the one used is recorded in the returned info."""
-    from ..mapping.config import calibrated_config
+    from ..mapping.config import calibrated_config, config_differences
     from ..mapping.confidence import Calibration
     from ..model.model import OrientationModel
     from ..simulation.simulate import generate_training_set
@@ -134,10 +143,11 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
             info = json.load(f)
         model = OrientationModel.load(model_path)
         calibration = Calibration.from_metadata(model.metadata)
-        search = calibrated_config(calibration.fitted_on.get("map_config") if calibration is not None else None).search
-        if search is None or search.confidence != SEARCH_CONFIDENCE:  # calibrated under another gate
+        fitted = calibration.fitted_on.get("map_config") if calibration is not None else None
+        changed = config_differences(calibrated_config(fitted).to_dict(), calibration_config().to_dict())
+        if fitted is None or changed:  # calibrated under other settings (the gate, or an older default)
             info["recalibrate_s"] = _calibrate(crystal, model)
-            info["recalibrated"] = f"search_confidence={SEARCH_CONFIDENCE:g}, on the weights trained before"
+            info["recalibrated"] = f"{'; '.join(changed) or 'no calibration'}, on the weights trained before"
             model.save(model_path)
             with open(info_path, "w") as f:
                 json.dump(info, f, indent=1)
@@ -166,12 +176,12 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
 
 
 def _calibrate(crystal, model) -> float:
-    """Fit ``model``'s confidence under :data:`SEARCH_CONFIDENCE` (1000 patterns, as ``calibrate --n 1000
+    """Fit ``model``'s confidence under :func:`calibration_config` (1000 patterns, as ``calibrate --n 1000
     --search-confidence 1``) and attach it; returns the seconds it took."""
     from ..mapping.calibrate import attach_calibration, calibrate
     from ..mapping.mapper import TransformerOrientationMap
 
-    mapper = TransformerOrientationMap(crystal, model, search_confidence=SEARCH_CONFIDENCE, calibrated_confidence=False)
+    mapper = TransformerOrientationMap(crystal, model, config=calibration_config(), calibrated_confidence=False)
     t0 = time.perf_counter()
     attach_calibration(model, calibrate(mapper, n=1000, progress_bar=False))
     return time.perf_counter() - t0

@@ -47,8 +47,9 @@ class TransformerOrientationMap:
     model : OrientationModel or path of a model file
     config : MapConfig, optional
         Every setting that changes an answer (:mod:`.config`). Default: the settings the model's confidence
-        was calibrated under, recorded in the model file (``MapConfig()`` for the shipped models; a model
-        calibrated with ``calibrate --search-confidence 1`` searches every pattern), else ``MapConfig()``.
+        was calibrated under, recorded in the model file (the shipped models: ``MapConfig()`` with the score's
+        older excitation width, ``sigma_excitation_error=0.04``; a model calibrated with ``calibrate
+        --search-confidence 1`` searches every pattern), else ``MapConfig()``.
         ``**settings`` change single ones by their flat names
         (``corr_power=0.5``, ``sparse_turns=2``, ``polish_config=None``, ...; :data:`.config.KEYWORDS`).
         Settings other than the calibration's are warned about: ``corr`` is then no calibrated probability.
