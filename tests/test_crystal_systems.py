@@ -121,6 +121,9 @@ def test_the_benchmark_trains_once_and_resumes(tmp_path, capsys):
     stamp = model.stat().st_mtime_ns
     again = crystal_systems.main(args)  # resumed: the model is not trained again
     assert model.stat().st_mtime_ns == stamp and again["rows"][0]["training"] == row["training"]
+    # the test patterns were simulated once, kept, and read back: the same figures
+    assert (tmp_path / "Mg_test_6_0.npz").exists() and again["rows"][0]["simulate_s"] == row["simulate_s"]
+    assert again["rows"][0]["ours"]["errors_strict"] == row["ours"]["errors_strict"]
     assert "| Mg (P6_3/mmc) | hexagonal | 12 |" in capsys.readouterr().out
     # a model calibrated under an older default (the score's excitation width) is calibrated again, weights kept
     from py4dstem_transformer.mapping.confidence import METADATA_KEY

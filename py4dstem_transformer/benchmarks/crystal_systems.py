@@ -16,7 +16,7 @@ BraggVectors, in the same run. Misorientations use the crystal's own proper poin
 The same patterns are then mapped once more with the shipped models' gate, ``search_confidence=0.85``
 (only the unsure patterns searched): faster, and less often right where a confident answer was the beam flip.
 
-Resumable: each material's training set, checkpoints, model and figures go to ``--out``; a material whose
+Resumable: each material's training set, checkpoints, model and test patterns go to ``--out``; a material whose
 model exists is not trained again (``--retrain`` to force), and is calibrated again only where its
 calibration was fitted under other settings than :func:`calibration_config` (another gate, an older default).
 
@@ -35,8 +35,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Material", "MATERIALS", "SEARCH_CONFIDENCE", "material_crystal", "train_material", "evaluate_material",
-           "main"]
+__all__ = ["Material", "MATERIALS", "SEARCH_CONFIDENCE", "material_crystal", "train_material", "benchmark_patterns",
+           "evaluate_material", "main"]
 
 #: The library-search gate the benchmark calibrates its models under (their mappers' default): every pattern is
 #: searched. On these user-trained models it was 1.6-6.6 points more often right than 0.85 on the held-out patterns
@@ -187,21 +187,48 @@ def _calibrate(crystal, model) -> float:
     return time.perf_counter() - t0
 
 
-def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, seed: int = 0) -> dict:
+def benchmark_patterns(name: str, crystal, n: int, seed: int = 0, out: Optional[str] = None):
+    """The ``n`` test patterns of ``crystal`` (:func:`.robustness.simulate_condition`, ``bloch_006``), their true
+    orientations and the seconds they took to simulate. With ``out`` they are kept there (``NAME_test_N_SEED.npz``,
+    no pickles) and read back the next time: a large cell's take minutes (LiFePO4: ~4 s each on one core). The
+    file is named by material, not by its structure: delete it after changing how a material is built."""
+    from . import robustness as rb
+
+    condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
+    path = os.path.join(out, f"{name}_test_{n}_{seed}.npz") if out else None
+    if path and os.path.exists(path):
+        with np.load(path, allow_pickle=False) as f:
+            flat, counts, matrices, seconds = f["disks"], f["counts"], f["matrices"], float(f["seconds"])
+        return list(np.split(flat, np.cumsum(counts)[:-1])), matrices, seconds
+    t0 = time.perf_counter()
+    disks, matrices = rb.simulate_condition(crystal, condition, n, seed)
+    seconds = time.perf_counter() - t0
+    if path:
+        os.makedirs(out, exist_ok=True)
+        np.savez(path, disks=np.concatenate(disks), counts=np.array([len(d) for d in disks]), matrices=matrices,
+                 seconds=seconds)
+    return disks, matrices, seconds
+
+
+def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, seed: int = 0,
+                      out: Optional[str] = None) -> dict:
     """Ours (refined; network alone) and ACOM on ``n`` py4DSTEM Bloch-wave patterns of ``crystal``: the robustness
-    benchmark's ``bloch_006`` condition (:func:`.robustness.run_condition`), with the material's name and group."""
+    benchmark's ``bloch_006`` condition (:func:`.robustness.run_condition`), with the material's name and group.
+    The patterns are simulated once (:func:`benchmark_patterns`, kept in ``out``) and mapped under both gates."""
     from ..core.crystal import private_copy
     from ..mapping.mapper import TransformerOrientationMap
     from . import robustness as rb
 
     condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
+    disks, matrices, seconds = benchmark_patterns(name, crystal, n, seed, out)
     mapper = TransformerOrientationMap(private_copy(crystal), model_path)
-    row = rb.run_condition(mapper, crystal, condition, n, acom_n, seed)
+    row = rb.run_condition(mapper, crystal, condition, n, acom_n, seed, patterns=(disks, matrices))
+    row["simulate_s"] = seconds
     # the same patterns (the same seed) once more with only the unsure patterns searched (the shipped models'
     # gate): faster, and blind to a confident beam flip. corr was calibrated under the model's gate (AUC: a ranking)
     fast = TransformerOrientationMap(private_copy(crystal), model_path, search_confidence=FAST_SEARCH_CONFIDENCE,
                                      calibrated_confidence=False)
-    row["fast"] = rb.run_condition(fast, crystal, condition, n, 0, seed)["ours"]
+    row["fast"] = rb.run_condition(fast, crystal, condition, n, 0, seed, patterns=(disks, matrices))["ours"]
     row["search_confidence"] = {"ours": mapper.config.search.confidence, "fast": FAST_SEARCH_CONFIDENCE}
     if acom_n:
         row["fast_on_acom_patterns"] = float(np.mean(np.asarray(row["fast"]["errors_strict"][:min(acom_n, n)]) <= 5.0))
@@ -256,7 +283,7 @@ def main(argv=None) -> dict:
         crystal = material_crystal(name)
         model_path, training = train_material(name, crystal, args.out, args.minutes, args.num_zone_axes, args.retrain,
                                               not args.no_progress, args.sigma_excitation_error)
-        row = evaluate_material(name, crystal, model_path, args.n, args.acom_n, args.seed)
+        row = evaluate_material(name, crystal, model_path, args.n, args.acom_n, args.seed, args.out)
         row["training"] = training
         rows.append(row)
         print(markdown_table([row]).splitlines()[-1], flush=True)

@@ -265,17 +265,21 @@ def told(mapper, condition: Condition, cache: dict):
 
 
 def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, seed: int = 0,
-                  cache: Optional[dict] = None, tell: bool = True, phase: int = 0) -> dict:
+                  cache: Optional[dict] = None, tell: bool = True, phase: int = 0,
+                  patterns: Optional[Tuple[List[np.ndarray], np.ndarray]] = None) -> dict:
     """Simulate ``condition``, map it with ours (refined, network alone) and ACOM (first ``acom_n``); the figures.
     ``tell``: the mapper and ACOM are told the condition's voltage and precession (``False``: ``mapper`` as it
     is, ACOM at 300 kV without precession: what a user who says nothing gets). ``crystal`` is the model's phase
-    ``phase`` (ACOM maps with it alone)."""
+    ``phase`` (ACOM maps with it alone). ``patterns``: :func:`simulate_condition`'s result for these arguments,
+    simulated before (then ``simulate_s`` is 0)."""
     from ..core.crystal import private_copy
 
     if tell:
         mapper = told(mapper, condition, {} if cache is None else cache)
     t0 = time.perf_counter()
-    disks, matrices = simulate_condition(crystal, condition, n, seed)
+    disks, matrices = simulate_condition(crystal, condition, n, seed) if patterns is None else patterns
+    if len(disks) != n or len(matrices) != n:
+        raise ValueError(f"patterns holds {len(disks)} patterns and {len(matrices)} orientations; expected n = {n}")
     pixels, origin = detector_pixels(disks), believed_origin(condition, n, seed)
     bragg = pack_braggvectors(pixels, condition, origin)
     row = {"condition": asdict(condition), "n": n, "simulate_s": time.perf_counter() - t0,
