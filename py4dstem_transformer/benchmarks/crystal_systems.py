@@ -147,7 +147,8 @@ def train_material(name: str, crystal, out: str, minutes: float, num_zone_axes: 
         changed = config_differences(calibrated_config(fitted).to_dict(), calibration_config().to_dict())
         if fitted is None or changed:  # calibrated under other settings (the gate, or an older default)
             info["recalibrate_s"] = _calibrate(crystal, model)
-            info["recalibrated"] = f"{'; '.join(changed) or 'no calibration'}, on the weights trained before"
+            reason = "no calibration" if fitted is None else "; ".join(changed)
+            info["recalibrated"] = f"{reason}, on the weights trained before"
             model.save(model_path)
             with open(info_path, "w") as f:
                 json.dump(info, f, indent=1)
@@ -187,6 +188,13 @@ def _calibrate(crystal, model) -> float:
     return time.perf_counter() - t0
 
 
+def _test_condition():
+    """The robustness benchmark's ``bloch_006`` condition, the one every material is tested under."""
+    from . import robustness as rb
+
+    return next(c for c in rb.CONDITIONS if c.name == "bloch_006")
+
+
 def benchmark_patterns(name: str, crystal, n: int, seed: int = 0, out: Optional[str] = None):
     """The ``n`` test patterns of ``crystal`` (:func:`.robustness.simulate_condition`, ``bloch_006``), their true
     orientations and the seconds they took to simulate. With ``out`` they are kept there (``NAME_test_N_SEED.npz``,
@@ -194,14 +202,13 @@ def benchmark_patterns(name: str, crystal, n: int, seed: int = 0, out: Optional[
     file is named by material, not by its structure: delete it after changing how a material is built."""
     from . import robustness as rb
 
-    condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
     path = os.path.join(out, f"{name}_test_{n}_{seed}.npz") if out else None
     if path and os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
             flat, counts, matrices, seconds = f["disks"], f["counts"], f["matrices"], float(f["seconds"])
         return list(np.split(flat, np.cumsum(counts)[:-1])), matrices, seconds
     t0 = time.perf_counter()
-    disks, matrices = rb.simulate_condition(crystal, condition, n, seed)
+    disks, matrices = rb.simulate_condition(crystal, _test_condition(), n, seed)
     seconds = time.perf_counter() - t0
     if path:
         os.makedirs(out, exist_ok=True)
@@ -219,7 +226,7 @@ def evaluate_material(name: str, crystal, model_path: str, n: int, acom_n: int, 
     from ..mapping.mapper import TransformerOrientationMap
     from . import robustness as rb
 
-    condition = next(c for c in rb.CONDITIONS if c.name == "bloch_006")
+    condition = _test_condition()
     disks, matrices, seconds = benchmark_patterns(name, crystal, n, seed, out)
     mapper = TransformerOrientationMap(private_copy(crystal), model_path)
     row = rb.run_condition(mapper, crystal, condition, n, acom_n, seed, patterns=(disks, matrices))

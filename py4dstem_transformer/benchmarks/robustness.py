@@ -271,7 +271,7 @@ def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, se
     ``tell``: the mapper and ACOM are told the condition's voltage and precession (``False``: ``mapper`` as it
     is, ACOM at 300 kV without precession: what a user who says nothing gets). ``crystal`` is the model's phase
     ``phase`` (ACOM maps with it alone). ``patterns``: :func:`simulate_condition`'s result for these arguments,
-    simulated before (then ``simulate_s`` is 0)."""
+    simulated before (then ``simulate_s`` counts only their packing into BraggVectors)."""
     from ..core.crystal import private_copy
 
     if tell:
