@@ -15,6 +15,7 @@ from py4dstem_transformer import find_bragg_disks
 from py4dstem_transformer.detection.config import DiskDetectionConfig
 from py4dstem_transformer.detection.correlate import smooth, template_spectrum
 from py4dstem_transformer.detection.detect import detect_batch
+from py4dstem_transformer.detection.fused_multicorr import refine_multicorr_fused
 from py4dstem_transformer.detection.maxima import filter_maxima, local_maxima
 from py4dstem_transformer.detection.subpixel import dirichlet, refine_multicorr, refine_poly
 from py4dstem_transformer.simulation.images import render_patterns, simulate_datacube
@@ -100,9 +101,10 @@ def test_poly_and_multicorr_refinement_are_py4dstems():
     m = filter_maxima(local_maxima(ar, 3), 2, 0.05, 0, 4, 20)
     fx, fy, inten = refine_poly(m, ar)
     mx, my = refine_multicorr(fx, fy, m.pattern, t_cc, 16)
+    cx, cy = refine_multicorr_fused(fx, fy, m.pattern, t_cc, 16)  # the compiled pass (CPU)
     for b in range(2):
         sel = (m.pattern == b).numpy()
-        for mode, (x, y) in (("poly", (fx, fy)), ("multicorr", (mx, my))):
+        for mode, (x, y) in (("poly", (fx, fy)), ("multicorr", (mx, my)), ("multicorr", (cx, cy))):
             ref = get_maxima_2D(cc[b], subpixel=mode, sigma=2, edgeBoundary=3, minRelativeIntensity=0.05, minSpacing=4,
                                 maxNumPeaks=20, _ar_FT=cc_ft[b])
             assert len(ref) == sel.sum() > 3
@@ -442,3 +444,36 @@ def test_kernels_wider_than_the_image_take_the_torch_steps():
     x = torch.as_tensor(np.random.default_rng(2).random((3, 6, 6)), dtype=torch.float32)
     config = DiskDetectionConfig(subpixel="poly", sigma_cc=2, edgeBoundary=1, minPeakSpacing=0, minRelativeIntensity=0)
     _assert_same_peaks(detect_batch(x, None, config), detect_batch(x, None, config, fused=False), atol_px=0)
+
+
+def test_compiled_multicorr_gives_the_torch_refinement_in_any_peak_order():
+    """The compiled multicorr pass against :func:`refine_multicorr` on rendered patterns, peaks grouped by
+    pattern (as the finder gives them) and shuffled; rectangular detectors; odd sizes take the torch path."""
+    from py4dstem_transformer.detection import fused_multicorr
+    from py4dstem_transformer.detection.correlate import correlate
+
+    if not fused_multicorr.fits((64, 64)):
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(4)
+    for shape in ((64, 64), (48, 80)):
+        n_pat = 5
+        dp = np.zeros((n_pat, *shape), np.float32)
+        for b in range(n_pat):
+            dp[b, rng.integers(6, shape[0] - 6, 15), rng.integers(6, shape[1] - 6, 15)] = rng.random(15) + 0.5
+        kernel = np.zeros(shape)
+        r = np.hypot(*np.meshgrid(np.fft.fftfreq(shape[0]) * shape[0], np.fft.fftfreq(shape[1]) * shape[1], indexing="ij"))
+        kernel[r < 2.5] = 1
+        x = torch.as_tensor(np.real(np.fft.ifft2(np.fft.fft2(dp) * np.fft.fft2(kernel))) + 0.05 * rng.random(dp.shape),
+                            dtype=torch.float32)
+        cc, _ = correlate(x, template_spectrum(kernel, shape), 1.0)
+        ar = smooth(cc.clamp_min(0), 1)
+        m = filter_maxima(local_maxima(ar, 3), n_pat, 0.02, 0, 3, 30)
+        fx, fy, _ = refine_poly(m, ar)
+        assert len(fx) > 40 and bool((m.pattern[1:] >= m.pattern[:-1]).all())
+        ref_x, ref_y = refine_multicorr(fx, fy, m.pattern, cc, 16)
+        for order in (torch.arange(len(fx)), torch.as_tensor(rng.permutation(len(fx)))):
+            x_, y_ = refine_multicorr_fused(fx[order], fy[order], m.pattern[order], cc, 16)
+            np.testing.assert_allclose(x_.numpy(), ref_x[order].numpy(), atol=1e-4)
+            np.testing.assert_allclose(y_.numpy(), ref_y[order].numpy(), atol=1e-4)
+            assert float((x_ - fx[order]).abs().max()) > 1e-3  # it moved the poly positions: a refinement happened
+    assert not fused_multicorr.fits((63, 64)) and not fused_multicorr.fits((64, 65))

@@ -4,8 +4,9 @@
         --local_maxima, filter_maxima--> maxima --refine_poly [--refine_multicorr on cc]--> peaks
 
 exactly the steps of py4DSTEM's ``_find_Bragg_disks_single``, for B patterns at once. On a CPU the
-steps from ``cc`` to the poly positions run as one compiled pass per pattern (:mod:`.fused`); the
-torch steps are the path elsewhere and the reference that pass is tested against.
+steps from ``cc`` to the poly positions run as one compiled pass per pattern (:mod:`.fused`), and
+multicorr's refinement as one per peak (:mod:`.fused_multicorr`); the torch steps are the path
+elsewhere and the reference those passes are tested against.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from .config import DiskDetectionConfig
 from . import fused as _fused
+from . import fused_multicorr as _fused_multicorr
+from .fused_multicorr import refine_multicorr_fused
 from .correlate import correlate, gaussian_kernel, smooth
 from .maxima import Maxima, brightest_first, filter_maxima, local_maxima
 from .subpixel import refine_multicorr, refine_poly
@@ -156,8 +159,8 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
         if ccs and len(peaks.x):  # once per share: the refinement's cost is mostly per call
             pattern = torch.repeat_interleave(torch.arange(hi - lo), torch.from_numpy(peaks.counts))
             cc = ccs[0] if len(ccs) == 1 else torch.cat(ccs)
-            x, y = refine_multicorr(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc,
-                                    config.upsample_factor)
+            refine = refine_multicorr_fused if _fused_multicorr.fits(cc.shape[-2:]) else refine_multicorr
+            x, y = refine(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc, config.upsample_factor)
             intensity = torch.from_numpy(peaks.intensity)
             order = brightest_first(pattern, intensity)  # py4DSTEM sorts multicorr's peaks by intensity again
             peaks = BatchPeaks(peaks.counts, x[order].numpy(), y[order].numpy(), intensity[order].numpy())

@@ -109,20 +109,12 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int,
     smooth in the offset d there, is interpolated from ``nodes`` Chebyshev nodes in d. So
     ``K[g, i] = near_k[g, j] (i = index[j]) + sum_k coef[g, k] far_w[k, i]`` to ~1e-7.
 
-    Returns index (M, 2 near), near_k (M, G, 2 near), coef (M, G, nodes), far_w (M, nodes, n).
+    Returns index (M, 2 near), near_k (M, G, 2 near), coef (M, G, nodes) float64, far_w (M, nodes, n) float32
+    on the table path (float64 otherwise; :func:`_upsampled` multiplies it in the correlation's precision).
     """
     m, dev = len(s), s.device
     wn = min(near, n // 2)
-    lo, hi = float(offsets.min()), float(offsets.max())
-    k = torch.arange(nodes, dtype=torch.float64, device=dev)
-    d_nodes = (lo + hi) / 2 + (hi - lo) / 2 * torch.cos(math.pi * (k + 0.5) / nodes)  # Chebyshev nodes
-    # Lagrange basis of the nodes at every offset: (G, nodes)
-    diff = offsets[:, None] - d_nodes[None, :]
-    basis = torch.ones(len(offsets), nodes, dtype=torch.float64, device=dev)
-    for j in range(nodes):
-        for i in range(nodes):
-            if i != j:
-                basis[:, j] *= diff[:, i] / (d_nodes[j] - d_nodes[i])
+    d_nodes, basis = chebyshev_basis(offsets, nodes)
     coef = torch.sin(math.pi * (s[:, None] + offsets[None, :]))[:, :, None] * basis[None] / n  # (M, G, nodes)
     floor_s = torch.floor(s).long()
     index = floor_s[:, None] + torch.arange(-wn + 1, wn + 1, device=dev)  # (M, 2 wn)
@@ -131,22 +123,13 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int,
     if n % 2 == 0 and bool((torch.abs(offsets * 2 * upsample - steps) < 1e-9).all()):
         # s is a multiple of 1/2 and the offsets of 1/u: every argument of the kernel lies on a grid of
         # 1/(2u), so the kernels come from small tables computed once (values identical to the formulas)
-        span = 2 * upsample * (wn + 1)
-        grid = torch.arange(-span, span + 1, dtype=torch.float64, device=dev) / (2 * upsample)
-        table = dirichlet(grid, n)
+        table, span, table_far = kernel_tables(n, wn, upsample, d_nodes)
         t = upsample * two_s[:, None, None] + steps[None, :, None] - 2 * upsample * index[:, None, :]  # (M, G, 2 wn)
         near_k = table[t + span]
-        # far: (-1)**i g(pi (s - i + d_k) / n) = (-1)**floor(s) * T_k[2 (s - i) mod 2n], the near window zeroed in T
-        j = torch.arange(2 * n, device=dev)
-        delta = j.double() / 2  # (s - i) mod n
-        a = math.pi * (delta[None, :] + d_nodes[:, None]) / n  # (nodes, 2n)
-        whole = torch.div(j, 2, rounding_mode="floor")
-        signed = torch.where(whole < n // 2, whole, whole - n)  # floor(s) - i, wrapped to (-n/2, n/2]
-        far_j = (signed < -wn) | (signed > wn - 1)
-        sign_j = (1 - 2 * (whole % 2)).double()
-        table_far = torch.where(far_j, sign_j * torch.cos(a) / torch.sin(a), torch.zeros_like(a))  # (nodes, 2n)
         jj = (two_s[:, None] - 2 * torch.arange(n, device=dev)[None, :]) % (2 * n)  # (M, n)
-        far_w = table_far[:, jj].permute(1, 0, 2)  # (M, nodes, n)
+        # (M, nodes, n), in float32 (the precision of the correlation it multiplies): one gather of the flat table
+        flat_index = jj[:, None, :] + (2 * n) * torch.arange(nodes, device=dev)[None, :, None]
+        far_w = table_far.float().flatten()[flat_index]
         coef = coef * (1 - 2 * (floor_s % 2)).double()[:, None, None]
         return index % n, near_k, coef, far_w
     near_k = dirichlet(s[:, None, None] + offsets[None, :, None] - index[:, None, :], n)  # (M, G, 2 wn)
@@ -164,42 +147,75 @@ def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int,
     return index, near_k, coef, far_w
 
 
+def chebyshev_basis(offsets: torch.Tensor, nodes: int):
+    """``nodes`` Chebyshev nodes over the range of ``offsets`` (G,) float64 and the Lagrange basis of
+    those nodes at every offset: (nodes,), (G, nodes)."""
+    lo, hi = float(offsets.min()), float(offsets.max())
+    k = torch.arange(nodes, dtype=torch.float64, device=offsets.device)
+    d_nodes = (lo + hi) / 2 + (hi - lo) / 2 * torch.cos(math.pi * (k + 0.5) / nodes)
+    diff = offsets[:, None] - d_nodes[None, :]
+    basis = torch.ones(len(offsets), nodes, dtype=torch.float64, device=offsets.device)
+    for j in range(nodes):
+        for i in range(nodes):
+            if i != j:
+                basis[:, j] *= diff[:, i] / (d_nodes[j] - d_nodes[i])
+    return d_nodes, basis
+
+
+def kernel_tables(n: int, wn: int, upsample: int, d_nodes: torch.Tensor):
+    """The kernels of an even ``n`` on the grid of 1 / (2 upsample) pixels, computed once.
+
+    Returns ``table`` (the Dirichlet kernel at ``(j - span) / (2 upsample)``, j = 0 ... 2 span), ``span``,
+    and ``table_far`` (nodes, 2n) float64: ``(-1)**(floor(s) - i) g(pi (s - i + d_k) / n)`` at
+    ``(s - i) mod n = j / 2``, zero inside the near window (``floor(s) - i`` in ``[-wn + 1, wn]``).
+    """
+    dev = d_nodes.device
+    span = 2 * upsample * (wn + 1)
+    grid = torch.arange(-span, span + 1, dtype=torch.float64, device=dev) / (2 * upsample)
+    table = dirichlet(grid, n)
+    # far: (-1)**i g(pi (s - i + d_k) / n) = (-1)**floor(s) * T_k[2 (s - i) mod 2n], the near window zeroed in T
+    j = torch.arange(2 * n, device=dev)
+    delta = j.double() / 2  # (s - i) mod n
+    a = math.pi * (delta[None, :] + d_nodes[:, None]) / n  # (nodes, 2n)
+    whole = torch.div(j, 2, rounding_mode="floor")
+    signed = torch.where(whole < n // 2, whole, whole - n)  # floor(s) - i, wrapped to (-n/2, n/2]
+    far_j = (signed < -wn) | (signed > wn - 1)
+    sign_j = (1 - 2 * (whole % 2)).double()
+    table_far = torch.where(far_j, sign_j * torch.cos(a) / torch.sin(a), torch.zeros_like(a))
+    return table, span, table_far
+
+
 def _upsampled(cc, pattern, sx, sy, offsets, near, nodes, upsample):
     """(M, G, G): the band-limited interpolation of ``cc`` at ``(sx + offsets, sy + offsets)`` of each peak.
 
     With the factored kernels of :func:`_axis` (A = [near_k | coef], rows near pixels and far moments),
-    value = A_x @ [[c_nn, c_nf], [c_fn, c_ff]] @ A_y^T; only the far moments touch the whole image
-    (one matrix product per pattern for all of its peaks).
+    value = A_x @ [[c_nn, c_nf], [c_fn, c_ff]] @ A_y^T. Only c_ff = w_x @ cc @ w_y^T touches the whole
+    image (``nodes * X * Y`` multiply-adds per peak, one matrix product per pattern for all of its
+    peaks); the near-far blocks need only the peak's own ``2 near`` rows and columns.
     """
     nx, ny = cc.shape[-2:]
     ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes, upsample)
     iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes, upsample)
     m, dev = len(sx), cc.device
-    # far moments of every peak, all peaks of a pattern in one product per axis:
-    #   r[p] = wy[p] @ cc[b_p]^T (nodes, X) and q[p] = wx[p] @ cc[b_p] (nodes, Y)
+    wx, wy = wx.to(cc.dtype), wy.to(cc.dtype)
+    # Z = B_x @ cc (2wx + nodes, Y): the peak's near rows and its far moments q = w_x @ cc, whose product with
+    # the peaks of a pattern stacked is the one costly step. The middle matrix is then Z @ B_y^T.
+    rows = cc[pattern[:, None], ix]  # (M, 2wx, Y)
     order = torch.argsort(pattern, stable=True)
     counts = torch.bincount(pattern, minlength=cc.shape[0])
-    slot = torch.empty_like(pattern)
-    slot[order] = torch.arange(m, device=dev) - (torch.cumsum(counts, 0) - counts)[pattern[order]]
-    width = int(counts.max())
-    used = torch.unique(pattern)
-    row = torch.full((cc.shape[0],), -1, dtype=torch.long, device=dev)
-    row[used] = torch.arange(len(used), device=dev)
-    c_used = cc if len(used) == cc.shape[0] else cc[used]
-
-    def moments(w, image):  # (M, nodes, n) weights -> (M, nodes, n') products with each peak's own pattern
-        w_all = torch.zeros(len(used), width, nodes, w.shape[-1], dtype=cc.dtype, device=dev)
-        w_all[row[pattern], slot] = w.to(cc.dtype)
-        out = w_all.flatten(1, 2) @ image  # (U, width * nodes, n'): float32, the costly product
-        return out.view(len(used), width, nodes, -1)[row[pattern], slot].double()
-
-    r = moments(wy, c_used.transpose(1, 2))  # (M, nodes, X)
-    q = moments(wx, c_used)  # (M, nodes, Y)
-    c_nn = cc[pattern[:, None, None], ix[:, :, None], iy[:, None, :]].double()  # (M, 2wx, 2wy)
-    c_nf = torch.gather(r, 2, ix[:, None, :].expand(-1, nodes, -1)).transpose(1, 2)  # (M, 2wx, nodes)
-    c_fn = torch.gather(q, 2, iy[:, None, :].expand(-1, nodes, -1))  # (M, nodes, 2wy)
-    c_ff = wx @ r.transpose(1, 2)  # (M, nodes, nodes)
-    top = torch.cat([c_nn, c_nf], 2)
-    bottom = torch.cat([c_fn, c_ff], 2)
+    used = torch.nonzero(counts).flatten()
+    w_sorted = wx[order]
+    q_sorted = torch.empty(m, nodes, ny, dtype=cc.dtype, device=dev)
+    start = 0
+    for u, c in zip(used.tolist(), counts[used].tolist()):
+        torch.mm(w_sorted[start : start + c].reshape(c * nodes, nx), cc[u], out=q_sorted[start : start + c].view(c * nodes, ny))
+        start += c
+    q = torch.empty_like(q_sorted)
+    q[order] = q_sorted  # (M, nodes, Y)
+    near_y = iy[:, None, :]
+    middle = torch.cat([  # (M, 2wx + nodes, 2wy + nodes); (w_y @ rows^T)^T: the faster layout of the same product
+        torch.cat([torch.gather(rows, 2, near_y.expand(-1, rows.shape[1], -1)), (wy @ rows.transpose(1, 2)).transpose(1, 2)], 2),
+        torch.cat([torch.gather(q, 2, near_y.expand(-1, nodes, -1)), q @ wy.transpose(1, 2)], 2),
+    ], 1).double()
     a_x, a_y = torch.cat([kx, cx], 2), torch.cat([ky, cy], 2)  # (M, G, 2w + nodes)
-    return a_x @ torch.cat([top, bottom], 1) @ a_y.transpose(1, 2)
+    return a_x @ middle @ a_y.transpose(1, 2)
