@@ -189,29 +189,29 @@ def _upsampled(cc, pattern, sx, sy, offsets, near, nodes, upsample):
     """(M, G, G): the band-limited interpolation of ``cc`` at ``(sx + offsets, sy + offsets)`` of each peak.
 
     With the factored kernels of :func:`_axis` (A = [near_k | coef], rows near pixels and far moments),
-    value = A_x @ [[c_nn, c_nf], [c_fn, c_ff]] @ A_y^T. Only c_ff = w_x @ cc @ w_y^T touches the whole
-    image (``nodes * X * Y`` multiply-adds per peak, one matrix product per pattern for all of its
-    peaks); the near-far blocks need only the peak's own ``2 near`` rows and columns.
+    value = A_x @ [[c_nn, c_nf], [c_fn, c_ff]] @ A_y^T. Only the far moments q = w_x @ cc touch the whole
+    image (``nodes * X * Y`` multiply-adds per peak); the rest needs the peak's own ``2 near`` rows and q:
+    c_nn, c_nf = rows at the near columns, rows @ w_y^T; c_fn, c_ff = q at the near columns, q @ w_y^T.
     """
     nx, ny = cc.shape[-2:]
     ix, kx, cx, wx = _axis(sx, offsets, nx, near, nodes, upsample)
     iy, ky, cy, wy = _axis(sy, offsets, ny, near, nodes, upsample)
     m, dev = len(sx), cc.device
     wx, wy = wx.to(cc.dtype), wy.to(cc.dtype)
-    # Z = B_x @ cc (2wx + nodes, Y): the peak's near rows and its far moments q = w_x @ cc, whose product with
-    # the peaks of a pattern stacked is the one costly step. The middle matrix is then Z @ B_y^T.
-    rows = cc[pattern[:, None], ix]  # (M, 2wx, Y)
+    rows = cc[pattern[:, None], ix]  # (M, 2wx, Y): the peak's near rows
+    # far moments q = w_x @ cc (M, nodes, Y), the peaks of a pattern stacked into one batched product
+    # (padded to the most peaks of any pattern: one call, as a GPU wants; the CPU takes .fused_multicorr)
     order = torch.argsort(pattern, stable=True)
     counts = torch.bincount(pattern, minlength=cc.shape[0])
-    used = torch.nonzero(counts).flatten()
-    w_sorted = wx[order]
-    q_sorted = torch.empty(m, nodes, ny, dtype=cc.dtype, device=dev)
-    start = 0
-    for u, c in zip(used.tolist(), counts[used].tolist()):
-        torch.mm(w_sorted[start : start + c].reshape(c * nodes, nx), cc[u], out=q_sorted[start : start + c].view(c * nodes, ny))
-        start += c
-    q = torch.empty_like(q_sorted)
-    q[order] = q_sorted  # (M, nodes, Y)
+    slot = torch.empty_like(pattern)
+    slot[order] = torch.arange(m, device=dev) - (torch.cumsum(counts, 0) - counts)[pattern[order]]
+    used = torch.unique(pattern)
+    row = torch.full((cc.shape[0],), -1, dtype=torch.long, device=dev)
+    row[used] = torch.arange(len(used), device=dev)
+    w_all = torch.zeros(len(used), int(counts.max()), nodes, nx, dtype=cc.dtype, device=dev)
+    w_all[row[pattern], slot] = wx
+    q_all = w_all.flatten(1, 2) @ (cc if len(used) == cc.shape[0] else cc[used])  # (U, width * nodes, Y)
+    q = q_all.view(len(used), -1, nodes, ny)[row[pattern], slot]  # (M, nodes, Y)
     near_y = iy[:, None, :]
     middle = torch.cat([  # (M, 2wx + nodes, 2wy + nodes); (w_y @ rows^T)^T: the faster layout of the same product
         torch.cat([torch.gather(rows, 2, near_y.expand(-1, rows.shape[1], -1)), (wy @ rows.transpose(1, 2)).transpose(1, 2)], 2),
