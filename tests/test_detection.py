@@ -477,3 +477,14 @@ def test_compiled_multicorr_gives_the_torch_refinement_in_any_peak_order():
             np.testing.assert_allclose(y_.numpy(), ref_y[order].numpy(), atol=1e-4)
             assert float((x_ - fx[order]).abs().max()) > 1e-3  # it moved the poly positions: a refinement happened
     assert not fused_multicorr.fits((63, 64)) and not fused_multicorr.fits((64, 65))
+
+
+def test_odd_detectors_take_the_torch_multicorr_inside_the_compiled_pass(scan):
+    """An odd detector size: the compiled pass for the maxima, the torch multicorr for the refinement."""
+    x = _patterns(scan, 12)[:, :95, :]  # 95 x 96
+    kernel = np.asarray(scan[1])[:95, :]
+    template_ft = template_spectrum(kernel, x.shape[-2:])
+    config = DiskDetectionConfig(subpixel="multicorr", **TUTORIAL)
+    reference = detect_batch(x, template_ft, config, fused=False)
+    assert reference.counts.sum() >= 24
+    _assert_same_peaks(detect_batch(x, template_ft, config, fused=True), reference)

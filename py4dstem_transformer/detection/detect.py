@@ -140,6 +140,11 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
     # hybrid correlation (NaN magnitudes are zeroed) or without a template: there, the sum of the pattern.
     cheap_check = template_ft is not None and config.corrPower == 1
 
+    multicorr = config.subpixel == "multicorr"
+    # the compiled multicorr refines each sub-batch while its correlation is in cache; the torch one once per share
+    # (its cost is mostly per call)
+    multicorr_now = multicorr and _fused_multicorr.fits(patterns.shape[-2:])
+
     def share(lo, hi):
         parts, ccs = [], []
         for s in range(lo, hi, step):
@@ -151,19 +156,15 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
             cc, _ = correlate(part, template_ft, config.corrPower)
             if cheap_check:
                 _check_finite(cc[:, 0, 0])
-            counts, x, y, intensity = _fused.peaks_fused(cc.numpy(), weights, config)
-            parts.append(BatchPeaks(counts, x, y, intensity))
-            if config.subpixel == "multicorr":
+            peaks = BatchPeaks(*_fused.peaks_fused(cc.numpy(), weights, config))
+            if multicorr_now:
+                peaks = _refine_multicorr(peaks, cc, config, refine_multicorr_fused)
+            elif multicorr:
                 ccs.append(cc)
+            parts.append(peaks)
         peaks = BatchPeaks.concatenate(parts)
-        if ccs and len(peaks.x):  # once per share: the refinement's cost is mostly per call
-            pattern = torch.repeat_interleave(torch.arange(hi - lo), torch.from_numpy(peaks.counts))
-            cc = ccs[0] if len(ccs) == 1 else torch.cat(ccs)
-            refine = refine_multicorr_fused if _fused_multicorr.fits(cc.shape[-2:]) else refine_multicorr
-            x, y = refine(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc, config.upsample_factor)
-            intensity = torch.from_numpy(peaks.intensity)
-            order = brightest_first(pattern, intensity)  # py4DSTEM sorts multicorr's peaks by intensity again
-            peaks = BatchPeaks(peaks.counts, x[order].numpy(), y[order].numpy(), intensity[order].numpy())
+        if ccs:
+            peaks = _refine_multicorr(peaks, ccs[0] if len(ccs) == 1 else torch.cat(ccs), config, refine_multicorr)
         return peaks
 
     if threads == 1:
@@ -176,6 +177,18 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
             return BatchPeaks.concatenate(pool.map(share, bounds[:-1], bounds[1:]))
     finally:
         torch.set_num_threads(previous)
+
+
+def _refine_multicorr(peaks: BatchPeaks, cc: torch.Tensor, config, refine) -> BatchPeaks:
+    """``peaks`` (poly positions) of the patterns of ``cc`` refined by ``refine`` (multicorr) and put in
+    brightest-first order again, as py4DSTEM sorts multicorr's peaks by intensity once more."""
+    if not len(peaks.x):
+        return peaks
+    pattern = torch.repeat_interleave(torch.arange(len(peaks.counts)), torch.from_numpy(peaks.counts))
+    x, y = refine(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc, config.upsample_factor)
+    intensity = torch.from_numpy(peaks.intensity)
+    order = brightest_first(pattern, intensity)
+    return BatchPeaks(peaks.counts, x[order].numpy(), y[order].numpy(), intensity[order].numpy())
 
 
 def _subpixel(maxima: Maxima, cc: torch.Tensor, ar: torch.Tensor, config: DiskDetectionConfig):
