@@ -86,6 +86,6 @@ def test_disk_benchmark_runs(tmp_path, capsys):
         assert row["within_0.1px"] == 1.0 and row["count_difference"] == 0.0 and row["peaks_reference"] > 0
         assert row["ours_per_s"] > 0 and row["py4dstem_per_s"] > 0
     assert 0 <= size["settings"]["tutorial"]["maps_within_1deg"] <= 1
-    assert size["end_to_end"]["per_pattern_ms"] > 0 and set(size["stages_ms"]["default"]) >= {"irfft2", "multicorr"}
+    assert size["end_to_end"]["per_pattern_ms"] > 0 and set(size["stages_ms"]["default"]) >= {"irfft2", "multicorr", "fused multicorr (1 thread)"}
     assert "DataCube -> OrientationMap" in capsys.readouterr().out
     assert (tmp_path / "d.json").exists()

@@ -205,7 +205,7 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
     import torch
 
     from ..detection.config import DiskDetectionConfig
-    from ..detection import fused
+    from ..detection import fused, fused_multicorr
     from ..detection.correlate import gaussian_kernel, smooth, template_spectrum
     from ..detection.maxima import filter_maxima, local_maxima
     from ..detection.subpixel import refine_multicorr, refine_poly
@@ -241,9 +241,14 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
             refine_multicorr(fx, fy, m.pattern, cc, config.upsample_factor)
             tick("multicorr")
         if fused.available:  # what the CPU path runs instead of clip ... poly: one compiled pass, one thread
-            fused.peaks_fused(cc.numpy(), gaussian_kernel(config.sigma_cc) if config.sigma_cc > 0 else np.ones(1),
-                              config)
+            counts, px, py, _ = fused.peaks_fused(
+                cc.numpy(), gaussian_kernel(config.sigma_cc) if config.sigma_cc > 0 else np.ones(1), config)
             tick("fused pass (clip ... poly, 1 thread)")
+            if config.subpixel == "multicorr" and fused_multicorr.fits(tuple(q)):  # and instead of multicorr
+                pattern = torch.repeat_interleave(torch.arange(batch), torch.from_numpy(counts))
+                fused_multicorr.refine_multicorr_fused(torch.from_numpy(px), torch.from_numpy(py), pattern, cc,
+                                                       config.upsample_factor)
+                tick("fused multicorr (1 thread)")
         for k, v in times.items():
             best[k] = min(best.get(k, float("inf")), v * 1e3 / batch)
     return best
@@ -267,7 +272,7 @@ def _print(result: dict) -> None:
         print(f"DataCube -> OrientationMap (ours, tutorial settings): find {e['find_s']:.2f} s + map {e['map_s']:.2f} s "
               f"= {e['per_pattern_ms']:.3f} ms per pattern; a 256 x 256 scan: {e['projected_256x256_scan_s'] / 60:.1f} min (projected)")
     for name, stages in result.get("stages_ms", {}).items():
-        torch_steps = {k: v for k, v in stages.items() if not k.startswith("fused")}
+        torch_steps = {k: v for k, v in stages.items() if not k.startswith("fused")}  # the compiled ones replace some
         print(f"steps, ms per pattern ({name}, batches of 16, torch's threads): "
               + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + f"; sum of the torch steps {sum(torch_steps.values()):.3f}")
 
