@@ -79,7 +79,8 @@ def test_equivalence_compare_reports_the_largest_difference(tmp_path):
 def test_disk_benchmark_runs(tmp_path, capsys):
     from py4dstem_transformer.benchmarks import disks
 
-    r = disks.main(["--scan", "6", "--sizes", "64", "--settings", "tutorial,default", "--json", str(tmp_path / "d.json")])
+    r = disks.main(["--scan", "6", "--sizes", "64", "--settings", "tutorial,default", "--json", str(tmp_path / "d.json"),
+                    "--end-to-end-scan", "8", "--workdir", str(tmp_path)])
     (size,) = r["sizes"]
     assert size["patterns"] == 36 and set(size["settings"]) == {"tutorial", "default"}
     for row in size["settings"].values():
@@ -87,5 +88,8 @@ def test_disk_benchmark_runs(tmp_path, capsys):
         assert row["ours_per_s"] > 0 and row["py4dstem_per_s"] > 0
     assert 0 <= size["settings"]["tutorial"]["maps_within_1deg"] <= 1
     assert size["end_to_end"]["per_pattern_ms"] > 0 and set(size["stages_ms"]["default"]) >= {"irfft2", "multicorr", "fused multicorr (1 thread)"}
+    e = size["end_to_end_scan"]  # its own 8 x 8 scan, streamed from a memory-mapped file, then removed
+    assert e["patterns"] == 64 and e["find_s"] > 0 and e["map_s"] > 0 and 0 <= e["strict_5deg"] <= 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "d.json"]
     assert "DataCube -> OrientationMap" in capsys.readouterr().out
     assert (tmp_path / "d.json").exists()
