@@ -17,6 +17,7 @@ devices and for odd detector sizes); ``tests/test_detection.py`` holds this pass
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -152,6 +153,23 @@ if _fused.available:
     _kernel = _jit(_kernel)
 
 
+@functools.lru_cache(maxsize=16)
+def _tables(nx: int, ny: int, u: int, near: int, nodes: int):
+    """What depends only on the sizes: the grid, the Chebyshev basis and both axes' kernel tables (numpy,
+    computed once per detector shape; the torch path's own :func:`.subpixel.kernel_tables`)."""
+    n_grid = math.ceil(1.5 * u)
+    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
+    offsets = (torch.arange(n_grid, dtype=torch.float64) - shift_grid) / u
+    d_nodes, basis = chebyshev_basis(offsets, nodes)
+    wnx, wny = min(near, nx // 2), min(near, ny // 2)
+    table_x, span_x, far_x = kernel_tables(nx, wnx, u, d_nodes)
+    table_y, span_y, far_y = (table_x, span_x, far_x) if (ny, wny) == (nx, wnx) else kernel_tables(ny, wny, u, d_nodes)
+    return dict(shift_grid=shift_grid, offsets=offsets.numpy(), basis=basis.numpy(), wnx=wnx, wny=wny,
+                steps=2 * (np.arange(n_grid) - shift_grid),  # offsets in units of 1 / (2u)
+                table_x=table_x.numpy(), span_x=span_x, far_x=far_x.float().numpy(),
+                table_y=table_y.numpy(), span_y=span_y, far_y=far_y.float().numpy())
+
+
 def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: int = 16, near: int = 8,
                            nodes: int = 4):
     """:func:`.subpixel.refine_multicorr` as one compiled pass per peak: same arguments, same results
@@ -164,42 +182,33 @@ def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: i
         return fx.double(), fy.double()
     u = int(upsample_factor)
     nx, ny = cc.shape[-2:]
-    n_grid = math.ceil(1.5 * u)
-    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
-    offsets = (torch.arange(n_grid, dtype=torch.float64) - shift_grid) / u
-    d_nodes, basis = chebyshev_basis(offsets, nodes)
-    steps = (2 * (torch.arange(n_grid) - shift_grid)).numpy()  # offsets in units of 1 / (2u)
-    wnx, wny = min(near, nx // 2), min(near, ny // 2)
-    table_x, span_x, far_x = kernel_tables(nx, wnx, u, d_nodes)
-    table_y, span_y, far_y = (table_x, span_x, far_x) if (ny, wny) == (nx, wnx) else kernel_tables(ny, wny, u, d_nodes)
-    two_sx = torch.round(fx.double() * 2).long()  # half-pixel, as py4DSTEM (round half to even, as torch)
-    two_sy = torch.round(fy.double() * 2).long()
-    sin_x = torch.sin(math.pi * (two_sx.double()[:, None] / 2 + offsets[None, :])).numpy()
-    sin_y = torch.sin(math.pi * (two_sy.double()[:, None] / 2 + offsets[None, :])).numpy()
-    tsx, tsy = two_sx.numpy(), two_sy.numpy()
+    t = _tables(int(nx), int(ny), u, int(near), int(nodes))
+    tsx = np.round(np.asarray(fx, dtype=np.float64) * 2).astype(np.int64)  # half-pixel, as py4DSTEM (half to even)
+    tsy = np.round(np.asarray(fy, dtype=np.float64) * 2).astype(np.int64)
+    sin_x = np.sin(math.pi * (tsx[:, None] / 2 + t["offsets"][None, :]))
+    sin_y = np.sin(math.pi * (tsy[:, None] / 2 + t["offsets"][None, :]))
     wx = np.empty((m, nodes, nx), np.float32)
     wy = np.empty((m, nodes, ny), np.float32)
-    _far_weights(tsx, far_x.float().numpy(), nx, wx)
-    _far_weights(tsy, far_y.float().numpy(), ny, wy)
+    _far_weights(tsx, t["far_x"], nx, wx)
+    _far_weights(tsy, t["far_y"], ny, wy)
     # q = w_x @ cc, one product per pattern for all of its peaks
-    pattern = pattern.long()
-    grouped = bool((pattern[1:] >= pattern[:-1]).all())  # as the finder gives them: no reordering needed
-    order = None if grouped else torch.argsort(pattern, stable=True)
-    counts = torch.bincount(pattern, minlength=cc.shape[0])
-    used = torch.nonzero(counts).flatten()
-    w_sorted = torch.from_numpy(wx) if grouped else torch.from_numpy(wx)[order]
+    p = np.asarray(pattern, dtype=np.int64)
+    grouped = bool((p[1:] >= p[:-1]).all())  # as the finder gives them: no reordering needed
+    order = None if grouped else np.argsort(p, kind="stable")
+    counts = np.bincount(p, minlength=cc.shape[0])
+    w_sorted = torch.from_numpy(wx if grouped else wx[order])
     q_sorted = torch.empty(m, nodes, ny, dtype=torch.float32)
-    start = 0
     c32 = cc if cc.dtype == torch.float32 else cc.float()
-    for b, c in zip(used.tolist(), counts[used].tolist()):
+    start = 0
+    for b in np.nonzero(counts)[0].tolist():
+        c = int(counts[b])
         torch.mm(w_sorted[start : start + c].reshape(c * nodes, nx), c32[b], out=q_sorted[start : start + c].view(c * nodes, ny))
         start += c
-    if grouped:
-        q = q_sorted
-    else:
-        q = torch.empty_like(q_sorted)
-        q[order] = q_sorted
+    q = q_sorted.numpy()
+    if not grouped:
+        q = np.empty_like(q)
+        q[order] = q_sorted.numpy()
     out_x, out_y = np.empty(m), np.empty(m)
-    _kernel(np.ascontiguousarray(c32.numpy()), pattern.numpy(), tsx, tsy, q.numpy(), wy, u, wnx, wny, steps,
-            table_x.numpy(), span_x, table_y.numpy(), span_y, sin_x, sin_y, basis.numpy(), shift_grid, out_x, out_y)
+    _kernel(np.ascontiguousarray(c32.numpy()), p, tsx, tsy, q, wy, u, t["wnx"], t["wny"], t["steps"], t["table_x"],
+            t["span_x"], t["table_y"], t["span_y"], sin_x, sin_y, t["basis"], t["shift_grid"], out_x, out_y)
     return torch.from_numpy(out_x), torch.from_numpy(out_y)
