@@ -10,8 +10,8 @@ pixel, is ``A_x @ middle @ A_y^T`` with the factored kernels of :func:`.subpixel
     per peak, compiled: A_x, A_y from the tables; middle from cc's near rows and q;
         the grid, its maximum and the parabola through its neighbours
 
-instead of a dozen torch operations over every peak's arrays, which cost ~4x as much on 2 cores
-(docs/benchmarks.md, "Disk detection"). The torch path stays the reference (and the path on other
+instead of a dozen torch operations over every peak's arrays, which cost ~3.5x as much per peak on one
+thread (docs/benchmarks.md, "Disk detection"). The torch path stays the reference (and the path on other
 devices and for odd detector sizes); ``tests/test_detection.py`` holds this pass to it and to py4DSTEM.
 """
 
