@@ -75,10 +75,14 @@ def make_scan(scan: int, q: int, seed: int = 3, dose: float = 1e6):
     from ..simulation.simulate import example_crystal
 
     datacube, truth, _ = simulate_datacube([example_crystal("Cu")], (scan, scan), (q, q), seed=seed, dose=dose)
+    return datacube, _vacuum_kernel(datacube, truth), truth
+
+
+def _vacuum_kernel(datacube, truth):
+    """Tutorial 04's probe kernel from the scan's hole (``get_vacuum_probe``, ``get_kernel(mode="sigmoid")``)."""
     probe = _quiet(datacube.get_vacuum_probe, ROI=np.isnan(truth.thickness))
     alpha, px0, py0 = _quiet(probe.measure_disk, plot=False)
-    kernel = _quiet(probe.get_kernel, mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
-    return datacube, kernel, truth
+    return _quiet(probe.get_kernel, mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
 
 
 def compare_peaks(reference, ours) -> dict:
@@ -227,9 +231,7 @@ def end_to_end(q: int, scan: int, mapper, seed: int = 5, dose: float = 1e6, dire
                                                seed=seed, dose=dose, out=images)
         images.flush()
         t_render = time.perf_counter() - t0
-        probe = _quiet(datacube.get_vacuum_probe, ROI=np.isnan(truth.thickness))
-        alpha, px0, py0 = _quiet(probe.measure_disk, plot=False)
-        kernel = _quiet(probe.get_kernel, mode="sigmoid", origin=(px0, py0), radii=(alpha, 3 * alpha))
+        kernel = _vacuum_kernel(datacube, truth)
         kw = settings_for("tutorial", q, dose)
         find_bragg_disks(datacube.data[0, :4], kernel, progress_bar=False, **kw)  # warm-up
         gc.collect()
@@ -244,7 +246,7 @@ def end_to_end(q: int, scan: int, mapper, seed: int = 5, dose: float = 1e6, dire
         crystalline = ~np.isnan(truth.thickness)
         strict = evaluate_orientation_map(om, truth.orientation_matrices, point_group_rotations(mapper.crystal),
                                           crystalline)["strict"]["within_5"]
-        del datacube, images, probe
+        del datacube, images
         gc.collect()
     return {"detector": q, "scan": scan, "patterns": n, "file_gb": 4 * q * q * n / 1e9, "render_s": t_render,
             "find_s": t_find, "map_s": t_map, "find_per_s": n / t_find, "map_per_s": n / t_map,

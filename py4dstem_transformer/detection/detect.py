@@ -20,7 +20,6 @@ import torch
 from .config import DiskDetectionConfig
 from . import fused as _fused
 from . import fused_multicorr as _fused_multicorr
-from .fused_multicorr import refine_multicorr_fused
 from .correlate import correlate, gaussian_kernel, smooth
 from .maxima import Maxima, brightest_first, filter_maxima, local_maxima
 from .subpixel import refine_multicorr, refine_poly
@@ -158,7 +157,7 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
                 _check_finite(cc[:, 0, 0])
             peaks = BatchPeaks(*_fused.peaks_fused(cc.numpy(), weights, config))
             if multicorr_now:
-                peaks = _refine_multicorr(peaks, cc, config, refine_multicorr_fused)
+                peaks = _refine_multicorr(peaks, cc, config, _fused_multicorr.refine_multicorr_fused)
             elif multicorr:
                 ccs.append(cc)
             parts.append(peaks)

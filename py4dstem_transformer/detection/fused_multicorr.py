@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import fused as _fused
-from .subpixel import chebyshev_basis, kernel_tables
+from .subpixel import chebyshev_basis, kernel_tables, upsampled_grid
 
 __all__ = ["fits", "refine_multicorr_fused"]
 
@@ -35,21 +35,21 @@ def fits(shape) -> bool:
     return _fused.available and shape[0] % 2 == 0 and shape[1] % 2 == 0
 
 
-def _far_weights(two_s, table_far, n, out):
-    """out[p, k, i] = table_far[k, (two_s[p] - 2 i) mod 2n]: the far weights of every peak along one axis.
+def _reversed(table_far: np.ndarray) -> np.ndarray:
+    """(nodes, 4n) float32 ``r[k, j] = table_far[k, -j mod 2n]``, so that the far weight at pixel i of a peak at
+    ``s = two_s / 2`` is ``r[k, start + 2 i]`` with ``start = -two_s mod 2n``: a strided copy per peak."""
+    n2 = table_far.shape[1]
+    return np.ascontiguousarray(table_far[:, (-np.arange(2 * n2)) % n2], dtype=np.float32)
 
-    With ``r[k, j] = table_far[k, -j mod 2n]`` (j < 4n), that is ``r[k, start + 2 i]``, start = -two_s mod 2n:
-    a strided copy, no division per element.
-    """
-    m, nodes = len(two_s), table_far.shape[0]
-    r = np.empty((nodes, 4 * n), table_far.dtype)
-    for k in range(nodes):
-        for j in range(4 * n):
-            r[k, j] = table_far[k, (-j) % (2 * n)]
+
+def _far_weights(two_s, reversed_far, n, out):
+    """out[p, k, i] = table_far[k, (two_s[p] - 2 i) mod 2n]: the far weights of every peak along one axis,
+    from :func:`_reversed` of the table (no division per element)."""
+    m, nodes = len(two_s), reversed_far.shape[0]
     for p in range(m):
         start = (-two_s[p]) % (2 * n)
         for k in range(nodes):
-            src = r[k, start:]
+            src = reversed_far[k, start:]
             o = out[p, k]
             for i in range(n):
                 o[i] = src[2 * i]
@@ -157,17 +157,15 @@ if _fused.available:
 def _tables(nx: int, ny: int, u: int, near: int, nodes: int):
     """What depends only on the sizes: the grid, the Chebyshev basis and both axes' kernel tables (numpy,
     computed once per detector shape; the torch path's own :func:`.subpixel.kernel_tables`)."""
-    n_grid = math.ceil(1.5 * u)
-    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
-    offsets = (torch.arange(n_grid, dtype=torch.float64) - shift_grid) / u
+    n_grid, shift_grid, offsets = upsampled_grid(u)
     d_nodes, basis = chebyshev_basis(offsets, nodes)
     wnx, wny = min(near, nx // 2), min(near, ny // 2)
     table_x, span_x, far_x = kernel_tables(nx, wnx, u, d_nodes)
     table_y, span_y, far_y = (table_x, span_x, far_x) if (ny, wny) == (nx, wnx) else kernel_tables(ny, wny, u, d_nodes)
     return dict(shift_grid=shift_grid, offsets=offsets.numpy(), basis=basis.numpy(), wnx=wnx, wny=wny,
                 steps=2 * (np.arange(n_grid) - shift_grid),  # offsets in units of 1 / (2u)
-                table_x=table_x.numpy(), span_x=span_x, far_x=far_x.float().numpy(),
-                table_y=table_y.numpy(), span_y=span_y, far_y=far_y.float().numpy())
+                table_x=table_x.numpy(), span_x=span_x, far_x=_reversed(far_x.numpy()),
+                table_y=table_y.numpy(), span_y=span_y, far_y=_reversed(far_y.numpy()))
 
 
 def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: int = 16, near: int = 8,

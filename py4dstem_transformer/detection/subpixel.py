@@ -20,7 +20,7 @@ import torch
 
 from .maxima import Maxima
 
-__all__ = ["refine_poly", "refine_multicorr", "dirichlet"]
+__all__ = ["refine_poly", "refine_multicorr", "dirichlet", "upsampled_grid", "chebyshev_basis", "kernel_tables"]
 
 
 def refine_poly(maxima: Maxima, ar: torch.Tensor):
@@ -82,11 +82,8 @@ def refine_multicorr(
     if len(fx) == 0:
         return fx, fy
     u = int(upsample_factor)
-    nx, ny = cc.shape[-2:]
-    n_grid = math.ceil(1.5 * u)
-    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
+    n_grid, shift_grid, offsets = upsampled_grid(u, cc.device)
     sx, sy = torch.round(fx * 2) / 2, torch.round(fy * 2) / 2  # half-pixel, as py4DSTEM
-    offsets = (torch.arange(n_grid, dtype=torch.float64, device=cc.device) - shift_grid) / u  # (G,)
     up = _upsampled(cc, pattern, sx, sy, offsets, near, nodes, u)  # (M, G, G)
     flat = up.flatten(1).argmax(1)
     gx, gy = flat // n_grid, flat % n_grid
@@ -99,6 +96,14 @@ def refine_multicorr(
     dx = torch.where(inside, _vertex(xm, c, xp), torch.zeros_like(c))
     dy = torch.where(inside, _vertex(ym, c, yp), torch.zeros_like(c))
     return sx + (gx - shift_grid + dx) / u, sy + (gy - shift_grid + dy) / u
+
+
+def upsampled_grid(u: int, device=None):
+    """py4DSTEM's multicorr grid for upsampling factor ``u``: its size G = ceil(1.5 u), the index of the
+    centre (``shift_grid``) and the offsets from the centre in pixels, (G,) float64."""
+    n_grid = math.ceil(1.5 * u)
+    shift_grid = math.floor(math.ceil(u * 1.5) / 2)
+    return n_grid, shift_grid, (torch.arange(n_grid, dtype=torch.float64, device=device) - shift_grid) / u
 
 
 def _axis(s: torch.Tensor, offsets: torch.Tensor, n: int, near: int, nodes: int, upsample: int):
