@@ -3,6 +3,7 @@
 
 import contextlib
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -50,6 +51,29 @@ def test_smooth_is_scipy_gaussian_filter(shape, sigma):
     expected = np.stack([gaussian_filter(x, sigma) for x in a])
     got = smooth(torch.tensor(a, dtype=torch.float32), sigma).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (20, 14), (7, 10), (5, 2)])
+def test_half_size_complex_inverse_is_irfft2(shape):
+    """The CPU correlation's inverse transform (a complex FFT of half the width) against a float64 irfft2, with
+    the template multiplied in and without, and the same floats for a pattern alone or in a batch."""
+    from py4dstem_transformer.detection.correlate import correlate
+    from py4dstem_transformer.detection.halfcomplex import fits, inverse_rfft2
+
+    rng = np.random.default_rng(3)
+    x = torch.as_tensor(rng.gamma(2.0, 50.0, (4,) + shape), dtype=torch.float32)
+    t = rng.random(shape)
+    spectrum_t = template_spectrum(t, shape)
+    assert fits(torch.fft.rfft2(x), shape)
+    exact = torch.fft.irfft2(torch.fft.rfft2(x.double()) * torch.conj(torch.fft.rfft2(torch.as_tensor(t))), s=shape)
+    scale = float(exact.abs().max())
+    m = torch.fft.rfft2(x)
+    for got in (inverse_rfft2(m, shape, spectrum_t), inverse_rfft2(m * spectrum_t, shape), correlate(x, spectrum_t)):
+        assert got.shape == x.shape and got.dtype == torch.float32
+        assert float((got.double() - exact).abs().max()) <= 2e-6 * scale
+    alone = inverse_rfft2(m[2:3], shape, spectrum_t)
+    assert torch.equal(alone[0], inverse_rfft2(m, shape, spectrum_t)[2])
+    assert not fits(torch.fft.rfft2(torch.zeros(2, 6, 5)), (6, 5))  # odd width: torch's irfft2
 
 
 @pytest.mark.parametrize("n", [96, 95, 16])
@@ -138,8 +162,10 @@ def test_finder_gives_py4dstems_peaks_on_noisy_patterns(scan, kw):
 
 
 def test_maps_from_either_finders_peaks_agree(scan):
-    """Same peaks in, same orientations out: the shipped Cu model on py4DSTEM's peaks and on ours."""
+    """Same peaks in, same orientations out: the shipped Cu model on py4DSTEM's peaks and on ours agree as
+    closely as on py4DSTEM's peaks and the same moved by 1e-3 px at random (the mapper's own sensitivity)."""
     from py4dstem_transformer import TransformerOrientationMap
+    from py4dstem_transformer.benchmarks.disks import _jittered
     from py4dstem_transformer.core.symmetry import point_group_rotations
     from py4dstem_transformer.evaluation.compare import misorientation_deg
 
@@ -150,16 +176,19 @@ def test_maps_from_either_finders_peaks_agree(scan):
     datacube.calibration.set_origin((truth.origin[..., 0], truth.origin[..., 1]))
     datacube.calibration.set_Q_pixel_units("A^-1")
     datacube.calibration.set_Q_pixel_size(0.035 * 128 / 96)
+    control = _jittered(reference, datacube, 1e-3, seed=0)
     mapper = TransformerOrientationMap.pretrained("Cu", crystal=make_cu())
-    maps = [mapper.match_orientations(bv, progress_bar=False) for bv in (reference, ours)]
+    maps = [mapper.match_orientations(bv, progress_bar=False) for bv in (reference, ours, control)]
     crystalline = ~np.isnan(truth.thickness)
-    angle = misorientation_deg(maps[0].matrix[:, :, 0][crystalline], maps[1].matrix[:, :, 0][crystalline],
-                               point_group_rotations(mapper.crystal))
     assert crystalline.sum() > 50
-    # the peaks agree to ~1e-3 px; the maps then agree as closely as the mapper's own sensitivity allows on these
-    # few-disk noisy patterns (py4DSTEM's peaks moved by 1e-3 px at random give 76% within 0.1 deg, 90% within 1 deg)
-    assert (angle <= 0.1).mean() >= 0.8, np.sort(angle)[-10:]
-    assert (angle <= 1.0).mean() >= 0.9, np.sort(angle)[-10:]
+    rotations = point_group_rotations(mapper.crystal)
+    angle, angle_control = (misorientation_deg(maps[0].matrix[:, :, 0][crystalline], m.matrix[:, :, 0][crystalline], rotations)
+                            for m in maps[1:])
+    # the peaks agree to ~1e-3 px; on these few-disk noisy patterns the mapper moves by more than 0.1 deg at a
+    # quarter of the positions for such differences (the control: 70-85% within 0.1 deg, ~90% within 1 deg)
+    for limit in (0.1, 1.0):
+        assert (angle <= limit).mean() >= (angle_control <= limit).mean() - 0.1, (limit, np.sort(angle)[-10:])
+    assert (angle <= 0.1).mean() >= 0.65 and (angle <= 1.0).mean() >= 0.85, np.sort(angle)[-10:]
 
 
 # --- streaming and containers ---------------------------------------------------------------------
@@ -465,14 +494,19 @@ def test_compiled_multicorr_gives_the_torch_refinement_in_any_peak_order():
         kernel[r < 2.5] = 1
         x = torch.as_tensor(np.real(np.fft.ifft2(np.fft.fft2(dp) * np.fft.fft2(kernel))) + 0.05 * rng.random(dp.shape),
                             dtype=torch.float32)
-        cc, _ = correlate(x, template_spectrum(kernel, shape), 1.0)
+        cc = correlate(x, template_spectrum(kernel, shape), 1.0)
         ar = smooth(cc.clamp_min(0), 1)
         m = filter_maxima(local_maxima(ar, 3), n_pat, 0.02, 0, 3, 30)
         fx, fy, _ = refine_poly(m, ar)
         assert len(fx) > 40 and bool((m.pattern[1:] >= m.pattern[:-1]).all())
         ref_x, ref_y = refine_multicorr(fx, fy, m.pattern, cc, 16)
-        for order in (torch.arange(len(fx)), torch.as_tensor(rng.permutation(len(fx)))):
-            x_, y_ = refine_multicorr_fused(fx[order], fy[order], m.pattern[order], cc, 16)
+        # q = w_x @ cc as one batched product (peaks spread over the patterns) and one product per pattern
+        for batched, order in itertools.product((True, False), (torch.arange(len(fx)), torch.as_tensor(rng.permutation(len(fx))))):
+            fused_multicorr.batched = batched
+            try:
+                x_, y_ = refine_multicorr_fused(fx[order], fy[order], m.pattern[order], cc, 16)
+            finally:
+                fused_multicorr.batched = True
             np.testing.assert_allclose(x_.numpy(), ref_x[order].numpy(), atol=1e-4)
             np.testing.assert_allclose(y_.numpy(), ref_y[order].numpy(), atol=1e-4)
             assert float((x_ - fx[order]).abs().max()) > 1e-3  # it moved the poly positions: a refinement happened

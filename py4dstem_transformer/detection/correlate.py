@@ -13,6 +13,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import halfcomplex as _halfcomplex
+
 __all__ = ["template_spectrum", "correlate", "gaussian_kernel", "smooth"]
 
 #: scipy.ndimage.gaussian_filter's default truncation, in standard deviations.
@@ -40,7 +42,7 @@ def template_spectrum(template, shape, device=None) -> Optional[torch.Tensor]:
     return torch.conj(torch.fft.rfft2(torch.as_tensor(t, dtype=torch.float64, device=device))).to(torch.complex64)
 
 
-def correlate(patterns: torch.Tensor, template_ft: Optional[torch.Tensor], corr_power: float = 1.0):
+def correlate(patterns: torch.Tensor, template_ft: Optional[torch.Tensor], corr_power: float = 1.0) -> torch.Tensor:
     """Cross / hybrid / phase correlation of every pattern with the template.
 
     Parameters
@@ -52,18 +54,22 @@ def correlate(patterns: torch.Tensor, template_ft: Optional[torch.Tensor], corr_
 
     Returns
     -------
-    cc : (B, Qx, Qy) float32, the real correlation, not clipped.
-    spectrum : (B, Qx, Qy // 2 + 1) complex64, its half spectrum (what multicorr upsamples), or None.
+    cc : (B, Qx, Qy) float32, the real correlation, not clipped. On a CPU (Qy even) the inverse transform
+        is :func:`.halfcomplex.inverse_rfft2`, elsewhere torch's ``irfft2``.
     """
     if template_ft is None:
-        return patterns, None
+        return patterns
+    shape = patterns.shape[-2:]
     m = torch.fft.rfft2(patterns)
+    fast = _halfcomplex.fits(m, shape) and template_ft.dtype == torch.complex64
+    if corr_power == 1 and fast:
+        return _halfcomplex.inverse_rfft2(m, shape, template_ft)  # the product formed in the same pass
     m *= template_ft
     if corr_power != 1:
         magnitude = m.abs()
         # |m|**p * exp(i angle(m)) == m * |m|**(p - 1); zero where m is zero, as numpy's angle(0) = 0 gives
         m = torch.where(magnitude > 0, m * magnitude.clamp_min(1e-30).pow(corr_power - 1), torch.zeros_like(m))
-    return _irfft2(m, patterns.shape[-2:]), m
+    return _halfcomplex.inverse_rfft2(m, shape) if fast else _irfft2(m, shape)
 
 
 def _irfft2(m: torch.Tensor, s) -> torch.Tensor:

@@ -84,7 +84,7 @@ def detect_batch(patterns: torch.Tensor, template_ft, config: DiskDetectionConfi
         part = patterns[s : s + step]
         if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
             part = smooth(part, config.sigma_dp)
-        cc, _ = correlate(part, template_ft, config.corrPower)
+        cc = correlate(part, template_ft, config.corrPower)
         ar = smooth(cc, config.sigma_cc, clip=True)
         m = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
         m.pattern += s
@@ -152,7 +152,7 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
                 _check_finite(part)
             if config.sigma_dp > 0 and template_ft is not None:  # py4DSTEM smooths the pattern only when it correlates
                 part = smooth(part, config.sigma_dp)
-            cc, _ = correlate(part, template_ft, config.corrPower)
+            cc = correlate(part, template_ft, config.corrPower)
             if cheap_check:
                 _check_finite(cc[:, 0, 0])
             peaks = BatchPeaks(*_fused.peaks_fused(cc.numpy(), weights, config))

@@ -6,7 +6,9 @@ pixel, is ``A_x @ middle @ A_y^T`` with the factored kernels of :func:`.subpixel
 (``A = [near kernel | Chebyshev coefficients]``, ``(G, 2 near + nodes)``). Here:
 
     far weights w_x (M, nodes, X) float32    from the table of :func:`.subpixel.kernel_tables`
-    q = w_x @ cc[pattern] (M, nodes, Y)      torch, one product per pattern for all of its peaks
+    q = w_x @ cc[pattern] (M, nodes, Y)      torch: one batched product over the sub-batch (each pattern's
+                                             peaks in its slots, zero-padded), or one per pattern where
+                                             few patterns hold the peaks
     per peak, compiled: A_x, A_y from the tables; middle from cc's near rows and q;
         the grid, its maximum and the parabola through its neighbours
 
@@ -55,6 +57,19 @@ def _far_weights(two_s, reversed_far, n, out):
                 o[i] = src[2 * i]
 
 
+def _far_weights_into(two_s, reversed_far, n, pattern, rank, out):
+    """:func:`_far_weights` of peak p into ``out[pattern[p], rank[p]]`` ((B, slots, nodes, n))."""
+    nodes = reversed_far.shape[0]
+    for p in range(len(two_s)):
+        start = (-two_s[p]) % (2 * n)
+        o = out[pattern[p], rank[p]]
+        for k in range(nodes):
+            src = reversed_far[k, start:]
+            ok = o[k]
+            for i in range(n):
+                ok[i] = src[2 * i]
+
+
 def _axis_matrix(two_s, n, wn, u, steps, table, span, sin_part, basis, a, index):
     """A (G, 2 wn + nodes) float64 and the near pixels ``index`` (2 wn,) of one peak along one axis."""
     g_len, nodes = basis.shape
@@ -71,12 +86,13 @@ def _axis_matrix(two_s, n, wn, u, steps, table, span, sin_part, basis, a, index)
             a[g, 2 * wn + k] = c * basis[g, k]
 
 
-def _kernel(cc, pattern, two_sx, two_sy, q, wy_all, u, wnx, wny, steps, table_x, span_x, table_y, span_y,
+def _kernel(cc, pattern, q_index, rank, two_sx, two_sy, q, wy_all, u, wnx, wny, steps, table_x, span_x, table_y, span_y,
             sin_x, sin_y, basis, shift_grid, out_x, out_y):
     """Peaks ``0 ... M - 1``: their refined (x, y) into ``out_x``, ``out_y``.
 
     ``cc`` (B, X, Y) float32; ``pattern`` (M,); ``two_sx``, ``two_sy`` (M,) int64, twice the rounded
-    positions; ``q`` (M, nodes, Y) float32 the far moments w_x @ cc; ``wy_all`` (M, nodes, Y) float32 the
+    positions; ``q`` (B', slots, nodes, Y) float32 the far moments w_x @ cc, peak p's at
+    ``q[q_index[p], rank[p]]``; ``wy_all`` (M, nodes, Y) float32 the
     far weights along y; ``sin_x``, ``sin_y`` (M, G): sin(pi (s + offset_g)).
     """
     m = len(pattern)
@@ -106,8 +122,9 @@ def _kernel(cc, pattern, two_sx, two_sy, q, wy_all, u, wnx, wny, steps, table_x,
                 for i in range(ny):
                     acc += np.float64(row[i]) * np.float64(wk[i])
                 mid[j, 2 * wny + k] = acc
+        qp = q[q_index[p], rank[p]]
         for k in range(nodes):
-            row = q[p, k]
+            row = qp[k]
             for l in range(2 * wny):
                 mid[2 * wnx + k, l] = row[iy[l]]
             for k2 in range(nodes):
@@ -149,8 +166,14 @@ if _fused.available:
     # reassociation lets the dot products vectorise; the sums then differ from the torch path's in the last bits
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
     _far_weights = _jit(_far_weights)
+    _far_weights_into = _jit(_far_weights_into)
     _axis_matrix = _jit(_axis_matrix)
     _kernel = _jit(_kernel)
+
+
+#: Whether q = w_x @ cc may be one batched product over a sub-batch (False: one product per pattern, the
+#: former way; for comparisons).
+batched = True
 
 
 @functools.lru_cache(maxsize=16)
@@ -185,28 +208,40 @@ def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: i
     tsy = np.round(np.asarray(fy, dtype=np.float64) * 2).astype(np.int64)
     sin_x = np.sin(math.pi * (tsx[:, None] / 2 + t["offsets"][None, :]))
     sin_y = np.sin(math.pi * (tsy[:, None] / 2 + t["offsets"][None, :]))
-    wx = np.empty((m, nodes, nx), np.float32)
-    wy = np.empty((m, nodes, ny), np.float32)
-    _far_weights(tsx, t["far_x"], nx, wx)
-    _far_weights(tsy, t["far_y"], ny, wy)
-    # q = w_x @ cc, one product per pattern for all of its peaks
     p = np.asarray(pattern, dtype=np.int64)
-    grouped = bool((p[1:] >= p[:-1]).all())  # as the finder gives them: no reordering needed
-    order = None if grouped else np.argsort(p, kind="stable")
     counts = np.bincount(p, minlength=cc.shape[0])
-    w_sorted = torch.from_numpy(wx if grouped else wx[order])
-    q_sorted = torch.empty(m, nodes, ny, dtype=torch.float32)
     c32 = cc if cc.dtype == torch.float32 else cc.float()
-    start = 0
-    for b in np.nonzero(counts)[0].tolist():
-        c = int(counts[b])
-        torch.mm(w_sorted[start : start + c].reshape(c * nodes, nx), c32[b], out=q_sorted[start : start + c].view(c * nodes, ny))
-        start += c
-    q = q_sorted.numpy()
-    if not grouped:
-        q = np.empty_like(q)
-        q[order] = q_sorted.numpy()
+    wy = np.empty((m, nodes, ny), np.float32)
+    _far_weights(tsy, t["far_y"], ny, wy)
+    if batched and m * 2 >= int(counts.max()) * len(counts):
+        # peaks spread over the patterns: q = w_x @ cc as one batched product, each pattern's peaks in its slot
+        # (rank: a peak's place among its pattern's), zero rows where a pattern has fewer than the most
+        order = np.argsort(p, kind="stable")
+        rank = np.empty(m, np.int64)
+        rank[order] = np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts)
+        slots = int(counts.max())
+        wx = np.zeros((len(counts), slots, nodes, nx), np.float32)
+        _far_weights_into(tsx, t["far_x"], nx, p, rank, wx)
+        q = torch.bmm(torch.from_numpy(wx).view(len(counts), slots * nodes, nx), c32).numpy().reshape(len(counts), slots, nodes, ny)
+        q_index = p
+    else:  # few patterns hold the peaks: one product per pattern with peaks
+        wx = np.empty((m, nodes, nx), np.float32)
+        _far_weights(tsx, t["far_x"], nx, wx)
+        grouped = bool((p[1:] >= p[:-1]).all())  # as the finder gives them: no reordering needed
+        order = None if grouped else np.argsort(p, kind="stable")
+        w_sorted = torch.from_numpy(wx if grouped else wx[order])
+        q_sorted = torch.empty(m, nodes, ny, dtype=torch.float32)
+        start = 0
+        for b in np.nonzero(counts)[0].tolist():
+            c = int(counts[b])
+            torch.mm(w_sorted[start : start + c].reshape(c * nodes, nx), c32[b], out=q_sorted[start : start + c].view(c * nodes, ny))
+            start += c
+        flat = q_sorted.numpy()
+        if not grouped:
+            flat = np.empty_like(flat)
+            flat[order] = q_sorted.numpy()
+        q, q_index, rank = flat[:, None], np.arange(m), np.zeros(m, np.int64)  # q[p, 0] is peak p's
     out_x, out_y = np.empty(m), np.empty(m)
-    _kernel(np.ascontiguousarray(c32.numpy()), p, tsx, tsy, q, wy, u, t["wnx"], t["wny"], t["steps"], t["table_x"],
+    _kernel(np.ascontiguousarray(c32.numpy()), p, q_index, rank, tsx, tsy, q, wy, u, t["wnx"], t["wny"], t["steps"], t["table_x"],
             t["span_x"], t["table_y"], t["span_y"], sin_x, sin_y, t["basis"], t["shift_grid"], out_x, out_y)
     return torch.from_numpy(out_x), torch.from_numpy(out_y)
