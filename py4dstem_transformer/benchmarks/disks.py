@@ -259,7 +259,7 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
     import torch
 
     from ..detection.config import DiskDetectionConfig
-    from ..detection import fused, fused_multicorr
+    from ..detection import fused, fused_multicorr, halfcomplex
     from ..detection.correlate import gaussian_kernel, smooth, template_spectrum
     from ..detection.maxima import filter_maxima, local_maxima
     from ..detection.subpixel import refine_multicorr, refine_poly
@@ -282,6 +282,9 @@ def stage_times(datacube, kernel, keywords: dict, batch: int = 16, repeats: int 
         tick("rfft2 and product")
         cc = torch.fft.irfft2(spectrum, s=tuple(q))
         tick("irfft2")
+        if halfcomplex.fits(spectrum, tuple(q)):  # what the CPU path runs instead of the three above
+            halfcomplex.inverse_rfft2(torch.fft.rfft2(x), tuple(q), template_ft)
+            tick("rfft2, product and half-width complex inverse (CPU path)")
         ar = smooth(cc, config.sigma_cc, clip=True)
         tick("clip and smooth")
         m = local_maxima(ar, config.edgeBoundary, config.minAbsoluteIntensity)
@@ -331,7 +334,7 @@ def _print(result: dict) -> None:
               f"memory-mapped .npy; rendered in {e['render_s']:.0f} s): find {e['find_s']:.1f} s ({e['find_per_s']:.0f}/s) + "
               f"map {e['map_s']:.1f} s ({e['map_per_s']:.0f}/s) = {e['total_s']:.1f} s; strict <= 5 deg {e['strict_5deg']:.1%}")
     for name, stages in result.get("stages_ms", {}).items():
-        torch_steps = {k: v for k, v in stages.items() if not k.startswith("fused")}  # the compiled ones replace some
+        torch_steps = {k: v for k, v in stages.items() if not k.startswith("fused") and "CPU path" not in k}  # those replace some
         print(f"steps, ms per pattern ({name}, batches of 16, torch's threads): "
               + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + f"; sum of the torch steps {sum(torch_steps.values()):.3f}")
 
