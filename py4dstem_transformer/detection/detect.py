@@ -157,7 +157,7 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
                 _check_finite(cc[:, 0, 0])
             peaks = BatchPeaks(*_fused.peaks_fused(cc.numpy(), weights, config))
             if multicorr_now:
-                peaks = _refine_multicorr_compiled(peaks, cc, config)
+                peaks = _refine_multicorr(peaks, cc, config, _fused_multicorr.refine_multicorr_fused)
             elif multicorr:
                 ccs.append(cc)
             parts.append(peaks)
@@ -180,24 +180,15 @@ def _detect_fused(patterns, template_ft, config, weights) -> BatchPeaks:
 
 def _refine_multicorr(peaks: BatchPeaks, cc: torch.Tensor, config, refine) -> BatchPeaks:
     """``peaks`` (poly positions) of the patterns of ``cc`` refined by ``refine`` (multicorr) and put in
-    brightest-first order again, as py4DSTEM sorts multicorr's peaks by intensity once more."""
-    if not len(peaks.x):
-        return peaks
-    pattern = torch.repeat_interleave(torch.arange(len(peaks.counts)), torch.from_numpy(peaks.counts))
-    x, y = refine(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), pattern, cc, config.upsample_factor)
-    intensity = torch.from_numpy(peaks.intensity)
-    order = brightest_first(pattern, intensity)
-    return BatchPeaks(peaks.counts, x[order].numpy(), y[order].numpy(), intensity[order].numpy())
-
-
-def _refine_multicorr_compiled(peaks: BatchPeaks, cc: torch.Tensor, config) -> BatchPeaks:
-    """:func:`_refine_multicorr` with the compiled pass, in numpy: the same order and positions with fewer
-    calls into torch (each releases and takes the GIL again, which the other threads queue for)."""
+    brightest-first order again, as py4DSTEM sorts multicorr's peaks by intensity once more. The order in numpy
+    (:func:`.maxima.brightest_first`'s, stable in ties): fewer torch calls, each of which releases and takes
+    the GIL again, which the finder's other threads queue for."""
     if not len(peaks.x):
         return peaks
     pattern = np.repeat(np.arange(len(peaks.counts)), peaks.counts)
-    x, y = _fused_multicorr.refine_multicorr_fused(peaks.x, peaks.y, pattern, cc, config.upsample_factor)
-    order = np.lexsort((-peaks.intensity, pattern))  # brightest first within each pattern, stable in ties
+    x, y = refine(torch.from_numpy(peaks.x), torch.from_numpy(peaks.y), torch.from_numpy(pattern), cc,
+                  config.upsample_factor)
+    order = np.lexsort((-peaks.intensity, pattern))  # grouped by pattern, brightest first, stable in ties
     return BatchPeaks(peaks.counts, x.numpy()[order], y.numpy()[order], peaks.intensity[order])
 
 

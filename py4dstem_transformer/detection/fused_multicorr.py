@@ -5,7 +5,8 @@ grid of ``ceil(1.5 u)``² points, ``1 / u`` pixel apart around its ``poly`` posi
 pixel, is ``A_x @ middle @ A_y^T`` with the factored kernels of :func:`.subpixel._axis`
 (``A = [near kernel | Chebyshev coefficients]``, ``(G, 2 near + nodes)``). Here:
 
-    far weights w_x (M, nodes, X) float32    from the table of :func:`.subpixel.kernel_tables`
+    far weights w_x (M, nodes, X) float32    from the table of :func:`.subpixel.kernel_tables` (in the
+                                             batched product: (B, slots, nodes, X), each peak in its slot)
     q = w_x @ cc[pattern] (M, nodes, Y)      torch: one batched product over the sub-batch (each pattern's
                                              peaks in its slots, zero-padded), or one per pattern where
                                              few patterns hold the peaks
@@ -44,21 +45,10 @@ def _reversed(table_far: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(table_far[:, (-np.arange(2 * n2)) % n2], dtype=np.float32)
 
 
-def _far_weights(two_s, reversed_far, n, out):
-    """out[p, k, i] = table_far[k, (two_s[p] - 2 i) mod 2n]: the far weights of every peak along one axis,
-    from :func:`_reversed` of the table (no division per element)."""
-    m, nodes = len(two_s), reversed_far.shape[0]
-    for p in range(m):
-        start = (-two_s[p]) % (2 * n)
-        for k in range(nodes):
-            src = reversed_far[k, start:]
-            o = out[p, k]
-            for i in range(n):
-                o[i] = src[2 * i]
-
-
-def _far_weights_into(two_s, reversed_far, n, pattern, rank, out):
-    """:func:`_far_weights` of peak p into ``out[pattern[p], rank[p]]`` ((B, slots, nodes, n))."""
+def _far_weights(two_s, reversed_far, n, pattern, rank, out):
+    """out[pattern[p], rank[p], k, i] = table_far[k, (two_s[p] - 2 i) mod 2n]: the far weights of every peak
+    along one axis into its slot of ``out`` (B, slots, nodes, n), from :func:`_reversed` of the table (no
+    division per element). One slot per peak: ``pattern = arange(M)``, ``rank = 0``, ``out`` (M, 1, nodes, n)."""
     nodes = reversed_far.shape[0]
     for p in range(len(two_s)):
         start = (-two_s[p]) % (2 * n)
@@ -166,7 +156,6 @@ if _fused.available:
     # reassociation lets the dot products vectorise; the sums then differ from the torch path's in the last bits
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
     _far_weights = _jit(_far_weights)
-    _far_weights_into = _jit(_far_weights_into)
     _axis_matrix = _jit(_axis_matrix)
     _kernel = _jit(_kernel)
 
@@ -211,8 +200,9 @@ def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: i
     p = np.asarray(pattern, dtype=np.int64)
     counts = np.bincount(p, minlength=cc.shape[0])
     c32 = cc if cc.dtype == torch.float32 else cc.float()
+    one_slot, zero_rank = np.arange(m), np.zeros(m, np.int64)
     wy = np.empty((m, nodes, ny), np.float32)
-    _far_weights(tsy, t["far_y"], ny, wy)
+    _far_weights(tsy, t["far_y"], ny, one_slot, zero_rank, wy[:, None])
     if batched and m * 2 >= int(counts.max()) * len(counts):
         # peaks spread over the patterns: q = w_x @ cc as one batched product, each pattern's peaks in its slot
         # (rank: a peak's place among its pattern's), zero rows where a pattern has fewer than the most
@@ -221,12 +211,12 @@ def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: i
         rank[order] = np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts)
         slots = int(counts.max())
         wx = np.zeros((len(counts), slots, nodes, nx), np.float32)
-        _far_weights_into(tsx, t["far_x"], nx, p, rank, wx)
+        _far_weights(tsx, t["far_x"], nx, p, rank, wx)
         q = torch.bmm(torch.from_numpy(wx).view(len(counts), slots * nodes, nx), c32).numpy().reshape(len(counts), slots, nodes, ny)
         q_index = p
     else:  # few patterns hold the peaks: one product per pattern with peaks
         wx = np.empty((m, nodes, nx), np.float32)
-        _far_weights(tsx, t["far_x"], nx, wx)
+        _far_weights(tsx, t["far_x"], nx, one_slot, zero_rank, wx[:, None])
         grouped = bool((p[1:] >= p[:-1]).all())  # as the finder gives them: no reordering needed
         order = None if grouped else np.argsort(p, kind="stable")
         w_sorted = torch.from_numpy(wx if grouped else wx[order])
@@ -240,7 +230,7 @@ def refine_multicorr_fused(fx, fy, pattern, cc: torch.Tensor, upsample_factor: i
         if not grouped:
             flat = np.empty_like(flat)
             flat[order] = q_sorted.numpy()
-        q, q_index, rank = flat[:, None], np.arange(m), np.zeros(m, np.int64)  # q[p, 0] is peak p's
+        q, q_index, rank = flat[:, None], one_slot, zero_rank  # q[p, 0] is peak p's
     out_x, out_y = np.empty(m), np.empty(m)
     _kernel(np.ascontiguousarray(c32.numpy()), p, q_index, rank, tsx, tsy, q, wy, u, t["wnx"], t["wny"], t["steps"], t["table_x"],
             t["span_x"], t["table_y"], t["span_y"], sin_x, sin_y, t["basis"], t["shift_grid"], out_x, out_y)
