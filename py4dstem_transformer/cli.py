@@ -229,7 +229,7 @@ def _add_calibrate(sub) -> None:
                    help="calibrate under this library-search gate, which the model's mappers then use by default: "
                         "1 searches every pattern (slower; more often right on non-cubic crystals, where a "
                         "confident answer can be the beam flip: docs/benchmarks.md 'Crystal systems'); default: "
-                        "the model's present setting (0.85 for a new model)")
+                        "the model's present setting (0.95 for a new model)")
     p.add_argument("--sigma-excitation-error", type=float, default=None,
                    help="calibrate under this excitation-error width of the score (1/A), which the model's mappers "
                         "then use by default; default: the model's present setting (0.03 for a new model, 0.04 "

@@ -131,8 +131,8 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
         warnings.simplefilter("error")
         mapper = TransformerOrientationMap(make_cu(), str(tmp_path / "thorough.pt"))
     assert mapper.config == thorough and mapper.config.search.confidence == 1.0
-    with pytest.warns(UserWarning, match="search.confidence: 1.0 -> 0.85"):
-        assert TransformerOrientationMap(make_cu(), model, search_confidence=0.85).config == MapConfig()
+    with pytest.warns(UserWarning, match="search.confidence: 1.0 -> 0.95"):
+        assert TransformerOrientationMap(make_cu(), model, search_confidence=0.95).config == MapConfig()
     assert TransformerOrientationMap(make_cu(), model, config=MapConfig(), calibrated_confidence=False).config == MapConfig()
     # the shipped model: the defaults it was calibrated under, the score's excitation width older than today's
     assert cu_mapper.config == MapConfig().replace(sigma_excitation_error=0.04) != MapConfig()
