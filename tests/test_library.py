@@ -1,7 +1,6 @@
 """The coarse orientation library: rasterized scoring agrees with the exact correlation and finds the truth;
 the compiled pass ranks as the torch path does."""
 
-import numpy as np
 import pytest
 import torch
 
