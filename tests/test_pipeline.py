@@ -134,17 +134,20 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     with pytest.warns(UserWarning, match="search.confidence: 1.0 -> 0.95"):
         assert TransformerOrientationMap(make_cu(), model, search_confidence=0.95).config == MapConfig()
     assert TransformerOrientationMap(make_cu(), model, config=MapConfig(), calibrated_confidence=False).config == MapConfig()
-    # the shipped model: the defaults it was calibrated under, the score's excitation width older than today's
-    assert cu_mapper.config == MapConfig().replace(sigma_excitation_error=0.04) != MapConfig()
+    # the shipped Cu model: calibrated under today's defaults (the joint model keeps the older width 0.04)
+    assert cu_mapper.config == MapConfig()
+    joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
+    assert joint.config == MapConfig().replace(sigma_excitation_error=0.04) != MapConfig()
     assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()
 
 
 def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
     fitted = cu_mapper.calibration.fitted_on["map_config"]
-    shipped = MapConfig().replace(sigma_excitation_error=0.04)
+    shipped = MapConfig()
     assert fitted == shipped.to_dict()  # the shipped model records the settings it is calibrated for
     assert uncalibrated_warning(fitted, shipped) is None
-    assert "score.sigma_excitation_error: 0.04 -> 0.03" in uncalibrated_warning(fitted, MapConfig())
+    older = shipped.replace(sigma_excitation_error=0.04)
+    assert "score.sigma_excitation_error: 0.03 -> 0.04" in uncalibrated_warning(fitted, older)
     assert "score.power: 0.25 -> 0.5" in uncalibrated_warning(fitted, shipped.replace(corr_power=0.5))
     assert "refine: True -> False" in uncalibrated_warning(fitted, shipped, refine=False)
     model = cu_mapper.model
