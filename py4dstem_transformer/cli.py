@@ -108,11 +108,14 @@ def _cmd_train(args) -> int:
 
     sets = [TrainingSet.load(path) for path in args.training_set]
     if args.mix:
-        if args.names:
-            raise SystemExit("--mix makes one phase of every file; --names is for a joint phase model (no --mix)")
-        from .simulation.mixture import mix_training_sets
+        from .simulation.mixture import group_by_crystal, mix_training_sets
 
-        sets = [mix_training_sets(sets)]
+        groups = group_by_crystal(sets)
+        for n, group in enumerate(groups):
+            print(f"phase {n}: " + ", ".join(args.training_set[i] for i in group))
+        sets = [mix_training_sets([sets[i] for i in group]) for group in groups]
+    if args.names and len(sets) == 1:
+        raise SystemExit("--names is for a joint phase model: give training sets of two or more crystals")
     training_set = sets[0] if len(sets) == 1 else PhaseTrainingSet(sets, names=args.names.split(",") if args.names else None)
     print(training_set)
     augment_config = _augment_config(args.augment, float(training_set.config.k_max) * K_MAX_MARGIN)
@@ -166,11 +169,13 @@ def _augment_config(settings, k_max: float):
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on training-set files (several files: a joint phase model)")
     p.add_argument("training_set", nargs="+",
-                   help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase")
+                   help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase (with --mix, several per phase)")
     p.add_argument("--names", default=None, help="phase names, comma-separated (default: chemical formulas)")
     p.add_argument("--mix", action="store_true",
-                   help="the files are one crystal simulated under several experiments (beam selections, "
-                        "kinematic, precession): train one phase on all of them (simulation.mixture)")
+                   help="the files are crystals simulated under several experiments (beam selections, "
+                        "kinematic, precession): the files of one crystal are mixed into one phase "
+                        "(simulation.mixture); files of two or more crystals make a joint phase model, "
+                        "phases in the order of each crystal's first file")
     p.add_argument("--augment", action="append", metavar="NAME=VALUE",
                    help="change an augmentation setting (training.augment.AugmentConfig), e.g. --augment p_dim=0.3 "
                         "--augment p_edge=0.3; repeat for several")

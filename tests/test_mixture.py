@@ -72,3 +72,35 @@ def test_trainer_reads_a_mixed_set(parts):
     model = train(mixed, epochs=1, batch_size=8, progress_bar=False, val_fraction=0.2)
     assert model.metadata["training_set_size"] == len(mixed)
     assert model.history["step"] and np.isfinite(model.history["loss"]).all()
+
+
+def test_sets_are_grouped_by_crystal_in_order_of_first_appearance(parts):
+    from py4dstem_transformer.simulation.mixture import group_by_crystal
+
+    cu2o = generate_training_set(make_cu2o(), num_zone_axes=3, dynamical=False, progress_bar=False)
+    assert group_by_crystal([parts[0], cu2o, parts[1]]) == [[0, 2], [1]]
+    assert group_by_crystal([cu2o, parts[0], cu2o, parts[1]]) == [[0, 2], [1, 3]]
+    assert group_by_crystal(list(parts)) == [[0, 1]]
+    with pytest.raises(TypeError, match="TrainingSet"):
+        group_by_crystal([parts[0], "cu.h5"])
+
+
+def test_train_command_mixes_each_crystal_into_one_phase(parts, tmp_path, capsys):
+    """`train --mix` with files of two crystals: one phase per crystal, each the mixture of its files."""
+    from py4dstem_transformer.cli import main
+    from py4dstem_transformer.model.model import OrientationModel
+
+    cu2o = generate_training_set(make_cu2o(), num_zone_axes=6, dynamical=False, progress_bar=False)
+    files = [tmp_path / name for name in ("cu_bloch.h5", "cu2o.h5", "cu_kin.h5")]
+    for ts, path in zip((parts[0], cu2o, parts[1]), files):
+        ts.save(path)
+    out = tmp_path / "joint.pt"
+    assert main(["train", *map(str, files), "--mix", "--names", "Cu,Cu2O", "--epochs", "1", "--batch-size", "8",
+                 "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"phase 0: {files[0]}, {files[2]}" in printed and f"phase 1: {files[1]}" in printed
+    model = OrientationModel.load(out)
+    assert model.config.n_phases == 2 and [p["name"] for p in model.metadata["phases"]] == ["Cu", "Cu2O"]
+    assert model.metadata["training_set_size"] == len(parts[0]) + len(parts[1]) + len(cu2o)
+    with pytest.raises(SystemExit, match="two or more crystals"):
+        main(["train", str(files[0]), str(files[2]), "--mix", "--names", "Cu", "--epochs", "1", "--out", str(out)])

@@ -16,6 +16,9 @@ validation split holds out whole directions of every part). The parts must be of
 same voltage and radial range, with the same symmetry and mirror rule (one label convention). The mixed
 set's ``config`` is the first part's; ``info["parts"]`` records every part's config, size and checksum, and
 is saved with the set.
+
+For a joint phase model trained on several experiments per phase, :func:`group_by_crystal` sorts the sets by
+crystal, and each group is mixed into one phase (``py4dstem-transformer train ... --mix`` does this).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import numpy as np
 
 from .training_set import TrainingSet
 
-__all__ = ["mix_training_sets", "mixture_parts"]
+__all__ = ["mix_training_sets", "mixture_parts", "group_by_crystal"]
+
+#: Config fields that name the crystal (cell, atoms, occupancy).
+_CRYSTAL = ("lat_real", "positions", "numbers", "occupancy")
 
 #: Config fields every part must share: they fix what a label means and what the tokens read.
 _SHARED = ("lat_real", "positions", "numbers", "occupancy", "accel_voltage", "k_max", "centrosymmetric", "symmetry",
@@ -79,6 +85,28 @@ def mixture_parts(training_set: TrainingSet) -> list:
     simulated in one go."""
     parts = training_set.info.get("parts")
     return json.loads(parts) if isinstance(parts, str) else []
+
+
+def group_by_crystal(sets: Sequence[TrainingSet]) -> list:
+    """Indices of ``sets`` grouped by crystal (same cell, atoms and occupancy), groups in order of first appearance.
+
+    >>> group_by_crystal([cu_bloch, cu2o_bloch, cu_kinematic, cu2o_kinematic])   # doctest: +SKIP
+    [[0, 2], [1, 3]]
+
+    Each group is one phase; :func:`mix_training_sets` then checks that a group's sets agree on the rest
+    (voltage, k_max, symmetry, mirror rule).
+    """
+    groups: list = []
+    for i, ts in enumerate(sets):
+        if not isinstance(ts, TrainingSet):
+            raise TypeError(f"set {i} is a {type(ts).__name__}, not a TrainingSet (TrainingSet.load(path) reads a file)")
+        for group in groups:
+            if all(_same(getattr(sets[group[0]].config, k), getattr(ts.config, k)) for k in _CRYSTAL):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def _same(a, b) -> bool:
