@@ -169,7 +169,8 @@ def _augment_config(settings, k_max: float):
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on training-set files (several files: a joint phase model)")
     p.add_argument("training_set", nargs="+",
-                   help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase (with --mix, several per phase)")
+                   help="HDF5 file(s) from `py4dstem-transformer simulate` or TrainingSet.save; one per phase "
+                        "(with --mix, several per phase)")
     p.add_argument("--names", default=None, help="phase names, comma-separated (default: chemical formulas)")
     p.add_argument("--mix", action="store_true",
                    help="the files are crystals simulated under several experiments (beam selections, "

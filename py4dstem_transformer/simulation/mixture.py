@@ -36,8 +36,7 @@ __all__ = ["mix_training_sets", "mixture_parts", "group_by_crystal"]
 _CRYSTAL = ("lat_real", "positions", "numbers", "occupancy")
 
 #: Config fields every part must share: they fix what a label means and what the tokens read.
-_SHARED = ("lat_real", "positions", "numbers", "occupancy", "accel_voltage", "k_max", "centrosymmetric", "symmetry",
-           "mirror_operation")
+_SHARED = _CRYSTAL + ("accel_voltage", "k_max", "centrosymmetric", "symmetry", "mirror_operation")
 
 
 def mix_training_sets(sets: Sequence[TrainingSet]) -> TrainingSet:
