@@ -49,8 +49,7 @@ def mix_training_sets(sets: Sequence[TrainingSet]) -> TrainingSet:
     if not sets:
         raise ValueError("mix_training_sets needs at least one training set")
     for i, ts in enumerate(sets):
-        if not isinstance(ts, TrainingSet):
-            raise TypeError(f"part {i} is a {type(ts).__name__}, not a TrainingSet (TrainingSet.load(path) reads a file)")
+        _require_training_set(i, ts)
         if len(ts) == 0:
             raise ValueError(f"part {i} holds no patterns; simulate some first")
     first = sets[0].config
@@ -97,8 +96,7 @@ def group_by_crystal(sets: Sequence[TrainingSet]) -> list:
     """
     groups: list = []
     for i, ts in enumerate(sets):
-        if not isinstance(ts, TrainingSet):
-            raise TypeError(f"set {i} is a {type(ts).__name__}, not a TrainingSet (TrainingSet.load(path) reads a file)")
+        _require_training_set(i, ts)
         for group in groups:
             if all(_same(getattr(sets[group[0]].config, k), getattr(ts.config, k)) for k in _CRYSTAL):
                 group.append(i)
@@ -106,6 +104,11 @@ def group_by_crystal(sets: Sequence[TrainingSet]) -> list:
         else:
             groups.append([i])
     return groups
+
+
+def _require_training_set(i: int, ts) -> None:
+    if not isinstance(ts, TrainingSet):
+        raise TypeError(f"part {i} is a {type(ts).__name__}, not a TrainingSet (TrainingSet.load(path) reads a file)")
 
 
 def _same(a, b) -> bool:
