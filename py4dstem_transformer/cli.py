@@ -143,6 +143,11 @@ def _cmd_train(args) -> int:
           f"best validation median {best:.2f} deg (held-out zone axes, beam flip allowed)")
     if h.get("val_phase_accuracy"):
         print(f"validation phase accuracy at the end: {h['val_phase_accuracy'][-1]:.2%}")
+    if h.get("val_median_deg_by_phase"):
+        names = [p.get("name", str(i)) for i, p in enumerate(model.metadata.get("phases", []))]
+        for i, name in enumerate(names):
+            print(f"  {name} at the end: median {h['val_median_deg_by_phase'][-1][i]:.2f} deg (flip allowed), "
+                  f"{h['val_within_5deg_strict_by_phase'][-1][i]:.1%} within 5 deg strict")
     return 0
 
 

@@ -28,7 +28,7 @@ from ..model.model import ModelConfig, OrientationModel
 from ..simulation.phases import PhaseTrainingSet, as_phase_sets, padded_symmetry, phase_symmetries
 from ..model.tokens import TokenConfig, tokenize
 
-__all__ = ["TrainConfig", "train", "model_metadata", "plot_history"]
+__all__ = ["TrainConfig", "train", "model_metadata", "plot_history", "validation_by_phase"]
 
 
 def _is_int(x) -> bool:
@@ -359,14 +359,20 @@ class _Run:
             preds.append(out["matrix"].cpu())
             if "phase_logits" in out:
                 phases.append(out["phase_logits"].argmax(1).cpu())
-        angle = torch.rad2deg(orientation_loss(torch.cat(preds), matrix, self.symmetry, True, phase))
+        pred = torch.cat(preds)
+        angle = torch.rad2deg(orientation_loss(pred, matrix, self.symmetry, True, phase))
+        strict = torch.rad2deg(orientation_loss(pred, matrix, self.symmetry, False, phase))
         median = float(angle.median())
         h = self.state.history
         h["val_step"].append(self.state.step)
         h["val_median_deg"].append(median)
         h["val_within_5deg"].append(float((angle < 5).float().mean()))
+        h.setdefault("val_within_5deg_strict", []).append(float((strict < 5).float().mean()))
         if phases:
             h.setdefault("val_phase_accuracy", []).append(float((torch.cat(phases) == phase).float().mean()))
+            by_phase = validation_by_phase(angle, strict, phase, self.model.config.n_phases)
+            for key, values in by_phase.items():
+                h.setdefault(key, []).append(values)
         if median < self.state.best_val:
             self.state.best_val = median
             self.best_weights = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
@@ -427,6 +433,33 @@ class _Run:
         return self._model_with(weights)
 
 
+def validation_by_phase(angle: torch.Tensor, strict: torch.Tensor, phase: torch.Tensor, n_phases: int) -> dict:
+    """Each phase's validation figures (a joint model's average hides a weak phase).
+
+    Parameters
+    ----------
+    angle, strict : (B,) errors in degrees, beam flip allowed / not allowed.
+    phase : (B,) int64, each pattern's true phase.
+
+    Returns
+    -------
+    dict of lists with one float per phase (NaN where the validation set holds none of that phase):
+    ``val_median_deg_by_phase`` (flip allowed), ``val_within_5deg_by_phase`` (flip allowed) and
+    ``val_within_5deg_strict_by_phase``.
+    """
+    out = {"val_median_deg_by_phase": [], "val_within_5deg_by_phase": [], "val_within_5deg_strict_by_phase": []}
+    for p in range(n_phases):
+        mine = phase == p
+        if not bool(mine.any()):
+            for values in out.values():
+                values.append(float("nan"))
+            continue
+        out["val_median_deg_by_phase"].append(float(angle[mine].median()))
+        out["val_within_5deg_by_phase"].append(float((angle[mine] < 5).float().mean()))
+        out["val_within_5deg_strict_by_phase"].append(float((strict[mine] < 5).float().mean()))
+    return out
+
+
 def _resume_settings(train_config: dict) -> dict:
     """The settings a resumed run must share with its checkpoint: every ``TrainConfig`` field but the budget
     (``epochs``, ``max_minutes``). A field the checkpoint lacks was added later and had its default then."""
@@ -460,8 +493,21 @@ def plot_history(history, figsize=(9, 3.5), returnfig: bool = False):
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=figsize)
     ax_loss.plot(np.asarray(h["step"])[window - 1:], smooth)
     ax_loss.set(xlabel="step", ylabel="training loss (deg, augmented)", yscale="log")
-    ax_val.plot(h["val_step"], h["val_median_deg"], "o-", ms=3)
+    ax_val.plot(h["val_step"], h["val_median_deg"], "o-", ms=3, label="all")
+    by_phase = h.get("val_median_deg_by_phase")
+    if by_phase:  # joint models since 0.2: one curve per phase (validated from the first such step on)
+        steps = h["val_step"][len(h["val_step"]) - len(by_phase):]
+        for p, name in enumerate(_phase_names(history, len(by_phase[0]))):
+            ax_val.plot(steps, [v[p] for v in by_phase], ".-", ms=2, label=name)
+        ax_val.legend(fontsize="small")
     ax_val.set(xlabel="step", ylabel="validation median error (deg)", yscale="log",
                title="held-out zone axes, beam flip allowed")
     fig.tight_layout()
     return (fig, (ax_loss, ax_val)) if returnfig else None
+
+
+def _phase_names(history, n: int) -> list:
+    """Phase names from a model's metadata, else ``phase 0``, ``phase 1``, ..."""
+    phases = getattr(history, "metadata", {}).get("phases") or []
+    names = [p.get("name") for p in phases]
+    return names if len(names) == n and all(names) else [f"phase {p}" for p in range(n)]
