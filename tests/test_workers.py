@@ -66,6 +66,32 @@ def test_local_client_runs_tasks_in_other_processes_and_leaves_nothing_behind():
     assert not alive, "worker processes outlived the call"
 
 
+@linux
+def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(monkeypatch):
+    """A forked worker can hang on a lock another thread held at the fork: a start past the timeout is given up,
+    its processes killed, tried once more, then a clear error says what to do. (The hang is stood in for by a
+    wait that times out; the processes it started are real.)"""
+    import multiprocessing
+
+    import distributed
+
+    from py4dstem_transformer.mapping.local_cluster import _start
+
+    waits = []
+
+    def hung(self, n_workers, timeout=None):
+        waits.append((n_workers, timeout))
+        raise TimeoutError(f"only 0/{n_workers} workers arrived after {timeout}")
+
+    monkeypatch.setattr(distributed.Client, "wait_for_workers", hung)
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.warns(RuntimeWarning, match="did not start within 7 s; starting them again"):
+        with pytest.raises(RuntimeError, match="did not start within 7 s, 2 times; pass workers=1"):
+            _start(2, 1, timeout=7.0, attempts=2)
+    assert waits == [(2, 7.0), (2, 7.0)]
+    assert not [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
+
+
 class _Unpicklable:
     """Stands for a mapper with its physics built: it must reach forked workers without being pickled."""
 

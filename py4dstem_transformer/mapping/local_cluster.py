@@ -17,11 +17,13 @@ on small scans the default maps in the calling process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
 import sys
 import uuid
+import warnings
 from typing import Iterator, Optional
 
 import torch
@@ -116,22 +118,65 @@ def local_client(workers: int) -> Iterator:
     dashboard, no memory limit (the nanny would otherwise kill a worker over its share of RAM and rerun its
     task forever), quiet logs, and the client is not made Dask's default (the user's own stays theirs).
     """
-    import dask
-    from distributed import Client, LocalCluster
-
     if not can_fork():
         raise RuntimeError("local worker processes are forked and need Linux; use workers=1, or pass client= "
                            "with a cluster of your own")
     threads = task_threads(workers)
-    with dask.config.set({"distributed.worker.multiprocessing-method": "fork",
-                          "distributed.worker.daemon": True,
-                          # the worker's sampling profiler walks the task thread's stack every 10 ms, holding
-                          # the GIL our many small tensor operations need
-                          "distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
-                               memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR)
+    cluster, client = _start(workers, threads)
     try:
-        with Client(cluster, set_as_default=False) as client:
+        with client:
             yield client
     finally:
         cluster.close()
+
+
+#: Seconds the worker processes get to start (they take ~0.3 s) before the cluster is started again, once.
+START_TIMEOUT_S = 60.0
+
+
+def _start(workers: int, threads: int, timeout: Optional[float] = None, attempts: int = 2):
+    """A ``(LocalCluster, Client)`` whose ``workers`` processes have all registered.
+
+    A process forked while another thread of this one holds a lock (a log stream's, say) can wait on it for
+    ever; a start that takes longer than ``timeout`` (default :data:`START_TIMEOUT_S`) is given up (its
+    processes killed) and tried again, ``attempts`` times in all, then a clear error says what to do.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    timeout = START_TIMEOUT_S if timeout is None else float(timeout)
+    for attempt in range(1, attempts + 1):
+        before = {p.pid for p in multiprocessing.active_children()}
+        with dask.config.set({"distributed.worker.multiprocessing-method": "fork",
+                              "distributed.worker.daemon": True,
+                              # the worker's sampling profiler walks the task thread's stack every 10 ms, holding
+                              # the GIL our many small tensor operations need
+                              "distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=0, threads_per_worker=threads, processes=True,
+                                   memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster, set_as_default=False)
+            try:
+                cluster.scale(int(workers))
+                client.wait_for_workers(int(workers), timeout=timeout)
+                return cluster, client
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+        _abandon(cluster, client, before)
+        if attempt < attempts:
+            warnings.warn(f"the {workers} local worker processes did not start within {timeout:.0f} s; "
+                          "starting them again", RuntimeWarning, stacklevel=4)
+    raise RuntimeError(f"the {workers} local worker processes did not start within {timeout:.0f} s, {attempts} "
+                       "times; pass workers=1 to work in this process, or client= with a cluster of your own")
+
+
+def _abandon(cluster, client, before: set) -> None:
+    """Close a cluster that did not start, and kill whichever of its forked processes are still alive."""
+    for close in (client.close, cluster.close):
+        try:
+            close(timeout=10)
+        except Exception:  # noqa: BLE001 - a half-started cluster may fail to close; its processes go below
+            pass
+    for process in multiprocessing.active_children():
+        if process.pid not in before:
+            process.kill()
+            process.join(5)
