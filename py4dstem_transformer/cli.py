@@ -146,8 +146,8 @@ def _cmd_train(args) -> int:
     if h.get("val_median_deg_by_phase"):
         names = [p.get("name", str(i)) for i, p in enumerate(model.metadata.get("phases", []))]
         for i, name in enumerate(names):
-            print(f"  {name} at the end: median {h['val_median_deg_by_phase'][-1][i]:.2f} deg (flip allowed), "
-                  f"{h['val_within_5deg_strict_by_phase'][-1][i]:.1%} within 5 deg strict")
+            print(f"  {name} at the end: median {h['val_median_deg_by_phase'][-1][i]:.2f} deg, "
+                  f"{h['val_within_5deg_by_phase'][-1][i]:.1%} within 5 deg (beam flip allowed)")
     return 0
 
 

@@ -359,18 +359,15 @@ class _Run:
             preds.append(out["matrix"].cpu())
             if "phase_logits" in out:
                 phases.append(out["phase_logits"].argmax(1).cpu())
-        pred = torch.cat(preds)
-        angle = torch.rad2deg(orientation_loss(pred, matrix, self.symmetry, True, phase))
-        strict = torch.rad2deg(orientation_loss(pred, matrix, self.symmetry, False, phase))
+        angle = torch.rad2deg(orientation_loss(torch.cat(preds), matrix, self.symmetry, True, phase))
         median = float(angle.median())
         h = self.state.history
         h["val_step"].append(self.state.step)
         h["val_median_deg"].append(median)
         h["val_within_5deg"].append(float((angle < 5).float().mean()))
-        h.setdefault("val_within_5deg_strict", []).append(float((strict < 5).float().mean()))
         if phases:
             h.setdefault("val_phase_accuracy", []).append(float((torch.cat(phases) == phase).float().mean()))
-            by_phase = validation_by_phase(angle, strict, phase, self.model.config.n_phases)
+            by_phase = validation_by_phase(angle, phase, self.model.config.n_phases)
             for key, values in by_phase.items():
                 h.setdefault(key, []).append(values)
         if median < self.state.best_val:
@@ -433,21 +430,21 @@ class _Run:
         return self._model_with(weights)
 
 
-def validation_by_phase(angle: torch.Tensor, strict: torch.Tensor, phase: torch.Tensor, n_phases: int) -> dict:
+def validation_by_phase(angle: torch.Tensor, phase: torch.Tensor, n_phases: int) -> dict:
     """Each phase's validation figures (a joint model's average hides a weak phase).
 
     Parameters
     ----------
-    angle, strict : (B,) errors in degrees, beam flip allowed / not allowed.
+    angle : (B,) errors in degrees, beam flip allowed (the network is trained blind to it by default,
+        ``beam_flip_loss``: the mapper tells the two apart on the disks).
     phase : (B,) int64, each pattern's true phase.
 
     Returns
     -------
     dict of lists with one float per phase (NaN where the validation set holds none of that phase):
-    ``val_median_deg_by_phase`` (flip allowed), ``val_within_5deg_by_phase`` (flip allowed) and
-    ``val_within_5deg_strict_by_phase``.
+    ``val_median_deg_by_phase`` and ``val_within_5deg_by_phase``.
     """
-    out = {"val_median_deg_by_phase": [], "val_within_5deg_by_phase": [], "val_within_5deg_strict_by_phase": []}
+    out = {"val_median_deg_by_phase": [], "val_within_5deg_by_phase": []}
     for p in range(n_phases):
         mine = phase == p
         if not bool(mine.any()):
@@ -456,7 +453,6 @@ def validation_by_phase(angle: torch.Tensor, strict: torch.Tensor, phase: torch.
             continue
         out["val_median_deg_by_phase"].append(float(angle[mine].median()))
         out["val_within_5deg_by_phase"].append(float((angle[mine] < 5).float().mean()))
-        out["val_within_5deg_strict_by_phase"].append(float((strict[mine] < 5).float().mean()))
     return out
 
 
