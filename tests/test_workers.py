@@ -92,6 +92,24 @@ def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(m
     assert not [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
 
 
+@linux
+def test_a_start_that_fails_otherwise_leaves_no_processes_behind(monkeypatch):
+    import multiprocessing
+
+    import distributed
+
+    from py4dstem_transformer.mapping.local_cluster import _start
+
+    def broken(self, n_workers, timeout=None):
+        raise ValueError("something else went wrong")
+
+    monkeypatch.setattr(distributed.Client, "wait_for_workers", broken)
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(ValueError, match="something else"):
+        _start(2, 1, timeout=7.0)
+    assert not [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
+
+
 class _Unpicklable:
     """Stands for a mapper with its physics built: it must reach forked workers without being pickled."""
 

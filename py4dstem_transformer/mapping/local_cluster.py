@@ -161,6 +161,9 @@ def _start(workers: int, threads: int, timeout: Optional[float] = None, attempts
                 return cluster, client
             except (TimeoutError, asyncio.TimeoutError):
                 pass
+            except BaseException:  # anything else (an interrupt, say): no half-started cluster is left behind
+                _abandon(cluster, client, before)
+                raise
         _abandon(cluster, client, before)
         if attempt < attempts:
             warnings.warn(f"the {workers} local worker processes did not start within {timeout:.0f} s; "
