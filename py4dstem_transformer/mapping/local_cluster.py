@@ -22,6 +22,7 @@ import contextlib
 import logging
 import multiprocessing
 import sys
+import time
 import uuid
 import warnings
 from typing import Iterator, Optional
@@ -179,7 +180,14 @@ def _abandon(cluster, client, before: set) -> None:
             close(timeout=10)
         except Exception:  # noqa: BLE001 - a half-started cluster may fail to close; its processes go below
             pass
-    for process in multiprocessing.active_children():
-        if process.pid not in before:
+    # a nanny may still be forking its worker while the cluster closes: kill what appears until none has for
+    # a second (at most 10 s)
+    deadline, quiet_since = time.monotonic() + 10.0, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
+        alive = [p for p in multiprocessing.active_children() if p.pid not in before]
+        for process in alive:
             process.kill()
-            process.join(5)
+            process.join(1)
+        if alive:
+            quiet_since = time.monotonic()
+        time.sleep(0.1)
