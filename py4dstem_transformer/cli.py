@@ -144,8 +144,9 @@ def _cmd_train(args) -> int:
     if h.get("val_phase_accuracy"):
         print(f"validation phase accuracy at the end: {h['val_phase_accuracy'][-1]:.2%}")
     if h.get("val_median_deg_by_phase"):
-        names = [p.get("name", str(i)) for i, p in enumerate(model.metadata.get("phases", []))]
-        for i, name in enumerate(names):
+        from .training.trainer import _phase_names
+
+        for i, name in enumerate(_phase_names(model, len(h["val_median_deg_by_phase"][-1]))):
             print(f"  {name} at the end: median {h['val_median_deg_by_phase'][-1][i]:.2f} deg, "
                   f"{h['val_within_5deg_by_phase'][-1][i]:.1%} within 5 deg (beam flip allowed)")
     return 0

@@ -99,6 +99,7 @@ def test_train_command_mixes_each_crystal_into_one_phase(parts, tmp_path, capsys
                  "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"phase 0: {files[0]}, {files[2]}" in printed and f"phase 1: {files[1]}" in printed
+    assert "  Cu at the end: median" in printed and "  Cu2O at the end: median" in printed  # each phase's validation
     model = OrientationModel.load(out)
     assert model.config.n_phases == 2 and [p["name"] for p in model.metadata["phases"]] == ["Cu", "Cu2O"]
     assert model.metadata["training_set_size"] == len(parts[0]) + len(parts[1]) + len(cu2o)

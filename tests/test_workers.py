@@ -89,7 +89,7 @@ def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(m
         with pytest.raises(RuntimeError, match="did not start within 7 s, 2 times; pass workers=1"):
             _start(2, 1, timeout=7.0, attempts=2)
     assert waits == [(2, 7.0), (2, 7.0)]
-    assert not [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
+    assert not _new_live_children(before)
 
 
 @linux
@@ -107,7 +107,14 @@ def test_a_start_that_fails_otherwise_leaves_no_processes_behind(monkeypatch):
     before = {p.pid for p in multiprocessing.active_children()}
     with pytest.raises(ValueError, match="something else"):
         _start(2, 1, timeout=7.0)
-    assert not [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
+    assert not _new_live_children(before)
+
+
+def _new_live_children(before: set) -> list:
+    """Child processes of this one, alive, that were not among ``before`` (pids)."""
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
 
 
 class _Unpicklable:
