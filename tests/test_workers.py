@@ -71,8 +71,6 @@ def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(m
     """A forked worker can hang on a lock another thread held at the fork: a start past the timeout is given up,
     its processes killed, tried once more, then a clear error says what to do. (The hang is stood in for by a
     wait that times out; the processes it started are real.)"""
-    import multiprocessing
-
     import distributed
 
     from py4dstem_transformer.mapping.local_cluster import _start
@@ -84,7 +82,7 @@ def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(m
         raise TimeoutError(f"only 0/{n_workers} workers arrived after {timeout}")
 
     monkeypatch.setattr(distributed.Client, "wait_for_workers", hung)
-    before = {p.pid for p in multiprocessing.active_children()}
+    before = {p.pid for p in _new_live_children(set())}
     with pytest.warns(RuntimeWarning, match="did not start within 7 s; starting them again"):
         with pytest.raises(RuntimeError, match="did not start within 7 s, 2 times; pass workers=1"):
             _start(2, 1, timeout=7.0, attempts=2)
@@ -93,12 +91,7 @@ def test_a_cluster_whose_workers_do_not_start_is_killed_retried_and_then_named(m
 
 
 @linux
-@pytest.mark.xfail(reason="known defect (2026-12-03, two of three CI runs): when the start fails at once, a nanny can "
-                          "fork its worker after _abandon's sweep; the clean-up does not yet wait for the nannies",
-                   strict=False)
 def test_a_start_that_fails_otherwise_leaves_no_processes_behind(monkeypatch):
-    import multiprocessing
-
     import distributed
 
     from py4dstem_transformer.mapping.local_cluster import _start
@@ -107,17 +100,29 @@ def test_a_start_that_fails_otherwise_leaves_no_processes_behind(monkeypatch):
         raise ValueError("something else went wrong")
 
     monkeypatch.setattr(distributed.Client, "wait_for_workers", broken)
-    before = {p.pid for p in multiprocessing.active_children()}
+    before = {p.pid for p in _new_live_children(set())}
     with pytest.raises(ValueError, match="something else"):
         _start(2, 1, timeout=7.0)
     assert not _new_live_children(before)
 
 
 def _new_live_children(before: set) -> list:
-    """Child processes of this one, alive, that were not among ``before`` (pids)."""
-    import multiprocessing
+    """Running (not zombie) forked copies of this process (children with its command line, not Python's own
+    helpers such as the resource tracker), as the operating system lists them, that were not among ``before``
+    (pids). Not ``multiprocessing.active_children()``: its ``is_alive()`` calls a child that another thread has
+    just reaped alive."""
+    import psutil
 
-    return [p for p in multiprocessing.active_children() if p.pid not in before and p.is_alive()]
+    me = psutil.Process()
+    running = []
+    for child in me.children(recursive=True):
+        try:
+            if (child.pid not in before and child.status() != psutil.STATUS_ZOMBIE
+                    and child.cmdline() == me.cmdline()):
+                running.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return running
 
 
 class _Unpicklable:

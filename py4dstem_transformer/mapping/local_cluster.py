@@ -147,7 +147,7 @@ def _start(workers: int, threads: int, timeout: Optional[float] = None, attempts
 
     timeout = START_TIMEOUT_S if timeout is None else float(timeout)
     for attempt in range(1, attempts + 1):
-        before = {p.pid for p in multiprocessing.active_children()}
+        before = {p.pid for p in _running_children()}
         with dask.config.set({"distributed.worker.multiprocessing-method": "fork",
                               "distributed.worker.daemon": True,
                               # the worker's sampling profiler walks the task thread's stack every 10 ms, holding
@@ -174,20 +174,49 @@ def _start(workers: int, threads: int, timeout: Optional[float] = None, attempts
 
 
 def _abandon(cluster, client, before: set) -> None:
-    """Close a cluster that did not start, and kill whichever of its forked processes are still alive."""
+    """Close a cluster that did not start, and kill whichever of its forked processes are still running.
+
+    Closing waits for the nannies (a nanny still starting its worker is let finish, then stopped), but a start
+    that timed out may have left a worker hung, and a nanny can fork its worker while the close is under way.
+    So the closing is followed by a sweep of this process's children as the operating system lists them
+    (:func:`_running_children`): whatever forked copy was not running before the start is killed, until none has appeared
+    for a second (at most 10 s).
+    """
     for close in (client.close, cluster.close):
         try:
             close(timeout=10)
         except Exception:  # noqa: BLE001 - a half-started cluster may fail to close; its processes go below
             pass
-    # a nanny may still be forking its worker while the cluster closes: kill what appears until none has for
-    # a second (at most 10 s)
+    import psutil
+
     deadline, quiet_since = time.monotonic() + 10.0, time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
-        alive = [p for p in multiprocessing.active_children() if p.pid not in before]
+        alive = [p for p in _running_children() if p.pid not in before]
         for process in alive:
-            process.kill()
-            process.join(1)
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         if alive:
+            psutil.wait_procs(alive, timeout=1)
             quiet_since = time.monotonic()
         time.sleep(0.1)
+
+
+def _running_children() -> list:
+    """This process's running forked copies (its children with its own command line, zombies left out), as
+    ``psutil.Process`` objects: the workers a cluster forks, not helpers Python starts for itself (such as
+    ``multiprocessing``'s resource tracker, which is started afresh, not forked).
+
+    Asked of the operating system, not of ``multiprocessing``: a process forked a moment ago is listed before
+    ``multiprocessing`` records it, and ``Process.is_alive()`` can call a process reaped by another thread
+    (Dask watches each worker with a thread blocked in ``waitpid``) still alive.
+    """
+    import psutil
+
+    me = psutil.Process()
+    command = me.cmdline()
+    children = []
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline() == command:
+                children.append(child)
+    return children
