@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -103,6 +104,39 @@ def test_a_start_that_fails_otherwise_leaves_no_processes_behind(monkeypatch):
     before = {p.pid for p in _new_live_children(set())}
     with pytest.raises(ValueError, match="something else"):
         _start(2, 1, timeout=7.0)
+    assert not _new_live_children(before)
+
+
+@linux
+def test_a_start_that_fails_while_a_worker_is_still_starting_leaves_no_processes_behind(monkeypatch):
+    """CI, 2026-12-03: the start failed while one worker was still starting, the close outlasted its timeout,
+    and the other worker's nanny restarted each worker the clean-up killed. Stood in for: worker 1 takes 6 s to
+    start (in the forked process itself), the close is given 2 s."""
+    import asyncio
+
+    import distributed
+
+    from py4dstem_transformer.mapping import local_cluster
+
+    start = distributed.Worker.start_unsafe
+
+    async def slow_second(self):
+        if self.name == 1:
+            await asyncio.sleep(6)
+        return await start(self)
+
+    def broken(self, n_workers, timeout=None):
+        time.sleep(1.5)  # worker 0 is up by now
+        raise ValueError("something else went wrong")
+
+    monkeypatch.setattr(distributed.Worker, "start_unsafe", slow_second)
+    monkeypatch.setattr(distributed.Client, "wait_for_workers", broken)
+    monkeypatch.setattr(local_cluster, "CLOSE_TIMEOUT_S", 2.0)
+    before = {p.pid for p in _new_live_children(set())}
+    with pytest.raises(ValueError, match="something else"):
+        local_cluster._start(2, 1, timeout=30.0)
+    assert not _new_live_children(before)
+    time.sleep(2)  # nothing is started again a moment later either
     assert not _new_live_children(before)
 
 

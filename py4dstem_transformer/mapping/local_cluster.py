@@ -173,18 +173,25 @@ def _start(workers: int, threads: int, timeout: Optional[float] = None, attempts
                        "times; pass workers=1 to work in this process, or client= with a cluster of your own")
 
 
+#: Seconds a cluster that did not start is given to close before its processes are killed.
+CLOSE_TIMEOUT_S = 10.0
+
+
 def _abandon(cluster, client, before: set) -> None:
     """Close a cluster that did not start, and kill whichever of its forked processes are still running.
 
-    Closing waits for the nannies (a nanny still starting its worker is let finish, then stopped), but a start
-    that timed out may have left a worker hung, and a nanny can fork its worker while the close is under way.
-    So the closing is followed by a sweep of this process's children as the operating system lists them
-    (:func:`_running_children`): whatever forked copy was not running before the start is killed, until none has appeared
-    for a second (at most 10 s).
+    First every nanny is told not to restart its worker (``Nanny.close_gracefully``): a nanny whose worker
+    dies while it is running starts another. Then the cluster closes, which waits for the nannies; but it may
+    take longer than :data:`CLOSE_TIMEOUT_S` (a worker still starting, or hung), so the closing is followed by a
+    sweep of this process's forked copies as the operating system lists them (:func:`_running_children`):
+    whichever was not running before the start is killed, until none has appeared for a second (at most 10 s).
     """
+    for nanny in _nannies(cluster):
+        with contextlib.suppress(Exception):
+            nanny.close_gracefully(reason="the local cluster did not start")
     for close in (client.close, cluster.close):
         try:
-            close(timeout=10)
+            close(timeout=CLOSE_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - a half-started cluster may fail to close; its processes go below
             pass
     import psutil
@@ -199,6 +206,13 @@ def _abandon(cluster, client, before: set) -> None:
             psutil.wait_procs(alive, timeout=1)
             quiet_since = time.monotonic()
         time.sleep(0.1)
+
+
+def _nannies(cluster) -> list:
+    """Every worker object (nanny) the cluster has made, started or still starting. ``cluster.workers`` lists
+    them only once all have started; ``SpecCluster._created`` holds them from the moment they are made."""
+    made = getattr(cluster, "_created", None)
+    return list(made) if made is not None else list(getattr(cluster, "workers", {}).values())
 
 
 def _running_children() -> list:
