@@ -57,9 +57,13 @@ def test_shipped_model_on_clean_kinematic_and_bloch(capsys, tmp_path):
     # 87.5% strict measured on 24 of these patterns (docs/benchmarks.md: 94.5% at n = 400); 60% leaves room
     assert kinematic["ours"]["strict_5"] >= 0.6, kinematic["ours"]
     assert kinematic["acom"]["n"] == 4 and kinematic["ours"]["n"] == 16
+    paired = kinematic["ours_minus_acom"]  # ours minus ACOM on ACOM's 4 patterns, pattern by pattern
+    assert paired["n"] == 4
+    assert paired["difference"] == pytest.approx(kinematic["ours_on_acom_patterns"] - kinematic["acom"]["strict_5"])
     assert ellipse["condition"]["held_out"] and not kinematic["condition"]["held_out"]
     out = capsys.readouterr().out
     assert out.index("Conditions open to tuning") < out.index("HELD-OUT") < out.index("ellipse 1.5%")
+    assert "| ours − ACOM, same patterns (only ours / only ACOM) |" in out and " points (" in out
     assert path.stat().st_size > 100
 
 

@@ -18,8 +18,8 @@ from ..core.defaults import ACCEL_VOLTAGE
 from ..core.rotations import symmetry_min_angle
 from ..mapping.calibrate import roc_auc  # noqa: F401 (one of this module's metrics; defined where the fit needs it)
 
-__all__ = ["misorientation_deg", "summarize_errors", "roc_auc", "evaluate_orientation_map", "acom_default", "acom_plan",
-           "acom_match"]
+__all__ = ["misorientation_deg", "summarize_errors", "paired_accuracy", "roc_auc", "evaluate_orientation_map",
+           "acom_default", "acom_plan", "acom_match"]
 
 
 def misorientation_deg(pred, true, symmetry, allow_beam_flip: bool = False) -> np.ndarray:
@@ -38,6 +38,28 @@ def summarize_errors(errors_deg: np.ndarray) -> dict:
                 "within_2": float("nan"), "within_5": float("nan")}
     return {"n": int(e.size), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
             "within_1": float((e <= 1).mean()), "within_2": float((e <= 2).mean()), "within_5": float((e <= 5).mean())}
+
+
+def paired_accuracy(errors_a, errors_b, threshold_deg: float = 5.0) -> dict:
+    """Two methods' errors (degrees) on the same patterns, compared pattern by pattern.
+
+    Returns ``n``; ``difference``: A's fraction within ``threshold_deg`` minus B's; ``a_only`` / ``b_only``: the
+    patterns only A / only B gets within it (the rest agree, right or wrong, and do not move the difference);
+    ``standard_error``: of ``difference`` for patterns drawn at random, from the paired counts
+    (``sqrt(a_only + b_only - (a_only - b_only)^2 / n) / n``). Two methods that miss the same hard patterns
+    differ by less noise than two independent samples would suggest, and by more where they miss different ones.
+    """
+    a, b = np.asarray(errors_a, dtype=float).ravel(), np.asarray(errors_b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired_accuracy needs the same patterns: {a.size} errors against {b.size}")
+    n = a.size
+    if n == 0:
+        return {"n": 0, "difference": float("nan"), "a_only": 0, "b_only": 0, "standard_error": float("nan")}
+    right_a, right_b = a <= threshold_deg, b <= threshold_deg
+    a_only, b_only = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    variance = max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)
+    return {"n": int(n), "difference": (a_only - b_only) / n, "a_only": a_only, "b_only": b_only,
+            "standard_error": float(np.sqrt(variance) / n)}
 
 
 def evaluate_orientation_map(orientation_map, true_matrices: np.ndarray, symmetry, mask: Optional[np.ndarray] = None,
