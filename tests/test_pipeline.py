@@ -10,7 +10,7 @@ import torch
 
 from py4dstem_transformer.core.rotations import symmetry_min_angle
 from py4dstem_transformer.mapping.batch import MapBatch
-from py4dstem_transformer.mapping.config import MapConfig, Query, ScoreConfig, TurnConfig, uncalibrated_warning
+from py4dstem_transformer.mapping.config import MapConfig, Query, ScoreConfig, TurnConfig, uncalibrated_warning, with_defaults
 from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
 from py4dstem_transformer.mapping.pipeline import STAGES, map_tokens, run_stages
 from py4dstem_transformer.mapping.predict import Network
@@ -139,14 +139,14 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     assert cu_mapper.config == MapConfig()
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
     assert joint.config == MapConfig().replace(search_confidence=1.0) != MapConfig()
-    assert joint.calibration.fitted_on["map_config"] == joint.config.to_dict()
+    assert with_defaults(joint.calibration.fitted_on["map_config"]) == joint.config.to_dict()
     assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()
 
 
 def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
     fitted = cu_mapper.calibration.fitted_on["map_config"]
     shipped = MapConfig()
-    assert fitted == shipped.to_dict()  # the shipped model records the settings it is calibrated for
+    assert with_defaults(fitted) == shipped.to_dict()  # the shipped model records the settings it is calibrated for
     assert uncalibrated_warning(fitted, shipped) is None
     older = shipped.replace(sigma_excitation_error=0.04)
     assert "score.sigma_excitation_error: 0.03 -> 0.04" in uncalibrated_warning(fitted, older)
@@ -161,3 +161,49 @@ def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
         TransformerOrientationMap(make_cu(), model, sparse_turns=2, calibrated_confidence=False)  # raw scores asked for
     with pytest.warns(UserWarning, match="refine"):
         cu_mapper.match_orientations(kinematic_scan(KinematicSet(1, seed=2), (1, 1)), progress_bar=False, refine=False)
+
+
+def test_near_ties_are_polished_only_when_asked(cu_mapper):
+    """``polish.tie_margin``: patterns whose best two distinct candidates score within it are polished even where
+    their disks are exact (not noisy); 0 leaves them as refined; polishing only climbs the score."""
+    from py4dstem_transformer.mapping.polish import near_ties
+    from py4dstem_transformer.mapping.rank import rank_distinct
+    from py4dstem_transformer.mapping.score import score
+
+    from conftest import perturb
+
+    ks, tokens, _ = kinematic_tokens(24, seed=5)
+    phase = cu_mapper.phases[0]
+    start = perturb(torch.as_tensor(ks.orientation_matrices), 1.0, 2.0, seed=6).float()[:, None]
+    refined = run_stages(MapBatch(tokens, start, Query(), torch.device("cpu")), phase, cu_mapper.config, STAGES[:2])
+    assert bool((refined.noise.min(1).values <= cu_mapper.config.polish.min_position_noise).all())  # exact disks
+
+    def polished(margin):
+        config = dataclasses.replace(cu_mapper.config, polish=dataclasses.replace(cu_mapper.config.polish,
+                                                                                  tie_margin=margin))
+        return config, STAGES[2](refined, phase, config)
+
+    off, everything = polished(0.0), polished(1.0)  # a margin of 1 makes every pattern a near tie
+    assert torch.equal(off[1].candidates, refined.candidates)
+    moved = (everything[1].candidates - refined.candidates).abs().amax((-1, -2)) > 1e-6  # (b, C)
+    assert bool(moved.any(1).all())
+    before, after = score(refined, phase, off[0]).score, score(everything[1], phase, off[0]).score
+    assert bool((after >= before - 1e-4).all())
+    # near_ties: the gap between the two best distinct candidates, as refined
+    config = polished(0.02)[0]
+    corr = rank_distinct(refined.candidates, before, 2, phase.symmetry, config.margin_deg, config.margin_deg)[1]
+    expected = (corr[:, 0] - corr[:, 1]) < 0.02
+    assert torch.equal(near_ties(refined, phase, config), expected)
+
+
+def test_a_setting_newer_than_the_calibration_counts_at_its_default(cu_mapper):
+    """A model calibrated before ``polish.tie_margin`` existed maps without a warning under its default (the old
+    behaviour) and with one under another value."""
+    fitted = cu_mapper.calibration.fitted_on["map_config"]
+    older = {k: (dict(v, **{}) if isinstance(v, dict) else v) for k, v in fitted.items()}
+    older["polish"] = {k: v for k, v in older["polish"].items() if k != "tie_margin"}
+    assert "tie_margin" not in older["polish"] and with_defaults(older) == MapConfig().to_dict()
+    assert uncalibrated_warning(older, MapConfig()) is None
+    other = dataclasses.replace(MapConfig(), polish=dataclasses.replace(MapConfig().polish, tie_margin=0.03))
+    assert "polish.tie_margin: 0.0 -> 0.03" in uncalibrated_warning(older, other)
+    assert with_defaults({"polish": None})["polish"] is None  # a part switched off stays off

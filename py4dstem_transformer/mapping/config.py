@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "MapConfig", "Query", "config_differences",
-           "uncalibrated_warning", "calibrated_config"]
+           "with_defaults", "uncalibrated_warning", "calibrated_config"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,12 @@ class PolishConfig:
     reflections: int = 64  # reflections kept per candidate, at most
     extra_reflections: int = 24  # and at most this many more than the score keeps (``max_disks``)
     window_margin: float = 0.04  # widening (1/A) of the excitation and radial windows for those
-    min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are
+    min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are ...
+    tie_margin: float = 0.0  # ... unless their best two distinct candidates (more than MapConfig.margin_deg apart)
+    # score within this of each other (0: never). Such a near tie is decided by how far each fit happened to stop:
+    # on py4DSTEM's Bloch-wave Cu2O patterns the refinement left the true orientation ~1.5 deg off where its beam
+    # flip scored a hair higher; polishing both decides on the score at its best. 0.03 for the joint Cu+Cu2O model
+    # since 2026-12-04 (docs/benchmarks.md); the Cu model keeps 0 (measured there: no clear gain, ~1.5x the time).
 
 
 @dataclass(frozen=True)
@@ -205,15 +210,29 @@ def calibrated_config(fitted: Optional[dict]) -> MapConfig:
 def uncalibrated_warning(fitted: Optional[dict], config: MapConfig, refine: bool = True) -> Optional[str]:
     """The warning due where a confidence calibration fitted under the :meth:`MapConfig.to_dict` ``fitted``
     (always with ``refine=True``) is applied under ``config`` and ``refine``; None where they agree or
-    nothing was recorded."""
+    nothing was recorded. A setting newer than the record counts at its default, which is by rule the
+    behaviour before it existed."""
     if fitted is None:
         return None
-    changed = config_differences(fitted, config.to_dict()) + ([] if refine else ["refine: True -> False"])
+    changed = config_differences(with_defaults(fitted), config.to_dict()) + ([] if refine else ["refine: True -> False"])
     if changed:
         return (f"corr was calibrated under other mapping settings ({'; '.join(changed)}); under these it is no "
                 f"calibrated probability, only a ranking. Recalibrate (py4dstem-transformer calibrate) or pass "
                 f"calibrated_confidence=False")
     return None
+
+
+def with_defaults(fitted: dict, defaults: Optional[dict] = None) -> dict:
+    """``fitted`` (a :meth:`MapConfig.to_dict`, maybe of an older version) with the settings it lacks at this
+    version's defaults; a part that is off (None) stays off."""
+    defaults = MapConfig().to_dict() if defaults is None else defaults
+    out = dict(fitted)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def config_differences(fitted: dict, used: dict, prefix: str = "") -> list:

@@ -34,9 +34,10 @@ from ..core.rotations import exp_so3
 from .batch import MapBatch
 from .config import MapConfig, PolishConfig, ScoreConfig
 from .phase import Phase
-from .score import disk_limit, tokens_to_xy
+from .rank import rank_distinct
+from .score import disk_limit, score as score_stage, tokens_to_xy
 
-__all__ = ["polish_orientations", "polish"]
+__all__ = ["polish_orientations", "near_ties", "polish"]
 
 _AXES = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]])  # trial order
 
@@ -150,15 +151,26 @@ class _Score:
         return (self.power * log_i).masked_fill(~(sim_mask[:, None] & torch.isfinite(log_i)), -torch.inf)
 
 
+def near_ties(batch: MapBatch, phase: Phase, config: MapConfig) -> torch.Tensor:
+    """(b,) bool: patterns whose best two distinct candidates (more than ``config.margin_deg`` apart after crystal
+    symmetry) score within ``config.polish.tie_margin`` of each other, as refined."""
+    corr = rank_distinct(batch.candidates.cpu(), score_stage(batch, phase, config).score, 2, phase.symmetry,
+                         config.margin_deg, config.margin_deg)[1]  # (b, 2); 0 where nothing distinct is left
+    return (corr[:, 0] - corr[:, 1]) < config.polish.tie_margin
+
+
 @torch.inference_mode()
 def polish(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: where the refinement found a pattern's disks too noisy to pin its candidates by their
-    positions (every fresh candidate's noise above ``config.polish.min_position_noise``), its fresh
+    positions (every fresh candidate's noise above ``config.polish.min_position_noise``), or where its best two
+    distinct candidates are a near tie (:func:`near_ties`, with ``config.polish.tie_margin > 0``), its fresh
     candidates are polished on their score (:func:`polish_orientations`); all of a pattern's or none, so
     that they compete on equal terms. A no-op with ``config.polish = None`` or nothing refined."""
     if config.polish is None or batch.noise is None:
         return batch
     noisy = batch.noise.min(1).values > config.polish.min_position_noise  # (b,)
+    if config.polish.tie_margin > 0 and not bool(noisy.all()):
+        noisy = noisy | near_ties(batch, phase, config)
     chosen = batch.fresh.cpu() & noisy[:, None]  # (b, C)
     if not bool(chosen.any()):
         return batch
