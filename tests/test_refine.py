@@ -72,3 +72,29 @@ def test_skew_is_the_cross_product():
     assert torch.allclose((skew(a) @ b[..., None])[..., 0], torch.cross(a, b, dim=-1))
     r = exp_so3(a)
     assert torch.allclose(r.transpose(1, 2) @ r, torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-12)
+
+
+def test_intensity_weight_can_follow_the_position_noise(setup):
+    """``intensity_noise_power``: on exactly placed disks whose intensities break the kinematic law (as Bloch-wave
+    ones do), weighting the intensities down by the measured position noise lands nearer the truth; where the
+    noise sits at ``sigma_position`` it changes nothing."""
+    ks, tokens, reflections = setup
+    s = point_group_rotations(make_cu())
+    true = torch.as_tensor(ks.orientation_matrices)
+    start = perturb(true, 1.0, 2.0, seed=1).float()
+    obs = tokens_to_xy(tokens.tokens).clone()
+    g = torch.Generator().manual_seed(7)
+    obs[..., 2] *= torch.exp(0.7 * torch.randn(obs[..., 2].shape, generator=g))  # intensities off the law, positions exact
+    well_posed = tokens.counts >= 6
+
+    def median_error(config):
+        refined = refine_orientations(start, obs, tokens.mask, reflections, config, k_max=2.1, r_min=0.1)
+        return refined, float(torch.rad2deg(symmetry_min_angle(refined.double(), true, s))[well_posed].median())
+
+    _, plain = median_error(RefineConfig())
+    _, following = median_error(RefineConfig(intensity_noise_power=1.0))
+    assert following < 0.5 * plain, (following, plain)
+    pinned = dict(sigma_position_floor=0.01, sigma_position=0.01)  # the noise estimate is the cap itself
+    a, _ = median_error(RefineConfig(**pinned))
+    b, _ = median_error(RefineConfig(intensity_noise_power=1.0, **pinned))
+    assert torch.equal(a, b)

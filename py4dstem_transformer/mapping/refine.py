@@ -190,7 +190,10 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
         jac = torch.stack(rows, 2).flatten(1, 2)  # (B, 3N, 7)
     e = torch.stack([x - p.q[..., 0], y - p.q[..., 1], e_i], 2).flatten(1, 2)  # (B, 3N)
     wx = p.weight / sigma_xy[:, None] ** 2
-    w = torch.stack([wx, wx, p.intensity_weight / config.sigma_log_intensity**2], 2).flatten(1, 2)  # (B, 3N)
+    wi = p.intensity_weight / config.sigma_log_intensity**2  # (B, N)
+    if config.intensity_noise_power:  # the intensities count less where the positions are precise
+        wi = wi * (sigma_xy / config.sigma_position)[:, None] ** (2 * config.intensity_noise_power)
+    w = torch.stack([wx, wx, wi], 2).flatten(1, 2)  # (B, 3N)
     weighted = (jac * w[..., None]).transpose(1, 2)  # (B, 5, 3N)
     a = weighted @ jac  # (B, 5, 5)
     b = (weighted @ e[..., None])[..., 0]  # (B, 5)
