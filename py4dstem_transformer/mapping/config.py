@@ -76,8 +76,9 @@ class PolishConfig:
     tie_margin: float = 0.0  # ... unless their best two distinct candidates (more than MapConfig.margin_deg apart)
     # score within this of each other (0: never). Such a near tie is decided by how far each fit happened to stop:
     # on py4DSTEM's Bloch-wave Cu2O patterns the refinement left the true orientation ~1.5 deg off where its beam
-    # flip scored a hair higher; polishing both decides on the score at its best. 0.03 for the joint Cu+Cu2O model
-    # since 2026-12-04 (docs/benchmarks.md); the Cu model keeps 0 (measured there: no clear gain, ~1.5x the time).
+    # flip scored a hair higher; polishing both decides on the score at its best. Opt-in: 0.03 measured within the
+    # noise on py4DSTEM's patterns (Cu2O +0.4 points mean, Cu -1.6 to +2.3 by condition, 1.1-1.5x the time;
+    # docs/benchmarks.md, 2026-12-04), so neither shipped model uses it.
 
 
 @dataclass(frozen=True)
