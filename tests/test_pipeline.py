@@ -200,8 +200,7 @@ def test_a_setting_newer_than_the_calibration_counts_at_its_default(cu_mapper):
     """A model calibrated before ``polish.tie_margin`` existed maps without a warning under its default (the old
     behaviour) and with one under another value."""
     fitted = cu_mapper.calibration.fitted_on["map_config"]
-    older = {k: (dict(v, **{}) if isinstance(v, dict) else v) for k, v in fitted.items()}
-    older["polish"] = {k: v for k, v in older["polish"].items() if k != "tie_margin"}
+    older = dict(fitted, polish={k: v for k, v in fitted["polish"].items() if k != "tie_margin"})
     assert "tie_margin" not in older["polish"] and with_defaults(older) == MapConfig().to_dict()
     assert uncalibrated_warning(older, MapConfig()) is None
     other = dataclasses.replace(MapConfig(), polish=dataclasses.replace(MapConfig().polish, tie_margin=0.03))
