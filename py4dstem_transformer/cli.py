@@ -209,7 +209,8 @@ def _cmd_calibrate(args) -> int:
     from .mapping.mapper import TransformerOrientationMap
 
     settings = {k: v for k, v in (("search_confidence", args.search_confidence),
-                                  ("sigma_excitation_error", args.sigma_excitation_error)) if v is not None}
+                                  ("sigma_excitation_error", args.sigma_excitation_error),
+                                  ("intensity_noise_power", args.intensity_noise_power)) if v is not None}
     mapper = TransformerOrientationMap.from_model(args.model, calibrated_confidence=False, **settings)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
@@ -246,6 +247,11 @@ def _add_calibrate(sub) -> None:
                    help="calibrate under this excitation-error width of the score (1/A), which the model's mappers "
                         "then use by default; default: the model's present setting (0.03 for a new model, 0.04 "
                         "for one calibrated before 2026-12-02)")
+    p.add_argument("--intensity-noise-power", type=float, default=None,
+                   help="calibrate under this weighting of the refinement's intensities (RefineConfig."
+                        "intensity_noise_power: 1 trusts them less where the disks are precisely placed, 0 always "
+                        "as before), which the model's mappers then use by default; default: the model's present "
+                        "setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

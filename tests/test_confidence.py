@@ -97,8 +97,9 @@ def test_calibrate_end_to_end_on_simulated_patterns():
 
 @pytest.mark.slow
 def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path):
-    """``calibrate --sigma-excitation-error 0.05 --search-confidence 1`` on the shipped model (calibrated under
-    0.04 and 0.85): the file records those settings and its mappers use them without a warning."""
+    """``calibrate --sigma-excitation-error 0.05 --search-confidence 1 --intensity-noise-power 0.5`` on the shipped
+    model (calibrated under 0.03, 0.95 and 0): the file records those settings and its mappers use them without a
+    warning."""
     import warnings
 
     from py4dstem_transformer.cli import main
@@ -107,11 +108,14 @@ def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path)
 
     out = tmp_path / "cu.pt"
     assert main(["calibrate", "Cu", "--out", str(out), "--n", "120", "--seed", "4322", "--passes", "1",
-                 "--sigma-excitation-error", "0.05", "--search-confidence", "1", "--no-progress"]) == 0
+                 "--sigma-excitation-error", "0.05", "--search-confidence", "1", "--intensity-noise-power", "0.5",
+                 "--no-progress"]) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mapper = TransformerOrientationMap(make_cu(), str(out))
-    assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0)
+    assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0,
+                                                intensity_noise_power=0.5)
+    assert mapper.config.refine.intensity_noise_power == 0.5
 
 
 def test_disk_agreement_by_hand():

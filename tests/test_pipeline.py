@@ -106,8 +106,10 @@ def test_refine_false_skips_the_refinement_stages(cu_mapper):
 
 
 def test_map_config_round_trip_and_flat_names():
-    config = MapConfig().replace(corr_power=0.5, sparse_turns=2, polish_config=None, refine_config=MapConfig().refine)
+    config = MapConfig().replace(corr_power=0.5, sparse_turns=2, polish_config=None, refine_config=MapConfig().refine,
+                                 intensity_noise_power=1.0)
     assert config.score == ScoreConfig(power=0.5) and config.turns.turns == 2 and config.polish is None
+    assert config.refine == dataclasses.replace(MapConfig().refine, intensity_noise_power=1.0)
     assert MapConfig.from_dict(config.to_dict()) == config and MapConfig.from_dict(MapConfig().to_dict()) == MapConfig()
     with pytest.raises(TypeError, match="corr_powr"):
         MapConfig().replace(corr_powr=0.5)
@@ -135,10 +137,12 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
         assert TransformerOrientationMap(make_cu(), model, search_confidence=0.95).config == MapConfig()
     assert TransformerOrientationMap(make_cu(), model, config=MapConfig(), calibrated_confidence=False).config == MapConfig()
     # the shipped Cu model: calibrated under today's defaults; the joint one under the library search on every
-    # pattern (2026-12-03: its Cu2O beam flips), which its mappers then use
+    # pattern (2026-12-03: its Cu2O beam flips) and the noise-following intensity weight (2026-12-04), which its
+    # mappers then use
     assert cu_mapper.config == MapConfig()
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
-    assert joint.config == MapConfig().replace(search_confidence=1.0) != MapConfig()
+    assert joint.config == MapConfig().replace(search_confidence=1.0, intensity_noise_power=1.0) != MapConfig()
+    assert joint.config.refine.intensity_noise_power == 1.0 and MapConfig().refine.intensity_noise_power == 0.0
     assert with_defaults(joint.calibration.fitted_on["map_config"]) == joint.config.to_dict()
     assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()
 

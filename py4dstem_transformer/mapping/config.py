@@ -47,7 +47,9 @@ class RefineConfig:
     # whose kinematic law pulls the tilt on Bloch-wave data, count less where the disks are precisely placed and as
     # before where they are jittery (0: always as before). 1 measured on py4DSTEM's patterns (seeds 11/12, 2026-12-04,
     # docs/benchmarks.md): median error 0.25 -> 0.03 deg, strict +1.5 (Cu2O) / +1.0 (Cu) points mean over four
-    # conditions, damaged patterns of our simulator -0.5; not yet adopted by a shipped model (needs recalibration)
+    # conditions, damaged patterns of our simulator -0.5. The shipped Cu+Cu2O model is calibrated under 1 (Cu2O +0.8
+    # points mean over 14 conditions, sparse patterns +2.7); the Cu model keeps 0 (its rich 300 kV rows -0.3 to -1.7,
+    # kinematic corr AUC 0.96 -> 0.79); docs/benchmarks.md, 2026-12-04. Mapper keyword / calibrate flag of this name
     intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
     tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
     sigma_excitation: float = 0.02  # initial excitation-error width of the fitted intensity law (1/A);
@@ -181,6 +183,7 @@ KEYWORDS = {
     "sparse_min_disks": ("turns", "min_disks"),
     "min_phase_probability": ("min_phase_probability", None),
     "search_confidence": ("search", "confidence"),
+    "intensity_noise_power": ("refine", "intensity_noise_power"),
 }
 
 
