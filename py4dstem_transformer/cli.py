@@ -210,7 +210,8 @@ def _cmd_calibrate(args) -> int:
 
     settings = {k: v for k, v in (("search_confidence", args.search_confidence),
                                   ("sigma_excitation_error", args.sigma_excitation_error),
-                                  ("intensity_noise_power", args.intensity_noise_power)) if v is not None}
+                                  ("intensity_noise_power", args.intensity_noise_power),
+                                  ("intensity_noise_max_disks", args.intensity_noise_max_disks)) if v is not None}
     mapper = TransformerOrientationMap.from_model(args.model, calibrated_confidence=False, **settings)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
@@ -252,6 +253,9 @@ def _add_calibrate(sub) -> None:
                         "intensity_noise_power: 1 trusts them less where the disks are precisely placed, 0 always "
                         "as before), which the model's mappers then use by default; default: the model's present "
                         "setting")
+    p.add_argument("--intensity-noise-max-disks", type=int, default=None,
+                   help="with --intensity-noise-power: weigh that way only candidates with at most this many disks "
+                        "assigned (0: all); default: the model's present setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

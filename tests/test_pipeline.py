@@ -136,10 +136,10 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     with pytest.warns(UserWarning, match="search.confidence: 1.0 -> 0.95"):
         assert TransformerOrientationMap(make_cu(), model, search_confidence=0.95).config == MapConfig()
     assert TransformerOrientationMap(make_cu(), model, config=MapConfig(), calibrated_confidence=False).config == MapConfig()
-    # the shipped Cu model: calibrated under today's defaults; the joint one under the library search on every
-    # pattern (2026-12-03: its Cu2O beam flips) and the noise-following intensity weight (2026-12-04), which its
-    # mappers then use
-    assert cu_mapper.config == MapConfig()
+    # the shipped Cu model: calibrated under today's defaults but the noise-following intensity weight on sparse
+    # candidates; the joint one under the library search on every pattern (2026-12-03: its Cu2O beam flips) and
+    # that weight on every candidate (2026-12-04), which their mappers then use
+    assert cu_mapper.config == MapConfig().replace(intensity_noise_power=1.0, intensity_noise_max_disks=12)
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
     assert joint.config == MapConfig().replace(search_confidence=1.0, intensity_noise_power=1.0) != MapConfig()
     assert joint.config.refine.intensity_noise_power == 1.0 and MapConfig().refine.intensity_noise_power == 0.0
@@ -149,7 +149,7 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
 
 def test_settings_other_than_the_calibrations_are_warned_about(cu_mapper):
     fitted = cu_mapper.calibration.fitted_on["map_config"]
-    shipped = MapConfig()
+    shipped = cu_mapper.config
     assert with_defaults(fitted) == shipped.to_dict()  # the shipped model records the settings it is calibrated for
     assert uncalibrated_warning(fitted, shipped) is None
     older = shipped.replace(sigma_excitation_error=0.04)
@@ -205,8 +205,9 @@ def test_a_setting_newer_than_the_calibration_counts_at_its_default(cu_mapper):
     behaviour) and with one under another value."""
     fitted = cu_mapper.calibration.fitted_on["map_config"]
     older = dict(fitted, polish={k: v for k, v in fitted["polish"].items() if k != "tie_margin"})
-    assert "tie_margin" not in older["polish"] and with_defaults(older) == MapConfig().to_dict()
-    assert uncalibrated_warning(older, MapConfig()) is None
-    other = dataclasses.replace(MapConfig(), polish=dataclasses.replace(MapConfig().polish, tie_margin=0.03))
+    shipped = cu_mapper.config
+    assert "tie_margin" not in older["polish"] and with_defaults(older) == shipped.to_dict()
+    assert uncalibrated_warning(older, shipped) is None
+    other = dataclasses.replace(shipped, polish=dataclasses.replace(shipped.polish, tie_margin=0.03))
     assert "polish.tie_margin: 0.0 -> 0.03" in uncalibrated_warning(older, other)
     assert with_defaults({"polish": None})["polish"] is None  # a part switched off stays off

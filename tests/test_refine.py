@@ -91,9 +91,14 @@ def test_intensity_weight_can_follow_the_position_noise(setup):
         refined = refine_orientations(start, obs, tokens.mask, reflections, config, k_max=2.1, r_min=0.1)
         return refined, float(torch.rad2deg(symmetry_min_angle(refined.double(), true, s))[well_posed].median())
 
-    _, plain = median_error(RefineConfig())
-    _, following = median_error(RefineConfig(intensity_noise_power=1.0))
+    plain_fit, plain = median_error(RefineConfig())
+    following_fit, following = median_error(RefineConfig(intensity_noise_power=1.0))
     assert following < 0.5 * plain, (following, plain)
+    # intensity_noise_max_disks: only candidates with at most that many disks assigned are weighted so
+    everyone, _ = median_error(RefineConfig(intensity_noise_power=1.0, intensity_noise_max_disks=10_000))
+    nobody, _ = median_error(RefineConfig(intensity_noise_power=1.0, intensity_noise_max_disks=1))
+    assert torch.equal(everyone, following_fit)
+    assert torch.equal(nobody[well_posed], plain_fit[well_posed])
     pinned = dict(sigma_position_floor=0.01, sigma_position=0.01)  # the noise estimate is the cap itself
     a, _ = median_error(RefineConfig(**pinned))
     b, _ = median_error(RefineConfig(intensity_noise_power=1.0, **pinned))

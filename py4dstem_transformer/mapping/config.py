@@ -47,9 +47,12 @@ class RefineConfig:
     # whose kinematic law pulls the tilt on Bloch-wave data, count less where the disks are precisely placed and as
     # before where they are jittery (0: always as before). 1 measured on py4DSTEM's patterns (seeds 11/12, 2026-12-04,
     # docs/benchmarks.md): median error 0.25 -> 0.03 deg, strict +1.5 (Cu2O) / +1.0 (Cu) points mean over four
-    # conditions, damaged patterns of our simulator -0.5. The shipped Cu+Cu2O model is calibrated under 1 (Cu2O +0.8
-    # points mean over 14 conditions, sparse patterns +2.7); the Cu model keeps 0 (its rich 300 kV rows -0.3 to -1.7,
-    # kinematic corr AUC 0.96 -> 0.79); docs/benchmarks.md, 2026-12-04. Mapper keyword / calibrate flag of this name
+    # conditions, damaged patterns of our simulator -0.5. Both shipped models are calibrated under 1 (2026-12-04,
+    # docs/benchmarks.md): Cu+Cu2O on every candidate (Cu2O +0.8 points mean over 14 conditions, sparse +2.7), Cu on
+    # sparse ones only (below: +0.7 mean, sparse +2.2 to +6.2; everywhere its rich 300 kV rows lost 0.3-1.7 points
+    # and its kinematic corr AUC fell 0.96 -> 0.79). Mapper keyword / calibrate flag of this name
+    intensity_noise_max_disks: int = 0  # ... and only for candidates with at most this many disks assigned (0: all;
+    # the shipped Cu model: 12, TurnConfig.max_disks's line between sparse and rich patterns)
     intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
     tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
     sigma_excitation: float = 0.02  # initial excitation-error width of the fitted intensity law (1/A);
@@ -184,6 +187,7 @@ KEYWORDS = {
     "min_phase_probability": ("min_phase_probability", None),
     "search_confidence": ("search", "confidence"),
     "intensity_noise_power": ("refine", "intensity_noise_power"),
+    "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
 }
 
 

@@ -191,8 +191,12 @@ def _gauss_newton_step(p: _Pairs, law: torch.Tensor, lam: float, config: RefineC
     e = torch.stack([x - p.q[..., 0], y - p.q[..., 1], e_i], 2).flatten(1, 2)  # (B, 3N)
     wx = p.weight / sigma_xy[:, None] ** 2
     wi = p.intensity_weight / config.sigma_log_intensity**2  # (B, N)
-    if config.intensity_noise_power:  # the intensities count less where the positions are precise
-        wi = wi * (sigma_xy / config.sigma_position)[:, None] ** (2 * config.intensity_noise_power)
+    if config.intensity_noise_power:  # the intensities count less where the positions are precise ...
+        factor = (sigma_xy / config.sigma_position)[:, None] ** (2 * config.intensity_noise_power)  # (B, 1)
+        if config.intensity_noise_max_disks:  # ... on sparse patterns only (few disks assigned)
+            sparse = p.weight.sum(-1, keepdim=True) <= config.intensity_noise_max_disks  # (B, 1)
+            factor = torch.where(sparse, factor, torch.ones_like(factor))
+        wi = wi * factor
     w = torch.stack([wx, wx, wi], 2).flatten(1, 2)  # (B, 3N)
     weighted = (jac * w[..., None]).transpose(1, 2)  # (B, 5, 3N)
     a = weighted @ jac  # (B, 5, 5)
