@@ -204,14 +204,16 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+#: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
+#: model's present setting.
+_CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks")
+
+
 def _cmd_calibrate(args) -> int:
     from .mapping.calibrate import attach_calibration, calibrate
     from .mapping.mapper import TransformerOrientationMap
 
-    settings = {k: v for k, v in (("search_confidence", args.search_confidence),
-                                  ("sigma_excitation_error", args.sigma_excitation_error),
-                                  ("intensity_noise_power", args.intensity_noise_power),
-                                  ("intensity_noise_max_disks", args.intensity_noise_max_disks)) if v is not None}
+    settings = {k: getattr(args, k) for k in _CALIBRATE_SETTINGS if getattr(args, k) is not None}
     mapper = TransformerOrientationMap.from_model(args.model, calibrated_confidence=False, **settings)
     cal = calibrate(mapper, n=args.n, seed=args.seed, damaged_fraction=args.damaged_fraction,
                     progress_bar=not args.no_progress, passes=args.passes, varied_fraction=args.varied_fraction)
