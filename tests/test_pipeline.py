@@ -36,7 +36,7 @@ def test_match_orientations_takes_py4dstems_positional_arguments():
         assert [p.default for p in mine[1:]] == [p.default for p in host[1:]]  # the defaults too (after the data)
     keyword_only = {p.name for p in inspect.signature(TransformerOrientationMap.match_orientations).parameters.values()
                     if p.kind == p.KEYWORD_ONLY}
-    assert keyword_only == {"batch_size", "device", "chunk_size", "refine", "self_calibrate", "client"}
+    assert keyword_only == {"batch_size", "device", "chunk_size", "refine", "self_calibrate", "client", "neighbours"}
 
 
 def test_min_angle_between_matches_is_honoured(cu_mapper):

@@ -201,11 +201,12 @@ def pack_braggvectors(pixels: Sequence[np.ndarray], condition: Condition, origin
 # -- mapping and figures -------------------------------------------------------------------------
 def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float,
              wrong_phase: Optional[np.ndarray] = None) -> dict:
-    """Strict / flip accuracy, median, AUC, patterns/s; positions in ``wrong_phase`` ((n,) bool: a joint model
-    called them another phase) count as wrong (180 deg)."""
+    """Strict / flip accuracy, median, AUC, patterns/s of a map against ``matrices`` (one per position, C order);
+    positions in ``wrong_phase`` ((n,) bool: a joint model called them another phase) count as wrong (180 deg)."""
     from ..evaluation.compare import roc_auc, summarize_errors
 
-    r = evaluate_orientation_map(orientation_map, matrices[None], symmetry)
+    true = np.asarray(matrices).reshape(orientation_map.matrix.shape[:2] + (3, 3))  # (n, 3, 3) of a (1, n) map, or the map's
+    r = evaluate_orientation_map(orientation_map, true, symmetry)
     strict, flip = r["errors_strict"].copy(), r["errors_flip"].copy()
     figures = {}
     if wrong_phase is not None:

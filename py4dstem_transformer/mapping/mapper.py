@@ -32,6 +32,7 @@ from .schedule import map_scan
 from .selfcal import (SelfCalibration, SelfCalibrationConfig, phases_within_reach, sampled_peaks,
                       self_calibrate as measure_correction, with_correction)
 from .local_cluster import Inherited, local_chunk_size, local_client, resolve_workers
+from .neighbours import NeighbourConfig, second_look
 
 __all__ = ["TransformerOrientationMap"]
 
@@ -110,6 +111,7 @@ class TransformerOrientationMap:
                                 else ""))
         self.self_calibration_config = SelfCalibrationConfig()
         self.self_calibration: Optional[SelfCalibration] = None  # the last scan's measurement
+        self.neighbour_config = NeighbourConfig()
         self._warn_if_uncalibrated(refine=True)
 
     @classmethod
@@ -162,7 +164,7 @@ class TransformerOrientationMap:
                            inversion_symmetry: bool = True, multiple_corr_reset: bool = True,
                            return_orientation: bool = True, progress_bar: bool = True, *,
                            batch_size: Optional[int] = None, device=None, chunk_size: int = 16384, refine: bool = True,
-                           self_calibrate: bool = True, client=None):
+                           self_calibrate: bool = True, client=None, neighbours: bool = True):
         """Orientation map of a whole scan, like ``crystal.match_orientations(bragg_peaks_array)``.
 
         Parameters
@@ -198,6 +200,14 @@ class TransformerOrientationMap:
             arrays (from a file: the workers read their own), the mapper goes to every worker once, and the map
             is assembled here, the same as without a client. Each worker uses ``device`` if given, else its
             own visible GPU, else its CPU. ``workers`` is not used then.
+        neighbours : after the scan is mapped, take a second look at the positions the mapper is unsure of
+            (calibrated confidence below ``mapper.neighbour_config.confidence``, 0.9) with the answers of their
+            sure neighbours as candidates, refined and scored on their own disks (:mod:`.neighbours`). A
+            neighbour's orientation replaces a position's answer only where more sure neighbours agree with it
+            and it scores above the answer or within ``tie`` (0.03) of it: a near tie the disks cannot decide
+            (mostly the beam flip) goes to the orientation of the grain around it, while a grain boundary or
+            a twin the disks do see stays. Counts are printed with the progress output and kept as the map's
+            ``second_look``. Needs ``refine=True`` and a calibrated model; ``False``: every pattern on its own.
 
         Returns
         -------
@@ -206,7 +216,7 @@ class TransformerOrientationMap:
         """
         maps, _ = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg, min_number_peaks,
                               inversion_symmetry, progress_bar, batch_size, device, chunk_size, refine, self_calibrate,
-                              client)
+                              client, neighbours)
         if return_orientation:
             return maps[0] if self.n_phases == 1 else maps
 
@@ -216,7 +226,7 @@ class TransformerOrientationMap:
                      min_angle_between_matches_deg: Optional[float] = None, min_number_peaks: int = 3,
                      inversion_symmetry: bool = True, progress_bar: bool = True, *, batch_size: Optional[int] = None,
                      device=None, chunk_size: int = 16384, refine: bool = True, self_calibrate: bool = True,
-                     client=None):
+                     client=None, neighbours: bool = True):
         """Phase and orientation of every position in one pass (multi-phase models); arguments as in
         :meth:`match_orientations`.
 
@@ -230,7 +240,7 @@ class TransformerOrientationMap:
 
         maps, probability = self._match(bragg_peaks_array, num_matches_return, min_angle_between_matches_deg,
                                         min_number_peaks, inversion_symmetry, progress_bar, batch_size, device,
-                                        chunk_size, refine, self_calibrate, client)
+                                        chunk_size, refine, self_calibrate, client, neighbours)
         return PhaseMap.from_orientation_maps(maps, probability, self.crystals, self.phase_names)
 
     def match_single_pattern(self, bragg_peaks, num_matches_return: int = 1,
@@ -269,7 +279,7 @@ class TransformerOrientationMap:
                           batch_size or default_batch_size(device))
 
     def _match(self, bragg_peaks, num_matches, min_angle_deg, min_number_peaks, inversion_symmetry, progress_bar,
-               batch_size, device, chunk_size, refine, self_calibrate=True, client=None):
+               batch_size, device, chunk_size, refine, self_calibrate=True, client=None, neighbours=True):
         """(one OrientationMap per phase, phase probability (Rx, Ry, P))."""
         from .distributed import MapJob, map_job_tokens, map_scan_distributed
 
@@ -318,13 +328,23 @@ class TransformerOrientationMap:
             matrix, corr, probability, counts = map_scan(
                 peaks, self.token_config, lambda tokens: map_job_tokens(self, job, tokens, phases), (self.n_phases, K),
                 chunk_size, progress_bar)
+        look = None
+        calibration = self.calibration if self.calibrated_confidence else None
+        if neighbours and refine and calibration is not None and self.neighbour_config is not None:
+            query = Query(K, inversion_symmetry, True, self.config.margin_deg if min_angle_deg is None else float(min_angle_deg))
+            look = second_look(peaks, self.token_config, phases, self.config, self.neighbour_config, query, calibration,
+                               matrix, corr, probability, counts, device, batch_size or default_batch_size(device),
+                               chunk_size, progress_bar)
+            if progress_bar:
+                tqdm.write(f"second look: {look['looked']} of {look['unsure']} unsure positions had sure neighbours "
+                           f"of another orientation; {look['changed']} changed")
         corr[counts < min_number_peaks] = 0.0  # too few peaks: no match
         corr *= probability[:, :, None]
         Rx, Ry = peaks.scan_shape
         maps = [self._orientation_map(p, matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K))
                 for p in range(self.n_phases)]
         for m in maps:
-            m.self_calibration = measured
+            m.self_calibration, m.second_look = measured, look
         return maps, probability.reshape(Rx, Ry, self.n_phases)
 
     def __getstate__(self):
