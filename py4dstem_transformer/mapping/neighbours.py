@@ -23,7 +23,7 @@ from ..core.rotations import symmetric_orthogonalization, symmetry_min_angle
 from ..model.tokens import position_tokens
 from .config import MapConfig, Query
 from .confidence import FEATURES
-from .pipeline import Mapped, _map_phases
+from .pipeline import Mapped, map_phases
 from .predict import count_sorted_batches
 
 _MARGIN = FEATURES.index("margin")
@@ -135,7 +135,6 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     if not len(rows):
         return summary
     inner = Query(max(K, 2), query.inversion_symmetry, True, query.min_angle_deg)  # the rival for the tie
-    P = len(phases)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rows), desc="second look (neighbours)", unit="pattern", disable=not progress_bar)
@@ -155,7 +154,7 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
             own = torch.from_numpy(matrix[rows[r], :, 0]).float()  # (b, P, 3, 3)
             hypotheses = torch.cat([own, torch.from_numpy(nb[r]).float()], 1).to(device)  # (b, P + N, 3, 3)
             prob = torch.from_numpy(probability[rows[r]]).float()
-            found = _map_phases(batch, hypotheses, prob, device, phases, config, inner)
+            found = map_phases(batch, hypotheses, prob, device, phases, config, inner)
             new_matrix, raw, features = found.matrix, found.corr, found.features  # (b, P, K'), ...
             if neighbour_config.tie > 0:
                 new_matrix, raw, features = _break_ties(new_matrix, raw, features, nb[r], nb_phase[r], valid[r],

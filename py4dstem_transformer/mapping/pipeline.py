@@ -39,7 +39,7 @@ from .rank import rank
 from .refine import refine
 from .score import score, tokens_to_xy
 
-__all__ = ["STAGES", "run_stages", "map_tokens", "Mapped"]
+__all__ = ["STAGES", "run_stages", "map_tokens", "map_phases", "Mapped"]
 
 #: The stages of one phase, in order; each ``(MapBatch, Phase, MapConfig) -> MapBatch``.
 STAGES = (expand, refine, polish, score, rank, confidence)
@@ -114,14 +114,14 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
         first = 1 if (calibration is not None and turns.confidence < 1) else n_turns
         for idx, batch in count_sorted_batches(tokens, batch_size, subset):
             hypotheses, prob = network.hypotheses(batch, first)  # (b, H, 3, 3), (b, P)
-            found = _map_phases(batch, hypotheses, prob, network.device, phases, config, query, stages)
+            found = map_phases(batch, hypotheses, prob, network.device, phases, config, query, stages)
             if first < n_turns:
                 unsure = (_sureness(found, prob, calibration) < turns.confidence).cpu()
                 if unsure.any():
                     more, more_prob = network.hypotheses(batch[unsure], n_turns, first=1)
                     on = unsure.to(prob.device)
                     prob[on] = (prob[on] + (n_turns - 1) * more_prob) / n_turns
-                    again = _map_phases(batch[unsure], torch.cat([hypotheses[on], more], 1), prob[on], network.device,
+                    again = map_phases(batch[unsure], torch.cat([hypotheses[on], more], 1), prob[on], network.device,
                                         phases, config, query, stages, found[unsure])
                     found.assign(unsure, again)
             if config.search is not None and query.refine and calibration is not None:
@@ -133,7 +133,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
                   {k: v.double().numpy() for k, v in zip(FEATURES, features.unbind(-1))}, probability.double().numpy())
 
 
-def _map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, device, phases: Sequence[Phase],
+def map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, device, phases: Sequence[Phase],
                 config: MapConfig, query: Query, stages=STAGES, refined: Optional[_Found] = None) -> _Found:
     """The stages for every phase the network finds likely enough (the others keep the network's answer with
     score 0). ``refined``: an earlier pass over the first hypotheses, whose refined candidates are reused."""
@@ -176,7 +176,7 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
                                 config.score.power, search.top) for phase in phases]
     hypotheses = torch.cat([found.matrix[unsure][:, :, 0]] + extra, 1).to(device)  # (u, P + P * top, 3, 3)
     on = unsure.to(prob.device)
-    found.assign(unsure, _map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
+    found.assign(unsure, map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
 
 
 def _sureness(found: _Found, prob: torch.Tensor, calibration) -> torch.Tensor:
