@@ -153,3 +153,20 @@ def test_no_second_look_without_neighbours_or_refinement(grain_scan):
         assert mapper.match_orientations(bragg, progress_bar=False, refine=False).second_look is None
         mapper.neighbour_config = None
         assert mapper.match_orientations(bragg, progress_bar=False).second_look is None
+
+
+@pytest.mark.slow
+def test_the_grain_scan_benchmark_puts_acom_beside_on_the_same_positions(capsys, tmp_path):
+    from py4dstem_transformer.benchmarks import grain_scan
+
+    path = tmp_path / "g.json"
+    report = grain_scan.main(["--condition", "kinematic", "--size", "6", "--grains", "2", "--seeds", "3", "--acom",
+                              "--json", str(path)])
+    (row,) = report["rows"]
+    ours, alone, acom = row["ours"], row["alone"], row["acom"]
+    assert ours["n"] == alone["n"] == acom["n"] == 36 and len(ours["errors_strict"]) == 36
+    for key, other in (("ours_minus_alone", alone), ("ours_minus_acom", acom)):  # pattern by pattern, same positions
+        assert row[key]["n"] == 36
+        assert row[key]["difference"] == pytest.approx(ours["strict_5"] - other["strict_5"])
+    assert set(ours["second_look"]) == {"unsure", "looked", "changed"} and alone["second_look"] is None
+    assert "ours − ACOM" in capsys.readouterr().out and path.stat().st_size > 100
