@@ -219,7 +219,9 @@ def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float,
 
 
 def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: int = 0) -> dict:
-    """The shipped model through ``match_orientations`` (defaults: refined, self-calibrated); ``refine=False``:
+    """The shipped model through ``match_orientations`` (defaults: refined, self-calibrated; no second look with the
+    neighbours, ``neighbours=False``: the positions of a (1, n) row here are independent patterns, not a scan's
+    neighbours; :mod:`.grain_scan` measures it); ``refine=False``:
     the network alone, on the calibration as given (its uncalibrated-``corr`` warning is silenced, ``corr`` is
     not used there). A joint model maps through ``match_phases``: the patterns are all of phase ``phase``, and
     those it calls another phase count as wrong."""
@@ -228,10 +230,12 @@ def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: in
             warnings.simplefilter("ignore", UserWarning)
         t0 = time.perf_counter()
         if mapper.n_phases > 1:
-            phase_map = mapper.match_phases(bragg, refine=refine, progress_bar=False, self_calibrate=refine)
+            phase_map = mapper.match_phases(bragg, refine=refine, progress_bar=False, self_calibrate=refine,
+                                            neighbours=False)
             om, wrong = phase_map.orientation_maps[phase], np.asarray(phase_map.phase_index).ravel() != phase
         else:
-            om, wrong = mapper.match_orientations(bragg, refine=refine, progress_bar=False, self_calibrate=refine), None
+            om, wrong = mapper.match_orientations(bragg, refine=refine, progress_bar=False, self_calibrate=refine,
+                                                  neighbours=False), None
         seconds = time.perf_counter() - t0
     figures = _figures(om, matrices, mapper.phases[phase].rotations, seconds, wrong)
     measured = om.self_calibration
