@@ -141,6 +141,27 @@ def test_the_second_look_changes_only_what_more_sure_neighbours_agree_with(grain
     assert (support(b[moved], nb, ok, sym) > support(a[moved], nb, ok, sym)).all()
 
 
+def test_a_position_without_disks_gets_no_neighbours_answer():
+    from py4dstem_transformer.benchmarks import robustness as R
+    from py4dstem_transformer.benchmarks.grain_scan import grain_map, pack_scan, simulate_scan
+    from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
+    from py4dstem_transformer.pretrained import load_pretrained
+
+    condition = R.Condition("kinematic", "kinematic", dynamical=False)
+    _, matrix = grain_map(4, 1, seed=6, spread_deg=0.2)  # one grain
+    disks = simulate_scan(make_cu(), condition, matrix, seed=6)
+    disks[5] = disks[5][:1]  # (1, 1): the direct beam only
+    bragg = pack_scan(disks, (4, 4), condition, seed=6)
+    mapper = TransformerOrientationMap(make_cu(), load_pretrained("Cu"), precision="fp32")
+    mapper.neighbour_config = NeighbourConfig(confidence=1.0, sure=0.0)  # every neighbour counts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        alone = mapper.match_orientations(bragg, progress_bar=False, neighbours=False).matrix.copy()
+        look = mapper.match_orientations(bragg, progress_bar=False)
+    np.testing.assert_array_equal(look.matrix[1, 1], alone[1, 1])
+    assert look.corr[1, 1, 0] == 0 and look.second_look["unsure"] == 15
+
+
 def test_no_second_look_without_neighbours_or_refinement(grain_scan):
     from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
     from py4dstem_transformer.pretrained import load_pretrained

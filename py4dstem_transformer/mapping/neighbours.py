@@ -114,14 +114,17 @@ def _new_rows(unsure: np.ndarray, shape, best, phase, sure, config, phases, repe
 
 def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighbour_config: NeighbourConfig, query: Query,
                 calibration, matrix: np.ndarray, corr: np.ndarray, probability: np.ndarray, counts: np.ndarray,
-                device, batch_size: int, chunk_size: int = 16384, progress_bar: bool = True) -> dict:
+                device, batch_size: int, chunk_size: int = 16384, progress_bar: bool = True,
+                min_peaks: int = 3) -> dict:
     """Map the unsure positions of a mapped scan again with their sure neighbours' answers as candidates.
 
     ``matrix`` (B, P, K, 3, 3), ``corr`` (B, P, K) (calibrated, without the phase probability) and
     ``probability`` (B, P) are the first pass's over the B positions of ``peaks`` (scan shape (Rx, Ry)); the
     matches of a row looked at again are replaced in place where its new best match is another orientation (or
     phase) than its first, and more sure neighbours agree with the new one (within 5 deg) than with the first.
-    Needs a ``calibration`` (the gates are calibrated probabilities). Returns a summary: ``{"unsure": positions
+    Positions with fewer than ``min_peaks`` peaks (``counts``, the direct beam included, as
+    ``min_number_peaks``) are not looked at: they get no match. Needs a ``calibration`` (the gates are
+    calibrated probabilities). Returns a summary: ``{"unsure": positions
     below the gate, "looked": those with a sure neighbour of another orientation, "changed": those replaced}``.
     """
     shape, B = tuple(peaks.scan_shape), len(corr)
@@ -129,7 +132,7 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     sure_p = corr[:, :, 0] * probability  # (B, P)
     phase, sure = sure_p.argmax(1), sure_p.max(1)
     best = matrix[np.arange(B), phase, 0]  # (B, 3, 3)
-    unsure = (sure < neighbour_config.confidence) & (counts > 0)
+    unsure = (sure < neighbour_config.confidence) & (counts >= min_peaks)
     rows, nb, nb_phase, valid = _new_rows(unsure, shape, best, phase, sure, neighbour_config, phases, config.repeat_deg)
     summary = {"unsure": int(unsure.sum()), "looked": int(len(rows)), "changed": 0}
     if not len(rows):
