@@ -129,6 +129,7 @@ def test_the_second_look_changes_only_what_more_sure_neighbours_agree_with(grain
     a, b = torch.from_numpy(alone["matrix"][:, :, 0].reshape(-1, 3, 3)), torch.from_numpy(look.matrix[:, :, 0].reshape(-1, 3, 3))
     moved = np.degrees(symmetry_min_angle(a, b, sym).numpy()) > 5.0
     assert moved.sum() == summary["changed"]
+    np.testing.assert_array_equal(summary["changed_map"], moved.reshape(8, 8))  # where the neighbours decided
     same = ~moved
     np.testing.assert_array_equal(look.matrix[:, :, 0].reshape(-1, 3, 3)[same], alone["matrix"][:, :, 0].reshape(-1, 3, 3)[same])
     np.testing.assert_array_equal(look.corr[:, :, 0].ravel()[same], alone["corr"][:, :, 0].ravel()[same])

@@ -85,7 +85,8 @@ def _ours(mapper, bragg, matrix: np.ndarray, phase: int, **kwargs) -> dict:
             om, wrong = mapper.match_orientations(bragg, progress_bar=False, **kwargs), None
         seconds = time.perf_counter() - t0
     figures = R._figures(om, matrix, mapper.phases[phase].rotations, seconds, wrong)
-    figures["second_look"] = getattr(om, "second_look", None)
+    look = getattr(om, "second_look", None)
+    figures["second_look"] = None if look is None else {k: v for k, v in look.items() if k != "changed_map"}
     return figures
 
 

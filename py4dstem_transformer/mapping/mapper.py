@@ -207,7 +207,8 @@ class TransformerOrientationMap:
             and it scores above the answer or within ``tie`` (0.03) of it: a near tie the disks cannot decide
             (mostly the beam flip) goes to the orientation of the grain around it, while a grain boundary or
             a twin the disks do see stays. Counts are printed with the progress output and kept as the map's
-            ``second_look``. Needs ``refine=True`` and a calibrated model; ``False``: every pattern on its own.
+            ``second_look`` (a dict; ``second_look["changed_map"]``, (Rx, Ry) bool, shows where the
+            neighbours decided). Needs ``refine=True`` and a calibrated model; ``False``: every pattern on its own.
 
         Returns
         -------

@@ -125,7 +125,8 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     Positions with fewer than ``min_peaks`` peaks (``counts``, the direct beam included, as
     ``min_number_peaks``) are not looked at: they get no match. Needs a ``calibration`` (the gates are
     calibrated probabilities). Returns a summary: ``{"unsure": positions
-    below the gate, "looked": those with a sure neighbour of another orientation, "changed": those replaced}``.
+    below the gate, "looked": those with a sure neighbour of another orientation, "changed": those replaced,
+    "changed_map": (Rx, Ry) bool, where they are}`` (the positions whose answer the neighbours decided).
     """
     shape, B = tuple(peaks.scan_shape), len(corr)
     K = query.num_matches
@@ -134,7 +135,9 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     best = matrix[np.arange(B), phase, 0]  # (B, 3, 3)
     unsure = (sure < neighbour_config.confidence) & (counts >= min_peaks)
     rows, nb, nb_phase, valid = _new_rows(unsure, shape, best, phase, sure, neighbour_config, phases, config.repeat_deg)
-    summary = {"unsure": int(unsure.sum()), "looked": int(len(rows)), "changed": 0}
+    changed_map = np.zeros(B, dtype=bool)
+    summary = {"unsure": int(unsure.sum()), "looked": int(len(rows)), "changed": 0,
+               "changed_map": changed_map.reshape(shape).copy()}
     if not len(rows):
         return summary
     inner = Query(max(K, 2), query.inversion_symmetry, True, query.min_angle_deg)  # the rival for the tie
@@ -177,9 +180,11 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
             take = moved & (agree > _support(best[rows[r]], phase[rows[r]], *neighbours, phases)) \
                 & (agree >= neighbour_config.min_support)
             summary["changed"] += int(take.sum())
+            changed_map[rows[r[take]]] = True
             matrix[rows[r[take]]], corr[rows[r[take]]] = mapped.matrix[take], new_corr[take]
             bar.update(len(r))
     bar.close()
+    summary["changed_map"] = changed_map.reshape(shape)
     return summary
 
 
