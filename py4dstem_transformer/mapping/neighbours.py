@@ -14,7 +14,7 @@ the peaks a chunk at a time); the first pass is unchanged where the second finds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -101,13 +101,8 @@ def _new_rows(unsure: np.ndarray, shape, best, phase, sure, config, phases, repe
     nb, nb_phase, valid = neighbour_answers(rows, shape, best, phase, sure, config)
     if len(rows) == 0:
         return rows, nb, nb_phase, valid
-    same = np.zeros_like(valid)
-    for p, ph in enumerate(phases):
-        on = valid & (nb_phase == p) & (phase[rows][:, None] == p)
-        if on.any():
-            angle = symmetry_min_angle(torch.from_numpy(best[rows][:, None]), torch.from_numpy(nb),
-                                       ph.symmetry.double()).numpy()
-            same |= on & (angle < np.radians(repeat_deg))
+    angle = _angle_by_phase(best[rows][:, None], nb, phase[rows], phases)  # (u, N)
+    same = valid & (nb_phase == phase[rows][:, None]) & (angle < np.radians(repeat_deg))
     keep = (valid & ~same).any(1)
     return rows[keep], nb[keep], nb_phase[keep], valid[keep]
 
@@ -188,29 +183,30 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     return summary
 
 
+def _angle_by_phase(a: np.ndarray, b: np.ndarray, phase: np.ndarray, phases: Sequence) -> np.ndarray:
+    """Misorientation (rad) of (u, ..., 3, 3) ``a`` and ``b`` (broadcastable) after the crystal symmetry of each
+    row's ``phase`` (u,)."""
+    out = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-2])
+    for p, ph in enumerate(phases):
+        on = phase == p
+        if on.any():
+            out[on] = symmetry_min_angle(torch.from_numpy(a[on]), torch.from_numpy(b[on]), ph.symmetry.double()).numpy()
+    return out
+
+
 def _farther(a: np.ndarray, phase_a: np.ndarray, b: np.ndarray, phase_b: np.ndarray, phases: Sequence,
              angle_deg: float = 5.0) -> np.ndarray:
     """(b,) bool: (b, 3, 3) orientations ``a`` of phases ``phase_a`` are another phase than ``b``'s or further than
     ``angle_deg`` from them (after crystal symmetry)."""
-    out = phase_a != phase_b
-    for p, ph in enumerate(phases):
-        on = ~out & (phase_a == p)
-        if on.any():
-            angle = symmetry_min_angle(torch.from_numpy(a[on]), torch.from_numpy(b[on]), ph.symmetry.double()).numpy()
-            out[on] = angle > np.radians(angle_deg)
-    return out
+    return (phase_a != phase_b) | (_angle_by_phase(a, b, phase_a, phases) > np.radians(angle_deg))
 
 
 def _support(matrix: np.ndarray, phase: np.ndarray, nb: np.ndarray, nb_phase: np.ndarray, valid: np.ndarray,
-             phases: Sequence) -> np.ndarray:
-    """(b,) how many valid neighbours (b, N) of each row's phase agree (:func:`support`) with its (b, 3, 3) ``matrix``."""
-    out = np.zeros(len(matrix), dtype=np.int64)
-    for p, ph in enumerate(phases):
-        on = phase == p
-        if on.any():
-            out[on] = support(torch.from_numpy(matrix[on]), torch.from_numpy(nb[on]),
-                              torch.from_numpy(valid[on] & (nb_phase[on] == p)), ph.symmetry).numpy()
-    return out
+             phases: Sequence, angle_deg: float = 5.0) -> np.ndarray:
+    """(b,) how many valid neighbours (b, N) of each row's phase lie within ``angle_deg`` of its (b, 3, 3) ``matrix``
+    (as :func:`support`)."""
+    near = _angle_by_phase(matrix[:, None], nb, phase, phases) < np.radians(angle_deg)  # (b, N)
+    return (near & valid & (nb_phase == phase[:, None])).sum(1)
 
 
 def _break_ties(matrix: torch.Tensor, raw: torch.Tensor, features: torch.Tensor, nb: np.ndarray, nb_phase: np.ndarray,
