@@ -206,7 +206,8 @@ def _add_train(sub) -> None:
 
 #: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
 #: model's present setting.
-_CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks")
+_CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
+                       "intensity_tie")
 
 
 def _cmd_calibrate(args) -> int:
@@ -258,6 +259,10 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--intensity-noise-max-disks", type=int, default=None,
                    help="with --intensity-noise-power: weigh that way only candidates with at most this many disks "
                         "assigned (0: all); default: the model's present setting")
+    p.add_argument("--intensity-tie", type=float, default=None,
+                   help="calibrate with the arbitrate stage on (ArbiterConfig.tie): a best candidate's distinct rival "
+                        "scoring within this of it is ranked first where its intensity profile fits the disks better "
+                        "(0: off); the model's mappers then use it by default; default: the model's present setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

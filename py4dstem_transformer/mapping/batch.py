@@ -37,6 +37,8 @@ class MapBatch:
     # score
     score: Optional[torch.Tensor] = None  # (b, C) correlation, -1 for repeats
     disks: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (b, C, M, 3) (qx, qy, I), mask (b, C, M)
+    # arbitrate
+    order: Optional[torch.Tensor] = None  # (b, C) what rank orders the candidates by (None: score)
     # rank
     matrix: Optional[torch.Tensor] = None  # (b, K, 3, 3) the matches, best first
     corr: Optional[torch.Tensor] = None  # (b, K) their score (0: no distinct candidate left)

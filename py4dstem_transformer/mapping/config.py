@@ -104,6 +104,24 @@ class TurnConfig:
 
 
 @dataclass(frozen=True)
+class ArbiterConfig:
+    """Settings of the ``arbitrate`` stage (:mod:`.arbiter`): a near tie between a pattern's best candidate and its
+    best distinct rival is decided by which one's intensity profile fits the disks better."""
+
+    tie: float = 0.0  # rivals scoring within this of the best are compared (0: never, the behaviour before it).
+    # Measured on py4DSTEM's patterns (seeds 11/12, 2026-12-04, docs/benchmarks.md): Cu2O gains, Cu does not,
+    # so the joint Cu / Cu2O model's calibration turns it on (0.05) and the Cu model's leaves it off. Mapper keyword
+    # intensity_tie; calibrate --intensity-tie
+    power: float = 0.25  # intensities enter the Pearson correlation as I ** power
+    sigma_excitation_error: float = 0.03  # reflections with |s_g| <= 3 sigma (1/A) make the profile
+    radius: float = 0.03  # an observed disk belongs to the nearest reflection within this (1/A)
+    thickness: tuple = (20.0, 2000.0)  # foil thicknesses (A) the profile is fitted over, log-spaced ...
+    thicknesses: int = 40  # ... this many
+    max_reflections: int = 64  # brightest reflections per candidate
+    margin: float = 0.0  # the rival must fit better by more than this
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """The library search for unsure patterns (:mod:`.library`): patterns whose best match (calibrated
     confidence x phase probability) is below ``confidence`` also get the ``top`` best of ``size`` library
@@ -130,6 +148,7 @@ class MapConfig:
     polish: Optional[PolishConfig] = field(default_factory=PolishConfig)  # None: no pattern search
     turns: TurnConfig = field(default_factory=TurnConfig)
     search: Optional[SearchConfig] = field(default_factory=SearchConfig)  # None: no library search
+    arbiter: ArbiterConfig = field(default_factory=ArbiterConfig)  # near ties decided on intensity profiles
     repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
     margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
     min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
@@ -140,7 +159,8 @@ class MapConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MapConfig":
-        parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig, "search": SearchConfig}
+        parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig, "search": SearchConfig,
+                 "arbiter": ArbiterConfig}
         kw = {}
         for k, v in d.items():
             if k in parts:
@@ -188,6 +208,7 @@ KEYWORDS = {
     "search_confidence": ("search", "confidence"),
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
+    "intensity_tie": ("arbiter", "tie"),
 }
 
 

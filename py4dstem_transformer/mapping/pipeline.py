@@ -5,7 +5,8 @@ then, for every phase the network finds likely enough, the stages run in order, 
 ``(MapBatch, Phase, MapConfig) -> MapBatch``:
 
 ``expand`` (candidates: hypotheses x partners) -> ``refine`` (against the disks) -> ``polish`` (on the
-score, noisy disks only) -> ``score`` (correlation with the disks) -> ``rank`` (distinct matches) ->
+score, noisy disks only) -> ``score`` (correlation with the disks) -> ``arbitrate`` (near ties between
+distinct candidates decided on intensity profiles, where the model's settings ask for it) -> ``rank`` (distinct matches) ->
 ``confidence`` (the calibration's features).
 
 Sparse patterns (:class:`~.config.TurnConfig`) whose best answer is not sure (calibrated confidence x
@@ -27,6 +28,7 @@ import torch
 
 from ..core.rotations import symmetric_orthogonalization
 from ..model.tokens import Tokens
+from .arbiter import arbitrate
 from .batch import MapBatch
 from .candidates import expand, partners
 from .config import MapConfig, Query
@@ -42,7 +44,7 @@ from .score import score, tokens_to_xy
 __all__ = ["STAGES", "run_stages", "map_tokens", "map_phases", "Mapped"]
 
 #: The stages of one phase, in order; each ``(MapBatch, Phase, MapConfig) -> MapBatch``.
-STAGES = (expand, refine, polish, score, rank, confidence)
+STAGES = (expand, refine, polish, score, arbitrate, rank, confidence)
 
 
 def run_stages(batch: MapBatch, phase: Phase, config: MapConfig, stages=STAGES) -> MapBatch:

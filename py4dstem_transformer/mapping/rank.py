@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ __all__ = ["rank_distinct", "rank"]
 
 
 def rank_distinct(candidates: torch.Tensor, score: torch.Tensor, num_matches: int, symmetry: torch.Tensor,
-                  min_angle_deg: float, margin_deg: float) -> Tuple[torch.Tensor, ...]:
+                  min_angle_deg: float, margin_deg: float, order: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
     """The ``num_matches`` best-scoring candidates per pattern that are distinct orientations.
 
     Candidates within ``min_angle_deg`` (after crystal symmetry) of a better match are skipped, so
@@ -26,6 +26,8 @@ def rank_distinct(candidates: torch.Tensor, score: torch.Tensor, num_matches: in
     Parameters
     ----------
     candidates : (b, C, 3, 3); score : (b, C); symmetry : (S, 3, 3) proper rotations.
+    order : (b, C), optional: what the candidates are ranked by where it is not their score (the ``arbitrate``
+        stage's decided ties); the matches still report their own score.
 
     Returns
     -------
@@ -41,7 +43,7 @@ def rank_distinct(candidates: torch.Tensor, score: torch.Tensor, num_matches: in
     rows = torch.arange(b)
     for k in range(num_matches):
         masked = score.masked_fill(~available, -1.0)
-        pick = picks[:, k] = masked.argmax(1)
+        pick = picks[:, k] = (masked if order is None else order.masked_fill(~available, -1.0)).argmax(1)
         matrix[:, k], corr[:, k] = candidates[rows, pick], masked[rows, pick].clamp_min(0.0)
         angle = symmetry_min_angle(matrix[:, k, None], candidates, symmetry, allow_beam_flip=False)  # (b, C)
         near = angle < np.radians(min_angle_deg)
@@ -54,5 +56,6 @@ def rank_distinct(candidates: torch.Tensor, score: torch.Tensor, num_matches: in
 def rank(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: ``matrix``, ``corr``, ``alternative`` and ``pick`` of the ``query.num_matches`` matches."""
     matrix, corr, alternative, pick = rank_distinct(batch.candidates.cpu(), batch.score, batch.query.num_matches,
-                                                    phase.symmetry, batch.query.min_angle_deg, config.margin_deg)
+                                                    phase.symmetry, batch.query.min_angle_deg, config.margin_deg,
+                                                    batch.order)
     return dataclasses.replace(batch, matrix=matrix, corr=corr, alternative=alternative, pick=pick)
