@@ -53,8 +53,8 @@ def test_the_profile_of_the_truth_fits_better_than_its_beam_flip(phase):
     truth = random_rotations(40, seed=3).float()
     obs, mask = thickness_pattern(truth, phase, 300.0)
     zero = torch.zeros(40, 2)
-    own = profile_fit(obs, mask, truth, zero, phase, CFG)
-    flip = profile_fit(obs, mask, beam_flip(truth), zero, phase, CFG)
+    own = profile_fit(obs, mask, truth, zero, phase, CFG)[0]
+    flip = profile_fit(obs, mask, beam_flip(truth), zero, phase, CFG)[0]
     assert own.min() > 0.9  # the model itself (the grid misses 300 A; the faint reflections read as 0)
     differ = (own - flip).abs() > 1e-3
     assert differ.sum() >= 20
@@ -65,17 +65,19 @@ def test_the_fit_reads_relative_intensities_and_follows_the_origin_shift(phase):
     truth = random_rotations(12, seed=5).float()
     obs, mask = thickness_pattern(truth, phase, 500.0)
     zero = torch.zeros(12, 2)
+    fit, residual = profile_fit(obs, mask, truth, zero, phase, CFG)
+    assert float(residual.max()) < 1e-5  # exact disks on their reflections
     scaled = obs.clone()
     scaled[..., 2] *= 7.0
-    assert torch.allclose(profile_fit(obs, mask, truth, zero, phase, CFG),
-                          profile_fit(scaled, mask, truth, zero, phase, CFG), atol=1e-5)
+    assert torch.allclose(profile_fit(scaled, mask, truth, zero, phase, CFG)[0], fit, atol=1e-5)
     shift = torch.tensor([0.02, -0.01]).expand(12, 2)
     moved = obs.clone()
     moved[..., :2] += shift[:, None]
-    assert torch.allclose(profile_fit(moved, mask, truth, shift, phase, CFG),
-                          profile_fit(obs, mask, truth, zero, phase, CFG), atol=1e-4)
+    assert torch.allclose(profile_fit(moved, mask, truth, shift, phase, CFG)[0], fit, atol=1e-4)
+    assert float(profile_fit(moved, mask, truth, zero, phase, CFG)[1].min()) > 0.02  # unshifted: 0.022 off
     # a pattern without disks has no fit
-    assert bool((profile_fit(obs, torch.zeros_like(mask), truth, zero, phase, CFG) == -1).all())
+    none = profile_fit(obs, torch.zeros_like(mask), truth, zero, phase, CFG)
+    assert bool((none[0] == -1).all()) and bool(torch.isinf(none[1]).all())
 
 
 def test_near_ties_skip_symmetry_copies_and_respect_the_tie(phase):
@@ -127,13 +129,21 @@ def test_a_decided_tie_puts_the_better_profile_first_and_changes_nothing_else(ph
     moved = out.pick[:, 0] == 1
     assert torch.allclose(out.corr[moved, 0], torch.tensor(0.68)) and torch.allclose(out.alternative[moved, 0],
                                                                                       torch.tensor(0.70))
+    # candidates that place the disks worse than max_residual are not compared
+    strict = MapConfig().replace(arbiter=dataclasses.replace(config.arbiter, max_residual=1e-7))
+    jittered = _batch(phase, truth, score)
+    noisy = jittered.tokens.tokens.clone()
+    noisy[..., 1] += 0.01 * torch.randn(noisy.shape[:2], generator=torch.Generator().manual_seed(0))  # theta, rad
+    jittered = dataclasses.replace(jittered, tokens=Tokens(noisy, jittered.tokens.mask, jittered.tokens.counts))
+    assert torch.equal(rank(arbitrate(jittered, phase, strict), phase, strict).pick, before.pick)
+    assert not torch.equal(rank(arbitrate(jittered, phase, config), phase, config).pick, before.pick)  # ungated: swaps
     # beyond the tie nothing is compared
     far = arbitrate(_batch(phase, truth, torch.stack([torch.full((30,), 0.9), torch.full((30,), 0.5)], 1)),
                     phase, config)
     assert far.order is None
 
 
-def test_off_by_default_and_for_precession(phase):
+def test_off_by_default_for_precession_and_without_refinement(phase):
     truth = random_rotations(4, seed=10).float()
     batch = _batch(phase, truth, torch.tensor([[0.7, 0.69]] * 4))
     assert MapConfig().arbiter.tie == 0
@@ -141,6 +151,14 @@ def test_off_by_default_and_for_precession(phase):
     precessed = dataclasses.replace(phase, reflections=Reflections(phase.reflections.g, phase.reflections.intensity,
                                                                    phase.reflections.wavelength, 0.01))
     assert arbitrate(batch, precessed, MapConfig().replace(intensity_tie=0.1)) is batch
+    unrefined = dataclasses.replace(batch, query=Query(1, refine=False))
+    assert arbitrate(unrefined, phase, MapConfig().replace(intensity_tie=0.1)) is unrefined
+    assert arbitrate(batch, phase, MapConfig().replace(intensity_tie=0.1)) is not batch  # the stage does run here
+    # a sparse pattern (fewer than min_disks disks) is not compared
+    mask = batch.tokens.mask & (torch.arange(batch.tokens.mask.shape[1]) < 8)
+    sparse = dataclasses.replace(batch, tokens=Tokens(batch.tokens.tokens * mask[..., None], mask, mask.sum(1)))
+    assert MapConfig().arbiter.min_disks == 12
+    assert arbitrate(sparse, phase, MapConfig().replace(intensity_tie=0.1)) is sparse
 
 
 def test_the_setting_round_trips_and_older_records_read_it_as_off():

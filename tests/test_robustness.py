@@ -89,3 +89,16 @@ def test_a_joint_model_counts_a_wrong_phase_as_wrong(capsys):
     assert report["phase"] == "Cu2O" and 0.5 <= row["ours"]["phase_right"] <= 1.0
     assert row["ours"]["strict_5"] <= row["ours"]["phase_right"]
     assert "| phase right |" in capsys.readouterr().out
+
+
+def test_jitter_moves_every_diffracted_disk_by_a_disk_finders_noise(cu):
+    exact_condition = rb.Condition("exact", "exact", dynamical=False)
+    noisy_condition = rb.Condition("noisy", "noisy", dynamical=False, position_noise_px=0.2)
+    exact, m1 = rb.simulate_condition(cu, exact_condition, 8, seed=4)
+    noisy, m2 = rb.simulate_condition(cu, noisy_condition, 8, seed=4)
+    np.testing.assert_array_equal(m1, m2)
+    moved = np.concatenate([(b[1:, :2] - a[1:, :2]).ravel() for a, b in zip(exact, noisy)]) / rb.Q_PIXEL_SIZE
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[:, 2], b[:, 2]) for a, b in zip(exact, noisy))
+    assert len(moved) > 100 and np.all(moved != 0)
+    assert 0.17 < moved.std() < 0.23 and abs(moved.mean()) < 0.05  # pixels, per coordinate
+    assert BY_NAME["jitter"].position_noise_px == 0.2 and not BY_NAME["jitter"].held_out

@@ -14,6 +14,10 @@ go to pixels with the true calibration. Each condition is mapped with the shippe
 the same BraggVectors, in the same run. Strict = within 5 deg with the 180 deg rotation about the beam
 not allowed; "flip" allows it. ``AUC`` is the ROC AUC of ``corr`` for strictly right vs wrong.
 
+Disks sit exactly where py4DSTEM's simulator puts them, except in ``jitter`` (added 2026-12-04): 0.2 px of
+Gaussian noise per coordinate, as a disk finder's subpixel fit places measured disks. Settings that gain on exact
+disks can lose there (docs/benchmarks.md, "Disk positions as a disk finder places them").
+
 HELD-OUT CHECK: the conditions ``thick_foils`` (foils 500-1000 A) and ``ellipse`` (calibration
 ellipse 1.5% off) were chosen on 2026-12-01, before any result was seen, as the held-out check. They
 must never be used to tune the model, the mapping or the calibration; they are printed in a separate
@@ -65,6 +69,8 @@ class Condition:
     ellipticity : the BraggVectors get an ellipse calibration ``(a, b) = (1, 1 - ellipticity)`` that the
         detector does not have.
     origin_error_px : the BraggVectors' origin is off by this many pixels, in a random direction per pattern.
+    position_noise_px : every diffracted disk is placed with Gaussian noise of this many pixels (per coordinate),
+        as a disk finder's subpixel fit places real disks (0: exactly where py4DSTEM puts them).
     held_out : part of the held-out check (never used for tuning).
     accel_voltage : V; the mapper and ACOM are told it (and the precession angle), as a user tells them.
     """
@@ -81,6 +87,7 @@ class Condition:
     q_pixel_error: float = 0.0
     ellipticity: float = 0.0
     origin_error_px: float = 0.0
+    position_noise_px: float = 0.0
     held_out: bool = False
     accel_voltage: float = ACCEL_VOLTAGE
 
@@ -102,6 +109,7 @@ CONDITIONS = (
     Condition("bloch_200kv", "Bloch-wave at 200 kV", accel_voltage=200e3),
     Condition("bloch_80kv", "Bloch-wave at 80 kV", accel_voltage=80e3),
     Condition("precession_2", "kinematic, 2° precession", dynamical=False, precession_deg=2.0),
+    Condition("jitter", "disk positions ± 0.2 px (0.0035 1/Å) noise", position_noise_px=0.2),
 )
 HELD_OUT = tuple(c.name for c in CONDITIONS if c.held_out)
 
@@ -162,6 +170,10 @@ def simulate_condition(crystal, condition: Condition, n: int, seed: int = 0) -> 
     thickness = np.random.default_rng([seed, 1]).uniform(*condition.thickness, n)
     c = prepared_crystal(crystal, condition.dynamical, condition.accel_voltage)
     disks = [detected_disks(simulate_pattern(c, m, condition, t), condition) for m, t in zip(matrices, thickness)]
+    if condition.position_noise_px:
+        rng = np.random.default_rng([seed, 2])
+        for d in disks:  # the direct beam (row 0) stays: the origin is the calibration's business
+            d[1:, :2] += rng.normal(0.0, condition.position_noise_px * Q_PIXEL_SIZE, (len(d) - 1, 2))
     return disks, matrices
 
 

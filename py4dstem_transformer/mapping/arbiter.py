@@ -17,11 +17,13 @@ presence. The rival whose profile fits better takes first place: it is ranked fi
 while every candidate keeps its own ``score`` (so the reported ``corr`` and the confidence's margin stay the
 score's, and the margin of a decided tie is at most 0).
 
-Measured on py4DSTEM's patterns (docs/benchmarks.md, "Near ties decided on intensity profiles"): the joint
-Cu / Cu2O model's Cu2O gains in every condition tried, the Cu model does not (within +-0.75 points either way: an
-fcc metal's few strong reflections carry little profile), so it is off by default (``tie = 0``) and a model's
-calibration turns it on where it was measured to help (the joint model: 0.05).
-Skipped for precession data (its cycle-averaged intensities are no single-thickness profile).
+Measured (docs/benchmarks.md, "Disk positions as a disk finder places them"): on py4DSTEM's exactly placed disks
+the joint Cu / Cu2O model's Cu2O gained 0.5-4 points in every condition tried and the Cu model was level; with the
+disks placed with a disk finder's noise (0.003-0.01 1/A) it lost 1-3 points, because the profile's excitation
+errors need the tilt to a few hundredths of a degree. So it is off by default (``tie = 0``) and in both shipped
+models; ``max_residual`` can limit it to candidates that place the disks that precisely.
+Skipped for precession data (its cycle-averaged intensities are no single-thickness profile) and without the
+refinement (``refine=False``).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def near_ties(candidates: torch.Tensor, score: torch.Tensor, symmetry: torch.Ten
 
 
 def profile_fit(observed: torch.Tensor, observed_mask: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor,
-                phase: Phase, config: ArbiterConfig) -> torch.Tensor:
-    """(B,) profile fit (best Pearson correlation over the thickness grid, in [-1, 1]; -1 where undefined).
+                phase: Phase, config: ArbiterConfig):
+    """``(fit (B,), residual (B,))``: the profile fit (best Pearson correlation over the thickness grid, in [-1, 1];
+    -1 where undefined) and the RMS distance (1/A) of the assigned disks to their reflections (inf if none).
 
     Parameters
     ----------
@@ -106,17 +109,22 @@ def profile_fit(observed: torch.Tensor, observed_mask: torch.Tensor, matrix: tor
     xc, yc = (x - xm) * w, (y - ym) * w
     r = (xc * yc).sum(-1) / torch.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1)).clamp_min(1e-12)  # (B, T)
     ok = (valid.sum(-1) >= 3) & (hit.sum(-1) >= 1)
-    return torch.where(ok, r.amax(-1), torch.full_like(r[:, 0], -1.0))
+    residual = torch.sqrt(torch.where(hit, near_d2, 0.0).sum(-1) / hit.sum(-1).clamp_min(1))
+    return (torch.where(ok, r.amax(-1), torch.full_like(r[:, 0], -1.0)),
+            torch.where(hit.any(-1), residual, torch.full_like(residual, torch.inf)))
 
 
 def arbitrate(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: where a near-tied distinct rival's intensity profile fits the disks better than the best
     candidate's (:func:`profile_fit`), the rival is ranked first (``order``); nothing else changes. A no-op with
-    ``config.arbiter.tie <= 0``, for precession data, and where no pattern has a near tie."""
+    ``config.arbiter.tie <= 0``, without the refinement (``refine=False``: the network's answers lie a degree or two
+    off, where their disks miss the pattern's), for precession data, and where no pattern has a near tie."""
     cfg = config.arbiter
-    if cfg.tie <= 0 or phase.reflections.precession:
+    if cfg.tie <= 0 or not batch.query.refine or phase.reflections.precession:
         return batch
     rows, best, rival = near_ties(batch.candidates.cpu(), batch.score, phase.symmetry, config.margin_deg, cfg.tie)
+    enough = batch.tokens.counts[rows].cpu() >= cfg.min_disks
+    rows, best, rival = rows[enough], best[enough], rival[enough]
     if len(rows) == 0:
         return batch
     device = batch.device
@@ -125,9 +133,11 @@ def arbitrate(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     pair = torch.stack([best, rival], 1)  # (t, 2)
     matrix = batch.candidates[rows[:, None], pair].to(device)  # (t, 2, 3, 3)
     shift = (batch.shift[rows[:, None], pair] if batch.shift is not None else torch.zeros(len(rows), 2, 2)).to(device)
-    fit = profile_fit(obs.repeat_interleave(2, 0), obs_mask.repeat_interleave(2, 0), matrix.reshape(-1, 3, 3),
-                      shift.reshape(-1, 2), phase, cfg).view(-1, 2).cpu()
-    swap = fit[:, 1] > fit[:, 0] + cfg.margin
+    fit, residual = profile_fit(obs.repeat_interleave(2, 0), obs_mask.repeat_interleave(2, 0), matrix.reshape(-1, 3, 3),
+                                shift.reshape(-1, 2), phase, cfg)
+    fit, residual = fit.view(-1, 2).cpu(), residual.view(-1, 2).cpu()
+    precise = residual.amax(1) <= cfg.max_residual  # both placed well enough for their excitation errors to mean much
+    swap = precise & (fit[:, 1] > fit[:, 0] + cfg.margin)
     order = (batch.order if batch.order is not None else batch.score).clone()
     r, j, i = rows[swap], rival[swap], best[swap]
     order[r, j] = batch.score[r, i] + 1e-3  # above the best and everything near it (all score at most the best)

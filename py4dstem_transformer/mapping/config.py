@@ -47,10 +47,10 @@ class RefineConfig:
     # whose kinematic law pulls the tilt on Bloch-wave data, count less where the disks are precisely placed and as
     # before where they are jittery (0: always as before). 1 measured on py4DSTEM's patterns (seeds 11/12, 2026-12-04,
     # docs/benchmarks.md): median error 0.25 -> 0.03 deg, strict +1.5 (Cu2O) / +1.0 (Cu) points mean over four
-    # conditions, damaged patterns of our simulator -0.5. Both shipped models are calibrated under 1 (2026-12-04,
-    # docs/benchmarks.md): Cu+Cu2O on every candidate (Cu2O +0.8 points mean over 14 conditions, sparse +2.7), Cu on
-    # sparse ones only (below: +0.7 mean, sparse +2.2 to +6.2; everywhere its rich 300 kV rows lost 0.3-1.7 points
-    # and its kinematic corr AUC fell 0.96 -> 0.79). Mapper keyword / calibrate flag of this name
+    # conditions, damaged patterns of our simulator -0.5. But all of that on disks exactly where py4DSTEM puts them:
+    # with 0.2 px of position noise, as a disk finder places disks, 1 lost 1-9 points (the Cu model and both phases of
+    # the joint one, seeds 11/12, docs/benchmarks.md "Disk positions as a disk finder places them"), so neither
+    # shipped model uses it (both did for a day, 2026-12-04). Mapper keyword / calibrate flag of this name
     intensity_noise_max_disks: int = 0  # ... and only for candidates with at most this many disks assigned (0: all;
     # the shipped Cu model: 12, TurnConfig.max_disks's line between sparse and rich patterns)
     intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
@@ -109,8 +109,8 @@ class ArbiterConfig:
     best distinct rival is decided by which one's intensity profile fits the disks better."""
 
     tie: float = 0.0  # rivals scoring within this of the best are compared (0: never, the behaviour before it).
-    # Measured on py4DSTEM's patterns (seeds 11/12, 2026-12-04, docs/benchmarks.md): Cu2O gains, Cu does not,
-    # so the joint Cu / Cu2O model's calibration turns it on (0.05) and the Cu model's leaves it off. Mapper keyword
+    # 0.05 on py4DSTEM's exactly placed disks (seeds 11/12, 2026-12-04, docs/benchmarks.md): Cu2O +0.5 to +4 points,
+    # Cu level; with a disk finder's position noise it loses (-1 to -3), so no shipped model uses it. Mapper keyword
     # intensity_tie; calibrate --intensity-tie
     power: float = 0.25  # intensities enter the Pearson correlation as I ** power
     sigma_excitation_error: float = 0.03  # reflections with |s_g| <= 3 sigma (1/A) make the profile
@@ -119,6 +119,11 @@ class ArbiterConfig:
     thicknesses: int = 40  # ... this many
     max_reflections: int = 64  # brightest reflections per candidate
     margin: float = 0.0  # the rival must fit better by more than this
+    max_residual: float = 1.0  # and both must place the pattern's disks within this RMS distance (1/A) of their
+    # reflections
+    min_disks: int = 12  # patterns with fewer disks are not compared: a sparse pattern's profile says little (the
+    # joint model's Cu on seeds 11/12, bright-only and detector-edge patterns: -0.75 to -2.25 points compared on every
+    # pattern, -0.0 to +0.75 from 12 disks). 12 is TurnConfig.max_disks's line between sparse and rich patterns
 
 
 @dataclass(frozen=True)
