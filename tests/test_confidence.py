@@ -98,7 +98,7 @@ def test_calibrate_end_to_end_on_simulated_patterns():
 @pytest.mark.slow
 def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path):
     """``calibrate --sigma-excitation-error 0.05 --search-confidence 1 --intensity-noise-power 0.5`` on the shipped
-    model (calibrated under 0.03, 0.95 and 1): the file records those settings (and keeps the model's others) and
+    model (calibrated under 0.03, 0.95 and 0): the file records those settings (and keeps the model's others) and
     its mappers use them without a warning."""
     import warnings
 
@@ -114,7 +114,7 @@ def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path)
         warnings.simplefilter("error")
         mapper = TransformerOrientationMap(make_cu(), str(out))
     assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0,
-                                                intensity_noise_power=0.5, intensity_noise_max_disks=12)
+                                                intensity_noise_power=0.5)
     assert mapper.config.refine.intensity_noise_power == 0.5
 
 
