@@ -52,11 +52,13 @@ def grain_map(size: int, grains: int, seed: int = 0, spread_deg: float = 0.2) ->
 
 def simulate_scan(crystal, condition: "R.Condition", matrix: np.ndarray, seed: int = 0) -> List[np.ndarray]:
     """Per position (C order) the (k, 3) detected disks ``(qx, qy, I)`` (1/A, direct beam first) of
-    ``matrix`` (Rx, Ry, 3, 3), each at a thickness drawn from the condition's range."""
+    ``matrix`` (Rx, Ry, 3, 3), each at a thickness drawn from the condition's range, placed with the condition's
+    position noise."""
     flat = matrix.reshape(-1, 3, 3)
     thickness = np.random.default_rng([seed, 4]).uniform(*condition.thickness, len(flat))
     c = R.prepared_crystal(crystal, condition.dynamical, condition.accel_voltage)
-    return [R.detected_disks(R.simulate_pattern(c, m, condition, t), condition) for m, t in zip(flat, thickness)]
+    return R.placed([R.detected_disks(R.simulate_pattern(c, m, condition, t), condition) for m, t in zip(flat, thickness)],
+                    condition, seed)
 
 
 def pack_scan(disks: List[np.ndarray], shape: Tuple[int, int], condition: "R.Condition", seed: int = 0):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..evaluation.compare import acom_match, acom_plan, evaluate_orientation_map
 
-__all__ = ["Condition", "CONDITIONS", "HELD_OUT", "simulate_condition", "detector_pixels", "pack_braggvectors",
+__all__ = ["Condition", "CONDITIONS", "HELD_OUT", "simulate_condition", "placed", "detector_pixels", "pack_braggvectors",
            "run_condition", "main"]
 
 ACCEL_VOLTAGE = 300e3  # V
@@ -170,11 +170,18 @@ def simulate_condition(crystal, condition: Condition, n: int, seed: int = 0) -> 
     thickness = np.random.default_rng([seed, 1]).uniform(*condition.thickness, n)
     c = prepared_crystal(crystal, condition.dynamical, condition.accel_voltage)
     disks = [detected_disks(simulate_pattern(c, m, condition, t), condition) for m, t in zip(matrices, thickness)]
+    return placed(disks, condition, seed), matrices
+
+
+def placed(disks: List[np.ndarray], condition: Condition, seed: int = 0) -> List[np.ndarray]:
+    """``disks`` ((k, 3) per pattern, direct beam first) as a disk finder places them: every diffracted disk moved
+    by the condition's ``position_noise_px`` (Gaussian per coordinate, seeded); the direct beam stays (the origin
+    is the calibration's business). In place; returns ``disks``."""
     if condition.position_noise_px:
         rng = np.random.default_rng([seed, 2])
-        for d in disks:  # the direct beam (row 0) stays: the origin is the calibration's business
+        for d in disks:
             d[1:, :2] += rng.normal(0.0, condition.position_noise_px * Q_PIXEL_SIZE, (len(d) - 1, 2))
-    return disks, matrices
+    return disks
 
 
 # -- the detector and its (wrong) calibration --------------------------------------------------------
