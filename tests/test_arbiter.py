@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from py4dstem_transformer.core.kinematics import Reflections, simulate_disks
+from py4dstem_transformer.core.kinematics import Reflections, excitation_error, simulate_disks
 from py4dstem_transformer.core.rotations import beam_flip, random_rotations, symmetry_min_angle
 from py4dstem_transformer.core.symmetry import point_group_rotations
 from py4dstem_transformer.mapping.arbiter import arbitrate, near_ties, profile_fit
@@ -36,7 +36,7 @@ def thickness_pattern(matrix, phase, thickness):
     disks, mask, index = simulate_disks(matrix, refl, 0.03, 64, k_max=2.0, return_index=True)
     g = refl.g[index]
     gz, g2 = (g @ matrix)[..., 2], (g * g).sum(-1)
-    sg = (2 * gz - refl.wavelength * g2) / (2 - 2 * refl.wavelength * gz)
+    sg = excitation_error(gz, g2, refl.wavelength)
     i = refl.intensity[index] * torch.sinc(sg * thickness) ** 2 * mask
     i = i / i.amax(1, keepdim=True)
     return torch.cat([disks[..., :2], i[..., None]], -1), mask & (i >= 1e-3)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Reflections", "simulate_disks", "brightest_excited", "excited_log_intensity"]
+__all__ = ["Reflections", "simulate_disks", "brightest_excited", "excitation_error", "excited_log_intensity"]
 
 
 @dataclass
@@ -144,6 +144,12 @@ def brightest_excited(gz: torch.Tensor, g2: torch.Tensor, log_f2: torch.Tensor, 
     return torch.topk(log_i, min(count, log_i.shape[-1]), dim=-1, sorted=ordered)
 
 
+def excitation_error(gz: torch.Tensor, g2: torch.Tensor, wavelength: float) -> torch.Tensor:
+    """Excitation errors ``s_g`` (1/A) of reflections with lab z ``gz`` (``g . M[:, 2]``, 1/A) and ``|g|^2`` ``g2``
+    at ``wavelength`` (A); broadcastable tensors."""
+    return (2 * gz - wavelength * g2) / (2 - 2 * wavelength * gz)
+
+
 def excited_log_intensity(gz: torch.Tensor, g2: torch.Tensor, r2: torch.Tensor, log_f2: torch.Tensor,
                           wavelength: float, sigma_excitation_error: float, k_max: float = None,
                           r_min: float = 0.0, precession: float = 0.0) -> torch.Tensor:
@@ -154,7 +160,7 @@ def excited_log_intensity(gz: torch.Tensor, g2: torch.Tensor, r2: torch.Tensor, 
     ``log_f2``: their ``ln |F|^2``; broadcastable tensors. ``s_g`` as in :func:`simulate_disks`. With a
     ``precession`` angle (rad), the cycle-averaged profile of the module docstring.
     """
-    sg = (2 * gz - wavelength * g2) / (2 - 2 * wavelength * gz)  # excitation errors
+    sg = excitation_error(gz, g2, wavelength)
     if precession:
         sweep2 = precession**2 * r2  # (phi r)^2: the excitation error sweeps +-phi r over a cycle
         var = sigma_excitation_error**2 + sweep2 / 2

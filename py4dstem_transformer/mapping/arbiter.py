@@ -33,11 +33,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..core.kinematics import simulate_disks
-from ..core.rotations import symmetry_min_angle
+from ..core.kinematics import excitation_error, simulate_disks
 from .batch import MapBatch
 from .config import ArbiterConfig, MapConfig
 from .phase import Phase
+from .rank import rank_distinct
 from .score import square_distances, tokens_to_xy
 
 __all__ = ["near_ties", "profile_fit", "arbitrate"]
@@ -45,7 +45,8 @@ __all__ = ["near_ties", "profile_fit", "arbitrate"]
 
 def near_ties(candidates: torch.Tensor, score: torch.Tensor, symmetry: torch.Tensor, margin_deg: float,
               tie: float):
-    """Each pattern's best candidate and its best distinct rival, where the rival scores within ``tie``.
+    """Each pattern's best candidate and its best distinct rival (:func:`~.rank.rank_distinct`'s first two matches),
+    where the rival scores within ``tie``.
 
     Parameters
     ----------
@@ -55,16 +56,10 @@ def near_ties(candidates: torch.Tensor, score: torch.Tensor, symmetry: torch.Ten
     -------
     ``(rows (t,), best (t,), rival (t,))`` int64: the patterns with a near tie and the two candidates' indices.
     """
-    b = score.shape[0]
-    best = score.argmax(1)
-    top = score[torch.arange(b), best]
-    angle = symmetry_min_angle(candidates[torch.arange(b), best][:, None].expand_as(candidates).reshape(-1, 3, 3),
-                               candidates.reshape(-1, 3, 3), symmetry, allow_beam_flip=False).view(b, -1)
-    distinct = score.masked_fill(angle <= np.radians(margin_deg), -1.0)
-    rival = distinct.argmax(1)
-    second = distinct[torch.arange(b), rival]
-    rows = torch.nonzero((top > 0) & (second > 0) & (second >= top - tie)).flatten()
-    return rows, best[rows], rival[rows]
+    _, corr, _, pick = rank_distinct(candidates, score, 2, symmetry, margin_deg, margin_deg)  # (b, 2): 0 if none left
+    rows = torch.nonzero((corr[:, 0] > 0) & (corr[:, 1] > 0) & (corr[:, 1] >= corr[:, 0] - tie)).flatten()
+    best, rival = pick[rows, 0], pick[rows, 1]
+    return rows, best, rival
 
 
 def profile_fit(observed: torch.Tensor, observed_mask: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor,
@@ -85,7 +80,7 @@ def profile_fit(observed: torch.Tensor, observed_mask: torch.Tensor, matrix: tor
     g = refl.g.to(matrix.device)[index]  # (B, M, 3) crystal frame
     gz = (g @ matrix.float())[..., 2]  # lab z
     g2 = (g * g).sum(-1)
-    sg = (2 * gz - refl.wavelength * g2) / (2 - 2 * refl.wavelength * gz)  # excitation errors (1/A)
+    sg = excitation_error(gz, g2, refl.wavelength)  # (B, M), 1/A
     mask = mask & (torch.linalg.vector_norm(disks[..., :2], dim=-1) <= reach[:, None])
     f2 = refl.intensity.to(matrix.device)[index]  # |F|^2, relative
     t = torch.as_tensor(np.geomspace(config.thickness[0], config.thickness[1], config.thicknesses),
