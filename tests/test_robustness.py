@@ -10,10 +10,16 @@ BY_NAME = {c.name: c for c in rb.CONDITIONS}
 
 
 def test_held_out_conditions_are_flagged():
-    assert rb.HELD_OUT == ("thick_foils", "ellipse")
+    assert rb.HELD_OUT == ("thick_foils", "ellipse", "experiment")
     assert [c.name for c in rb.CONDITIONS if c.held_out] == list(rb.HELD_OUT)
     assert len(rb.CONDITIONS) >= 10 and len(rb.HELD_OUT) < len(rb.CONDITIONS)
     assert len(BY_NAME) == len(rb.CONDITIONS)  # names are unique (--conditions)
+    every = BY_NAME["experiment"]  # one experiment's shifts at once: each of them differs from the defaults
+    default = rb.Condition("default", "default")
+    shifted = [f for f in ("thickness", "detector_edge", "min_relative_intensity", "position_noise_px",
+                           "q_pixel_error", "ellipticity", "origin_error_px", "accel_voltage")
+               if getattr(every, f) != getattr(default, f)]
+    assert len(shifted) == 8 and every.dynamical
 
 
 def _packed(name, disks):
@@ -102,3 +108,11 @@ def test_jitter_moves_every_diffracted_disk_by_a_disk_finders_noise(cu):
     assert len(moved) > 100 and np.all(moved != 0)
     assert 0.17 < moved.std() < 0.23 and abs(moved.mean()) < 0.05  # pixels, per coordinate
     assert BY_NAME["jitter"].position_noise_px == 0.2 and not BY_NAME["jitter"].held_out
+
+
+def test_true_correction_is_what_the_wrong_calibration_did():
+    assert rb.true_correction(BY_NAME["bloch_006"]) == pytest.approx({"scale": 1.0, "ellipticity": 0.0}, abs=1e-9)
+    assert rb.true_correction(BY_NAME["q_pixel"])["scale"] == pytest.approx(1 / 1.02, abs=1e-9)
+    ellipse = rb.true_correction(BY_NAME["ellipse"])  # b = 1 - 0.015: one axis stretched back by 1 / 0.985
+    assert ellipse["ellipticity"] == pytest.approx(1 / 0.985 - 1, abs=1e-9)
+    assert ellipse["scale"] == pytest.approx(np.sqrt(1 / 0.985), abs=1e-9)  # the area the ellipse changed
