@@ -94,7 +94,8 @@ def test_a_joint_model_counts_a_wrong_phase_as_wrong(capsys):
     (row,) = report["rows"]
     assert report["phase"] == "Cu2O" and 0.5 <= row["ours"]["phase_right"] <= 1.0
     assert row["ours"]["strict_5"] <= row["ours"]["phase_right"]
-    assert "| phase right |" in capsys.readouterr().out
+    assert row["ours"]["strict_5"] <= row["ours"]["strict_5_phase_given"]  # the phase's map, phase decision aside
+    assert "| phase right (ours ≤5° strict, phase given) |" in capsys.readouterr().out
 
 
 def test_jitter_moves_every_diffracted_disk_by_a_disk_finders_noise(cu):
