@@ -201,6 +201,30 @@ def test_near_ties_are_polished_only_when_asked(cu_mapper):
     assert torch.equal(near_ties(refined, phase, config), expected)
 
 
+def test_sparse_patterns_are_polished_only_when_asked(cu_mapper):
+    """``polish.sparse_disks``: patterns with at most that many disks are polished even where the refinement pinned
+    them (exact disks); the others, and every pattern with 0, stay as refined."""
+    from conftest import perturb
+
+    ks, tokens, _ = kinematic_tokens(24, seed=5)
+    phase = cu_mapper.phases[0]
+    start = perturb(torch.as_tensor(ks.orientation_matrices), 1.0, 2.0, seed=6).float()[:, None]
+    refined = run_stages(MapBatch(tokens, start, Query(), torch.device("cpu")), phase, cu_mapper.config, STAGES[:2])
+    assert bool((refined.noise.min(1).values <= cu_mapper.config.polish.min_position_noise).all())  # exact disks
+    limit = int(tokens.counts.median())
+    sparse = tokens.counts <= limit
+    assert bool(sparse.any()) and not bool(sparse.all())
+
+    def polished(sparse_disks):
+        config = cu_mapper.config.replace(polish_sparse_disks=sparse_disks)
+        return STAGES[2](refined, phase, config).candidates
+
+    assert torch.equal(polished(0), refined.candidates)
+    moved = ((polished(limit) - refined.candidates).abs().amax((-1, -2)) > 1e-6).any(1)  # (b,)
+    assert not bool(moved[~sparse].any())  # the richer patterns are left as refined
+    assert bool(moved[sparse].float().mean() > 0.5)  # the sparse ones are searched (a few may not climb)
+
+
 def test_a_setting_newer_than_the_calibration_counts_at_its_default(cu_mapper):
     """A model calibrated before ``polish.tie_margin`` existed maps without a warning under its default (the old
     behaviour) and with one under another value."""

@@ -78,6 +78,12 @@ class PolishConfig:
     extra_reflections: int = 24  # and at most this many more than the score keeps (``max_disks``)
     window_margin: float = 0.04  # widening (1/A) of the excitation and radial windows for those
     min_position_noise: float = 0.004  # patterns whose disks the refinement fits better (1/A) are left as they are ...
+    sparse_disks: int = 0  # ... unless they have at most this many disks (0: never). On sparse patterns the refinement
+    # can fit a disk finder's noise (few disks, as many parameters), its noise estimate then sits at the floor, and the
+    # tilt it settles on is the noise's; the score's pattern search does not chase it. Opt-in (2026-12-04, sixth
+    # session): 12 with min_position_noise 0.0021 measured on py4DSTEM's patterns with 0.2 px of position noise
+    # (docs/benchmarks.md, "Polishing the patterns a disk finder's noise misleads"); no shipped model is calibrated
+    # under it yet. Mapper keyword ``polish_sparse_disks``
     tie_margin: float = 0.0  # ... unless their best two distinct candidates (more than MapConfig.margin_deg apart)
     # score within this of each other (0: never). Such a near tie is decided by how far each fit happened to stop:
     # on py4DSTEM's Bloch-wave Cu2O patterns the refinement left the true orientation ~1.5 deg off where its beam
@@ -214,6 +220,8 @@ KEYWORDS = {
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
     "intensity_tie": ("arbiter", "tie"),
+    "polish_sparse_disks": ("polish", "sparse_disks"),
+    "polish_min_position_noise": ("polish", "min_position_noise"),
 }
 
 

@@ -162,13 +162,16 @@ def near_ties(batch: MapBatch, phase: Phase, config: MapConfig) -> torch.Tensor:
 @torch.inference_mode()
 def polish(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     """Stage: where the refinement found a pattern's disks too noisy to pin its candidates by their
-    positions (every fresh candidate's noise above ``config.polish.min_position_noise``), or where its best two
+    positions (every fresh candidate's noise above ``config.polish.min_position_noise``), where the pattern has at
+    most ``config.polish.sparse_disks`` disks (when > 0), or where its best two
     distinct candidates are a near tie (:func:`near_ties`, with ``config.polish.tie_margin > 0``), its fresh
     candidates are polished on their score (:func:`polish_orientations`); all of a pattern's or none, so
     that they compete on equal terms. A no-op with ``config.polish = None`` or nothing refined."""
     if config.polish is None or batch.noise is None:
         return batch
     noisy = batch.noise.min(1).values > config.polish.min_position_noise  # (b,)
+    if config.polish.sparse_disks:  # and the sparse patterns, whose noise estimate the refinement can fit away
+        noisy = noisy | (batch.tokens.counts.cpu() <= config.polish.sparse_disks)
     if config.polish.tie_margin > 0 and not bool(noisy.all()):
         noisy = noisy | near_ties(batch, phase, config)
     chosen = batch.fresh.cpu() & noisy[:, None]  # (b, C)
