@@ -231,6 +231,8 @@ def true_correction(condition: Condition) -> dict:
     sqrt(det C)``, ``ellipticity`` the ratio of C's principal values minus 1): fitted to a grid of disks taken through
     the condition's detector and calibration (origin exact). A wrong ellipse calibration changes ``scale`` too
     (the area it believes in), so the Q pixel size's factor alone is not the truth where both are off."""
+    from ..mapping.selfcal import decompose, fit_correction
+
     g = np.linspace(-1.5, 1.5, 7)
     q = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     q = q[np.hypot(*q.T) > 0.1]  # no direct beam
@@ -241,9 +243,9 @@ def true_correction(condition: Condition) -> dict:
     calibrated = np.stack([v.qx, v.qy], 1)  # the BraggVectors keep the rows in order
     if len(calibrated) != len(disks[0]):
         raise RuntimeError("the detector lost disks of the calibration grid")
-    C = np.linalg.lstsq(calibrated, disks[0][:, :2], rcond=None)[0].T
-    principal = np.linalg.eigvalsh((C + C.T) / 2)
-    return {"scale": float(np.sqrt(np.linalg.det(C))), "ellipticity": float(principal.max() / principal.min() - 1)}
+    C = fit_correction(calibrated, disks[0][:, :2], np.zeros(len(calibrated), int), groups=1)[0]  # the mapper's fit
+    scale, ellipticity, _ = decompose(C)
+    return {"scale": scale, "ellipticity": ellipticity}
 
 
 # -- mapping and figures -------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class RefineConfig:
     # the joint one, seeds 11/12, docs/benchmarks.md "Disk positions as a disk finder places them"), so neither
     # shipped model uses it (both did for a day, 2026-12-04). Mapper keyword / calibrate flag of this name
     intensity_noise_max_disks: int = 0  # ... and only for candidates with at most this many disks assigned (0: all;
-    # the shipped Cu model: 12, TurnConfig.max_disks's line between sparse and rich patterns)
+    # the Cu model used 12, TurnConfig.max_disks's line between sparse and rich patterns, while it used the weight)
     intensity_weight_power: float = 0.5  # weight each disk's intensity residual by I ** power
     tau_prior_weight: float = 0.01  # how firmly the excitation width stays at sigma_excitation
     sigma_excitation: float = 0.02  # initial excitation-error width of the fitted intensity law (1/A);

@@ -43,7 +43,8 @@ from ..io.peaks import Peaks
 from ..model.tokens import TokenConfig, Tokens, position_tokens
 from .score import square_distances, tokens_to_xy
 
-__all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "disk_pairs", "sample_runs", "sample_spans", "sampled_peaks",
+__all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "decompose", "disk_pairs", "sample_runs",
+           "sample_spans", "sampled_peaks",
            "with_correction", "self_calibrate", "detector_reach", "phases_within_reach"]
 
 
@@ -109,7 +110,7 @@ class SelfCalibration:
         return self.note
 
 
-def _decompose(c: np.ndarray) -> Tuple[float, float, float]:
+def decompose(c: np.ndarray) -> Tuple[float, float, float]:
     """``(scale, ellipticity, axis_deg)`` of a symmetric positive definite (2, 2) matrix."""
     values, vectors = np.linalg.eigh(c)  # ascending
     scale = float(math.sqrt(max(values[0] * values[1], 0.0)))
@@ -139,7 +140,7 @@ def fit_correction(observed: np.ndarray, simulated: np.ndarray, group: np.ndarra
         return c, math.inf, math.inf
     member = np.random.default_rng(0).permutation(len(labels)) % G  # pattern -> jackknife group
     of_pair = member[np.searchsorted(labels, group)]
-    parts = np.array([_decompose(_solve(observed[of_pair != g], simulated[of_pair != g]))[:2] for g in range(G)])
+    parts = np.array([decompose(_solve(observed[of_pair != g], simulated[of_pair != g]))[:2] for g in range(G)])
     errors = np.sqrt((G - 1) / G * ((parts - parts.mean(0)) ** 2).sum(0))
     return c, float(errors[0]), float(errors[1])
 
@@ -306,7 +307,7 @@ def phases_within_reach(phases: Sequence, measured: SelfCalibration, config: Sel
 
 def _result(c: np.ndarray, scale_error: float, ellipticity_error: float, patterns: int, disks: int,
             config: SelfCalibrationConfig) -> SelfCalibration:
-    scale, ellipticity, axis = _decompose(c)
+    scale, ellipticity, axis = decompose(c)
     significant = ((abs(scale - 1) > max(config.significance * scale_error, config.min_change))
                    or (ellipticity > max(config.significance * ellipticity_error, config.min_change)))
     verdict = "applied" if significant else "not significant, calibration used as given"
