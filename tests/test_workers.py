@@ -140,6 +140,41 @@ def test_a_start_that_fails_while_a_worker_is_still_starting_leaves_no_processes
     assert not _new_live_children(before)
 
 
+@linux
+def test_a_nanny_made_after_the_clean_up_began_does_not_restart_what_it_kills(monkeypatch):
+    """CI, 2026-12-04: a start that failed at once, before the cluster's thread had made its nannies; the
+    cluster's close then outlasted its timeout without closing them, and a nanny restarted each worker the
+    sweep killed. Stood in for: the clean-up's first look finds no nanny, and the close does nothing."""
+    import distributed
+
+    from py4dstem_transformer.mapping import local_cluster
+
+    def broken(self, n_workers, timeout=None):
+        time.sleep(1.5)  # both workers are up by now
+        raise ValueError("something else went wrong")
+
+    nannies, looks, clusters = local_cluster._nannies, [], []
+
+    def late(cluster):
+        looks.append(1)
+        return [] if len(looks) == 1 else nannies(cluster)
+
+    close = distributed.LocalCluster.close
+    monkeypatch.setattr(distributed.Client, "wait_for_workers", broken)
+    monkeypatch.setattr(distributed.LocalCluster, "close", lambda self, timeout=None: clusters.append(self))
+    monkeypatch.setattr(local_cluster, "_nannies", late)
+    before = {p.pid for p in _new_live_children(set())}
+    try:
+        with pytest.raises(ValueError, match="something else"):
+            local_cluster._start(2, 1, timeout=30.0)
+        assert not _new_live_children(before)
+        time.sleep(2)  # nothing is started again a moment later either
+        assert not _new_live_children(before)
+    finally:
+        for cluster in clusters:
+            close(cluster, timeout=10)
+
+
 def _new_live_children(before: set) -> list:
     """Running (not zombie) forked copies of this process (children with its command line, not Python's own
     helpers such as the resource tracker), as the operating system lists them, that were not among ``before``

@@ -181,14 +181,14 @@ def _abandon(cluster, client, before: set) -> None:
     """Close a cluster that did not start, and kill whichever of its forked processes are still running.
 
     First every nanny is told not to restart its worker (``Nanny.close_gracefully``): a nanny whose worker
-    dies while it is running starts another. Then the cluster closes, which waits for the nannies; but it may
+    dies while it is running starts another. The scaling makes its nannies in the cluster's own thread, so one
+    may appear after that (CI, 2026-12-04: a start that failed at once left a nanny restarting each worker the
+    sweep killed); each round of the sweep below tells the nannies again. Then the cluster closes, which waits for the nannies; but it may
     take longer than :data:`CLOSE_TIMEOUT_S` (a worker still starting, or hung), so the closing is followed by a
     sweep of this process's forked copies as the operating system lists them (:func:`_running_children`):
     whichever was not running before the start is killed, until none has appeared for a second (at most 10 s).
     """
-    for nanny in _nannies(cluster):
-        with contextlib.suppress(Exception):
-            nanny.close_gracefully(reason="the local cluster did not start")
+    _stop_restarts(cluster)
     for close in (client.close, cluster.close):
         try:
             close(timeout=CLOSE_TIMEOUT_S)
@@ -198,6 +198,7 @@ def _abandon(cluster, client, before: set) -> None:
 
     deadline, quiet_since = time.monotonic() + 10.0, time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
+        _stop_restarts(cluster)  # again: a nanny the scaling made after the first call restarts what is killed
         alive = [p for p in _running_children() if p.pid not in before]
         for process in alive:
             with contextlib.suppress(psutil.Error):
@@ -206,6 +207,14 @@ def _abandon(cluster, client, before: set) -> None:
             psutil.wait_procs(alive, timeout=1)
             quiet_since = time.monotonic()
         time.sleep(0.1)
+
+
+def _stop_restarts(cluster) -> None:
+    """Tell every nanny the cluster has made so far not to restart its worker (``Nanny.close_gracefully``, a
+    status flag, so it may be set from this thread)."""
+    for nanny in _nannies(cluster):
+        with contextlib.suppress(Exception):
+            nanny.close_gracefully(reason="the local cluster did not start")
 
 
 def _nannies(cluster) -> list:
