@@ -144,7 +144,8 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     assert cu_mapper.config == MapConfig().replace(polish_sparse_disks=12, polish_min_position_noise=0.0021)
     assert cu_mapper.config.refine.sigma_position_floor < 0.0021  # the gate lies just above the refinement's floor
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
-    assert joint.config == MapConfig().replace(search_confidence=1.0) != MapConfig()
+    assert joint.config == MapConfig().replace(search_confidence=1.0, polish_sparse_disks=12,
+                                               polish_min_position_noise=0.0021) != MapConfig()
     assert joint.config.refine.intensity_noise_power == 0.0 and joint.config.arbiter.tie == 0.0
     assert with_defaults(joint.calibration.fitted_on["map_config"]) == joint.config.to_dict()
     assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()

@@ -82,8 +82,8 @@ class PolishConfig:
     # can fit a disk finder's noise (few disks, as many parameters), its noise estimate then sits at the floor, and the
     # tilt it settles on is the noise's; the score's pattern search does not chase it. Opt-in (2026-12-04, sixth
     # session): 12 with min_position_noise 0.0021 measured on py4DSTEM's patterns with 0.2 px of position noise
-    # (docs/benchmarks.md, "Polishing the patterns a disk finder's noise misleads"); the shipped Cu model is calibrated
-    # under that, the joint one not yet. Mapper keyword ``polish_sparse_disks``
+    # (docs/benchmarks.md, "Polishing the patterns a disk finder's noise misleads"); both shipped models are calibrated
+    # under that (the joint one since the seventh session). Mapper keyword ``polish_sparse_disks``
     tie_margin: float = 0.0  # ... unless their best two distinct candidates (more than MapConfig.margin_deg apart)
     # score within this of each other (0: never). Such a near tie is decided by how far each fit happened to stop:
     # on py4DSTEM's Bloch-wave Cu2O patterns the refinement left the true orientation ~1.5 deg off where its beam
