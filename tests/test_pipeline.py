@@ -139,8 +139,9 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     # the shipped Cu model: calibrated under today's defaults but for the polish of sparse patterns and of every
     # pattern the refinement does not pin at its noise floor (2026-12-04, sixth session: disks placed with a disk
     # finder's noise); the joint one under the library search on every pattern (2026-12-03: its Cu2O beam flips)
-    # and the same polish (2026-12-04, seventh session), which its mappers then use. (Both were calibrated under the noise-following intensity weight for a day; on
-    # disks placed with a disk finder's 0.2 px noise it lost 1-9 points, docs/benchmarks.md.)
+    # and the same polish (2026-12-04, seventh session), which its mappers then use. (Both were calibrated under the
+    # noise-following intensity weight for a day; on disks placed with a disk finder's 0.2 px noise it lost 1-9
+    # points, docs/benchmarks.md.)
     assert cu_mapper.config == MapConfig().replace(polish_sparse_disks=12, polish_min_position_noise=0.0021)
     assert cu_mapper.config.refine.sigma_position_floor < 0.0021  # the gate lies just above the refinement's floor
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")

@@ -183,10 +183,11 @@ def _abandon(cluster, client, before: set) -> None:
     First every nanny is told not to restart its worker (``Nanny.close_gracefully``): a nanny whose worker
     dies while it is running starts another. The scaling makes its nannies in the cluster's own thread, so one
     may appear after that (CI, 2026-12-04: a start that failed at once left a nanny restarting each worker the
-    sweep killed); each round of the sweep below tells the nannies again. Then the cluster closes, which waits for the nannies; but it may
-    take longer than :data:`CLOSE_TIMEOUT_S` (a worker still starting, or hung), so the closing is followed by a
-    sweep of this process's forked copies as the operating system lists them (:func:`_running_children`):
-    whichever was not running before the start is killed, until none has appeared for a second (at most 10 s).
+    sweep killed); each round of the sweep below tells the nannies again. Then the cluster closes, which waits
+    for the nannies; but it may take longer than :data:`CLOSE_TIMEOUT_S` (a worker still starting, or hung), so
+    the closing is followed by a sweep of this process's forked copies as the operating system lists them
+    (:func:`_running_children`): whichever was not running before the start is killed, until none has appeared
+    for a second (at most 10 s).
     """
     _stop_restarts(cluster)
     for close in (client.close, cluster.close):
