@@ -207,7 +207,7 @@ def _add_train(sub) -> None:
 #: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
 #: model's present setting.
 _CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
-                       "intensity_tie", "polish_sparse_disks", "polish_min_position_noise")
+                       "intensity_tie", "acom_tie", "polish_sparse_disks", "polish_min_position_noise")
 
 
 def _cmd_calibrate(args) -> int:
@@ -263,6 +263,11 @@ def _add_calibrate(sub) -> None:
                    help="calibrate with the arbitrate stage on (ArbiterConfig.tie): a best candidate's distinct rival "
                         "scoring within this of it is ranked first where its intensity profile fits the disks better "
                         "(0: off); the model's mappers then use it by default; default: the model's present setting")
+    p.add_argument("--acom-tie", type=float, default=None,
+                   help="calibrate with the tiebreak stage on (TieBreakConfig.tie): a best candidate's distinct rival "
+                        "scoring within this of it is ranked first where a second correlation with ACOM's settings "
+                        "scores it higher (0: off); the model's mappers then use it by default; default: the model's "
+                        "present setting")
     p.add_argument("--polish-sparse-disks", type=int, default=None,
                    help="calibrate with the polish (the pattern search on the score) on every pattern with at most "
                         "this many disks (PolishConfig.sparse_disks; 0: off), which the model's mappers then use by "

@@ -6,8 +6,8 @@ Stages (seconds, summed over chunks and batches):
 * ``tokens``: flat raw peaks -> calibrated, padded tokens (:func:`~..model.tokens.iter_scan_tokens`);
 * ``network``: the transformer's predictions (test-time turns included);
 * the pipeline's stages (:data:`~..mapping.pipeline.STAGES`): ``expand`` (candidates), ``refine`` (against
-  the disks), ``polish`` (on the score), ``score`` (the correlation), ``rank`` (distinct matches),
-  ``confidence`` (the calibration's features);
+  the disks), ``polish`` (on the score), ``score`` (the correlation), ``tiebreak`` and ``arbitrate`` (near
+  ties), ``rank`` (distinct matches), ``confidence`` (the calibration's features);
 * ``other``: the rest of :func:`~..mapping.pipeline.map_tokens` (batching, calibration, orthogonalization);
 * ``assembly``: matrices -> py4DSTEM ``OrientationMap``.
 

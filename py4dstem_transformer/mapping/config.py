@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "MapConfig", "Query", "config_differences",
+__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "TieBreakConfig", "MapConfig", "Query", "config_differences",
            "with_defaults", "uncalibrated_warning", "calibrated_config"]
 
 
@@ -133,6 +133,25 @@ class ArbiterConfig:
 
 
 @dataclass(frozen=True)
+class TieBreakConfig:
+    """Settings of the ``tiebreak`` stage (:mod:`.tiebreak`): a near tie between a pattern's best candidate and its best
+    distinct rival decided by a second correlation with ACOM's settings (py4DSTEM's ``orientation_plan`` defaults:
+    ``corr_kernel_size`` 0.08, ``sigma_excitation_error`` 0.02, ``power_radial`` 1, ``power_intensity`` 0.25)."""
+
+    tie: float = 0.0  # rivals scoring within this of the best are compared (0: never, the behaviour before it). 0.02 in
+    # the joint Cu / Cu2O model since 2026-12-05 (docs/benchmarks.md, "Near ties decided the way ACOM scores"): on
+    # py4DSTEM's patterns (tuning seeds 11-15) its Cu2O +1.6 points mean over 13 runs, its Cu -0.6 over 7. Mapper
+    # keyword acom_tie; calibrate --acom-tie
+    kernel: float = 0.08  # Gaussian width (1/A) of every disk: ACOM's corr_kernel_size
+    sigma_excitation_error: float = 0.02  # excitation-error width (1/A) of the simulated disks: ACOM's
+    power: float = 0.25  # intensities enter as I ** power
+    radial_power: float = 1.0  # and every disk's weight as |q| ** radial_power (ACOM's power_radial)
+    disks: int = 64  # simulated disks per candidate, the brightest
+    min_disks: int = 10  # patterns with fewer disks are not compared (on the tuning seeds, the only-bright-disks
+    # patterns (5 disks) lost 1-6 points compared one and all)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """The library search for unsure patterns (:mod:`.library`): patterns whose best match (calibrated
     confidence x phase probability) is below ``confidence`` also get the ``top`` best of ``size`` library
@@ -160,6 +179,7 @@ class MapConfig:
     turns: TurnConfig = field(default_factory=TurnConfig)
     search: Optional[SearchConfig] = field(default_factory=SearchConfig)  # None: no library search
     arbiter: ArbiterConfig = field(default_factory=ArbiterConfig)  # near ties decided on intensity profiles
+    tiebreak: TieBreakConfig = field(default_factory=TieBreakConfig)  # near ties decided the way ACOM scores
     repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
     margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
     min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
@@ -171,7 +191,7 @@ class MapConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "MapConfig":
         parts = {"score": ScoreConfig, "refine": RefineConfig, "polish": PolishConfig, "turns": TurnConfig, "search": SearchConfig,
-                 "arbiter": ArbiterConfig}
+                 "arbiter": ArbiterConfig, "tiebreak": TieBreakConfig}
         kw = {}
         for k, v in d.items():
             if k in parts:
@@ -220,6 +240,7 @@ KEYWORDS = {
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
     "intensity_tie": ("arbiter", "tie"),
+    "acom_tie": ("tiebreak", "tie"),
     "polish_sparse_disks": ("polish", "sparse_disks"),
     "polish_min_position_noise": ("polish", "min_position_noise"),
 }

@@ -5,9 +5,10 @@ then, for every phase the network finds likely enough, the stages run in order, 
 ``(MapBatch, Phase, MapConfig) -> MapBatch``:
 
 ``expand`` (candidates: hypotheses x partners) -> ``refine`` (against the disks) -> ``polish`` (on the
-score, noisy disks only) -> ``score`` (correlation with the disks) -> ``arbitrate`` (near ties between
-distinct candidates decided on intensity profiles, where the model's settings ask for it) -> ``rank`` (distinct matches) ->
-``confidence`` (the calibration's features).
+score, noisy disks only) -> ``score`` (correlation with the disks) -> ``tiebreak`` (near ties between distinct
+candidates decided the way ACOM scores) -> ``arbitrate`` (near ties decided on intensity profiles) -> ``rank``
+(distinct matches) -> ``confidence`` (the calibration's features); the two tie stages run where the model's settings
+ask for them.
 
 Sparse patterns (:class:`~.config.TurnConfig`) whose best answer is not sure (calibrated confidence x
 phase probability below ``turns.confidence``) are predicted again from their input turned in-plane, and
@@ -40,11 +41,12 @@ from .predict import Network, count_sorted_batches
 from .rank import rank
 from .refine import refine
 from .score import score, tokens_to_xy
+from .tiebreak import tiebreak
 
 __all__ = ["STAGES", "run_stages", "map_tokens", "map_phases", "Mapped"]
 
 #: The stages of one phase, in order; each ``(MapBatch, Phase, MapConfig) -> MapBatch``.
-STAGES = (expand, refine, polish, score, arbitrate, rank, confidence)
+STAGES = (expand, refine, polish, score, tiebreak, arbitrate, rank, confidence)
 
 
 def run_stages(batch: MapBatch, phase: Phase, config: MapConfig, stages=STAGES) -> MapBatch:

@@ -52,7 +52,8 @@ SEPARATED_KERNELS = 8.0
 
 
 def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: torch.Tensor,
-                simulated_mask: torch.Tensor, kernel: float, power: float, separation: float = 0.0) -> torch.Tensor:
+                simulated_mask: torch.Tensor, kernel: float, power: float, separation: float = 0.0,
+                radial_power: float = 0.0) -> torch.Tensor:
     """Normalised correlation of observed and simulated disks.
 
     Parameters
@@ -71,6 +72,9 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
         :meth:`~py4dstem_transformer.core.kinematics.Reflections.min_disk_separation`). Where it exceeds
         ``SEPARATED_KERNELS`` kernels, ``<sim, sim>`` is its diagonal ``sum_j wb_j^2`` (the pairs add
         less than 1e-7 of it), which saves the (M, M) self-overlap of every candidate.
+    radial_power : float
+        Every disk's weight also times ``|q| ** radial_power`` (as ACOM weights its templates by radius; 0: not),
+        so that the outer disks, which move most with the orientation, count more.
 
     Returns
     -------
@@ -82,7 +86,11 @@ def correlation(observed: torch.Tensor, observed_mask: torch.Tensor, simulated: 
     B, C, M, _ = simulated.shape
     observed, simulated = observed.float(), simulated.float()
     wa = observed[..., 2].clamp_min(0).pow(power) * observed_mask  # (B, N)
-    wb = (simulated[..., 2].clamp_min(0).pow(power) * simulated_mask).reshape(B * C, M)
+    wb = simulated[..., 2].clamp_min(0).pow(power) * simulated_mask  # (B, C, M)
+    if radial_power:
+        wa = wa * torch.linalg.vector_norm(observed[..., :2], dim=-1).pow(radial_power)
+        wb = wb * torch.linalg.vector_norm(simulated[..., :2], dim=-1).pow(radial_power)
+    wb = wb.reshape(B * C, M)
     a, b = observed[..., :2], simulated[..., :2].reshape(B * C, M, 2)
     aa = _overlap(a, wa, a, wa, kernel)  # (B,) once per observed pattern
     ab = _overlap(a.repeat_interleave(C, 0), wa.repeat_interleave(C, 0), b, wb, kernel)  # (B * C,)
