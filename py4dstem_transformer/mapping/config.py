@@ -140,8 +140,9 @@ class TieBreakConfig:
 
     tie: float = 0.0  # rivals scoring within this of the best are compared (0: never, the behaviour before it). 0.02 in
     # the joint Cu / Cu2O model since 2026-12-05 (docs/benchmarks.md, "Near ties decided the way ACOM scores"): on
-    # py4DSTEM's patterns (tuning seeds 11-15) its Cu2O +1.6 points mean over 13 runs, its Cu -0.6 over 7. Mapper
-    # keyword acom_tie; calibrate --acom-tie
+    # py4DSTEM's patterns (tuning seeds 11-15, 15 runs) its Cu2O +1.6 points (108 patterns gained, 39 lost), its Cu
+    # -0.5 (7 runs; 30 gained, 40 lost); the Cu model level (22 / 23), so it does not use it. Mapper keyword acom_tie;
+    # calibrate --acom-tie
     kernel: float = 0.08  # Gaussian width (1/A) of every disk: ACOM's corr_kernel_size
     sigma_excitation_error: float = 0.02  # excitation-error width (1/A) of the simulated disks: ACOM's
     power: float = 0.25  # intensities enter as I ** power
