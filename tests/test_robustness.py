@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from py4dstem_transformer.benchmarks import robustness as rb
+from py4dstem_transformer.core.symmetry import point_group_rotations
 
 BY_NAME = {c.name: c for c in rb.CONDITIONS}
 
@@ -117,3 +118,42 @@ def test_true_correction_is_what_the_wrong_calibration_did():
     ellipse = rb.true_correction(BY_NAME["ellipse"])  # b = 1 - 0.015: one axis stretched back by 1 / 0.985
     assert ellipse["ellipticity"] == pytest.approx(1 / 0.985 - 1, abs=1e-9)
     assert ellipse["scale"] == pytest.approx(np.sqrt(1 / 0.985), abs=1e-9)  # the area the ellipse changed
+
+
+@pytest.mark.slow
+def test_acom_can_name_the_phase_itself_on_the_same_run(capsys):
+    """--acom-phases: ACOM maps with both crystals and its larger corr names the phase; the told figures come from the
+    same maps, and a wrong phase counts as wrong for it as for ours."""
+    report = rb.main(["--model", "Cu+Cu2O", "--phase", "Cu2O", "--n", "8", "--acom-n", "8", "--conditions",
+                      "kinematic", "--acom-phases"])
+    (row,) = report["rows"]
+    told, naming = row["acom"], row["acom_phases"]
+    assert report["acom_phases"] and 0.0 <= naming["phase_right"] <= 1.0
+    assert naming["strict_5_phase_given"] == told["strict_5"]  # the same map of the Cu2O plan
+    assert naming["strict_5"] <= told["strict_5"] and naming["strict_5"] <= naming["phase_right"]
+    wrong = np.asarray(naming["errors_strict"]) == 180.0
+    assert np.array_equal(np.asarray(naming["errors_strict"])[~wrong], np.asarray(told["errors_strict"])[~wrong])
+    paired = row["ours_minus_acom_phases"]
+    assert paired["difference"] == pytest.approx(row["ours_on_acom_patterns"] - naming["strict_5"])
+    assert "| ACOM naming the phase: ≤5° strict (phase right) |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_acom_naming_the_phase_counts_the_patterns_it_calls_another_phase_as_wrong():
+    """Two identical plans: every corr ties, the first names the phase, so with the patterns' phase second every one
+    is called the other phase and counts as wrong, while the told figures are those of the same map."""
+    from py4dstem_transformer.core.crystal import private_copy
+    from py4dstem_transformer.simulation.simulate import example_crystal
+
+    cu = example_crystal("Cu")
+    cond = rb.Condition("k", "k", dynamical=False)
+    disks, truth = rb.simulate_condition(cu, cond, 6, seed=3)
+    pixels = rb.detector_pixels(disks)
+    bragg = rb.pack_braggvectors(pixels, cond, rb.believed_origin(cond, 6, 3))
+    sym = point_group_rotations(cu).numpy()
+    told, naming = rb.run_acom_phases([private_copy(cu), private_copy(cu)], 1, bragg, truth, sym)
+    assert told["strict_5"] >= 0.5  # ACOM reads these kinematic patterns
+    assert naming["phase_right"] == 0.0 and naming["strict_5"] == 0.0
+    assert naming["errors_strict"] == [180.0] * 6 and naming["strict_5_phase_given"] == told["strict_5"]
+    told_first, naming_first = rb.run_acom_phases([private_copy(cu), private_copy(cu)], 0, bragg, truth, sym)
+    assert naming_first["phase_right"] == 1.0 and naming_first["errors_strict"] == told_first["errors_strict"]
