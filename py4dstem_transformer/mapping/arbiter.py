@@ -40,7 +40,7 @@ from .phase import Phase
 from .rank import rank_distinct
 from .score import square_distances, tokens_to_xy
 
-__all__ = ["near_ties", "profile_fit", "arbitrate"]
+__all__ = ["near_ties", "near_tie_pairs", "rivals_first", "profile_fit", "arbitrate"]
 
 
 def near_ties(candidates: torch.Tensor, score: torch.Tensor, symmetry: torch.Tensor, margin_deg: float,
@@ -60,6 +60,31 @@ def near_ties(candidates: torch.Tensor, score: torch.Tensor, symmetry: torch.Ten
     rows = torch.nonzero((corr[:, 0] > 0) & (corr[:, 1] > 0) & (corr[:, 1] >= corr[:, 0] - tie)).flatten()
     best, rival = pick[rows, 0], pick[rows, 1]
     return rows, best, rival
+
+
+def near_tie_pairs(batch: MapBatch, phase: Phase, margin_deg: float, tie: float, min_disks: int):
+    """:func:`near_ties` of the patterns of ``batch`` with at least ``min_disks`` disks, with the two candidates of each:
+    ``(rows (t,), best (t,), rival (t,), matrix (t, 2, 3, 3), shift (t, 2, 2))`` (``matrix`` and ``shift``, the
+    candidates' origin errors, on ``batch.device``), or None where there is none."""
+    rows, best, rival = near_ties(batch.candidates.cpu(), batch.score, phase.symmetry, margin_deg, tie)
+    enough = batch.tokens.counts[rows].cpu() >= min_disks
+    rows, best, rival = rows[enough], best[enough], rival[enough]
+    if len(rows) == 0:
+        return None
+    pair = torch.stack([best, rival], 1)  # (t, 2)
+    on = batch.candidates.device
+    matrix = batch.candidates[rows[:, None].to(on), pair.to(on)].to(batch.device)
+    shift = batch.shift[rows[:, None], pair] if batch.shift is not None else torch.zeros(len(rows), 2, 2)
+    return rows, best, rival, matrix, shift.to(batch.device)
+
+
+def rivals_first(batch: MapBatch, rows: torch.Tensor, best: torch.Tensor, rival: torch.Tensor,
+                 swap: torch.Tensor) -> MapBatch:
+    """``batch`` with each ``rival`` ranked above its ``best`` (``order``) where ``swap``; the scores stay."""
+    order = (batch.order if batch.order is not None else batch.score).clone()
+    r, j, i = rows[swap], rival[swap], best[swap]
+    order[r, j] = batch.score[r, i] + 1e-3  # above the best and everything near it (all score at most the best)
+    return dataclasses.replace(batch, order=order)
 
 
 def profile_fit(observed: torch.Tensor, observed_mask: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor,
@@ -117,23 +142,15 @@ def arbitrate(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     cfg = config.arbiter
     if cfg.tie <= 0 or not batch.query.refine or phase.reflections.precession:
         return batch
-    rows, best, rival = near_ties(batch.candidates.cpu(), batch.score, phase.symmetry, config.margin_deg, cfg.tie)
-    enough = batch.tokens.counts[rows].cpu() >= cfg.min_disks
-    rows, best, rival = rows[enough], best[enough], rival[enough]
-    if len(rows) == 0:
+    ties = near_tie_pairs(batch, phase, config.margin_deg, cfg.tie, cfg.min_disks)
+    if ties is None:
         return batch
+    rows, best, rival, matrix, shift = ties  # matrix (t, 2, 3, 3), shift (t, 2, 2)
     device = batch.device
     obs = tokens_to_xy(batch.tokens.tokens[rows]).to(device)
     obs_mask = batch.tokens.mask[rows].to(device)
-    pair = torch.stack([best, rival], 1)  # (t, 2)
-    matrix = batch.candidates[rows[:, None], pair].to(device)  # (t, 2, 3, 3)
-    shift = (batch.shift[rows[:, None], pair] if batch.shift is not None else torch.zeros(len(rows), 2, 2)).to(device)
     fit, residual = profile_fit(obs.repeat_interleave(2, 0), obs_mask.repeat_interleave(2, 0), matrix.reshape(-1, 3, 3),
                                 shift.reshape(-1, 2), phase, cfg)
     fit, residual = fit.view(-1, 2).cpu(), residual.view(-1, 2).cpu()
     precise = residual.amax(1) <= cfg.max_residual  # both placed well enough for their excitation errors to mean much
-    swap = precise & (fit[:, 1] > fit[:, 0] + cfg.margin)
-    order = (batch.order if batch.order is not None else batch.score).clone()
-    r, j, i = rows[swap], rival[swap], best[swap]
-    order[r, j] = batch.score[r, i] + 1e-3  # above the best and everything near it (all score at most the best)
-    return dataclasses.replace(batch, order=order)
+    return rivals_first(batch, rows, best, rival, precise & (fit[:, 1] > fit[:, 0] + cfg.margin))

@@ -22,12 +22,10 @@ not compared.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..core.kinematics import simulate_disks
-from .arbiter import near_ties
+from .arbiter import near_tie_pairs, rivals_first
 from .batch import MapBatch
 from .config import MapConfig, TieBreakConfig
 from .phase import Phase
@@ -64,19 +62,10 @@ def tiebreak(batch: MapBatch, phase: Phase, config: MapConfig) -> MapBatch:
     cfg = config.tiebreak
     if cfg.tie <= 0 or not batch.query.refine:
         return batch
-    rows, best, rival = near_ties(batch.candidates.cpu(), batch.score, phase.symmetry, config.margin_deg, cfg.tie)
-    enough = batch.tokens.counts[rows].cpu() >= cfg.min_disks
-    rows, best, rival = rows[enough], best[enough], rival[enough]
-    if len(rows) == 0:
+    ties = near_tie_pairs(batch, phase, config.margin_deg, cfg.tie, cfg.min_disks)
+    if ties is None:
         return batch
-    device = batch.device
-    pair = torch.stack([best, rival], 1)  # (t, 2)
-    matrix = batch.candidates[rows[:, None].to(batch.candidates.device), pair.to(batch.candidates.device)].to(device)
-    shift = (batch.shift[rows[:, None], pair] if batch.shift is not None else torch.zeros(len(rows), 2, 2)).to(device)
-    alt = acom_like_correlation(tokens_to_xy(batch.tokens.tokens[rows]).to(device), batch.tokens.mask[rows].to(device),
-                                matrix, shift, phase, cfg).cpu()  # (t, 2)
-    swap = alt[:, 1] > alt[:, 0]
-    order = (batch.order if batch.order is not None else batch.score).clone()
-    r, j, i = rows[swap], rival[swap], best[swap]
-    order[r, j] = batch.score[r, i] + 1e-3  # above the best and everything near it (all score at most the best)
-    return dataclasses.replace(batch, order=order)
+    rows, best, rival, matrix, shift = ties  # matrix (t, 2, 3, 3), shift (t, 2, 2)
+    alt = acom_like_correlation(tokens_to_xy(batch.tokens.tokens[rows]).to(batch.device),
+                                batch.tokens.mask[rows].to(batch.device), matrix, shift, phase, cfg).cpu()  # (t, 2)
+    return rivals_first(batch, rows, best, rival, alt[:, 1] > alt[:, 0])
