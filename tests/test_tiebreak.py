@@ -18,7 +18,7 @@ from py4dstem_transformer.mapping.score import correlation, tokens_to_xy
 from py4dstem_transformer.mapping.tiebreak import acom_like_correlation, tiebreak
 from py4dstem_transformer.model.tokens import Tokens
 
-from conftest import make_cu2o
+from conftest import assert_a_tie_setting_changes_only_near_ties, make_cu2o
 
 ON = MapConfig().replace(acom_tie=0.05)
 
@@ -116,34 +116,6 @@ def test_the_setting_round_trips_and_older_records_read_it_as_off():
 
 @pytest.mark.slow
 def test_the_joint_model_changes_only_near_ties_on_py4dstem_patterns():
-    """py4DSTEM's own Bloch-wave Cu2O patterns (200 kV) through the shipped joint model with the stage off and on: a
-    position changes only where its two answers scored within the tie of each other, the rest is bit-identical, and
-    the user's peaks are untouched."""
-    import warnings
-
-    from py4dstem_transformer import TransformerOrientationMap
-    from py4dstem_transformer.benchmarks import robustness as R
-
-    cond = {c.name: c for c in R.CONDITIONS}["bloch_200kv"]
-    mapper = TransformerOrientationMap.pretrained("Cu+Cu2O", workers=1, calibrated_confidence=False,
-                                                  accel_voltage=cond.accel_voltage)
-    disks, truth = R.simulate_condition(mapper.crystals[1], cond, 80, seed=5)
-    bragg = R.pack_braggvectors(R.detector_pixels(disks), cond, R.believed_origin(cond, 80, seed=5))
-    before = [pl.data.copy() for row in bragg._v_uncal._pointlists for pl in row]
-    maps = {}
-    for tie in (0.0, 0.02):
-        mapper.config = mapper.config.replace(acom_tie=tie)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            maps[tie] = mapper.match_phases(bragg, 2, progress_bar=False, neighbours=False, self_calibrate=False)
-    off, on = (maps[t].orientation_maps[1] for t in (0.0, 0.02))
-    changed = ~np.all(np.isclose(off.matrix[0, :, 0], on.matrix[0, :, 0], atol=1e-6), axis=(1, 2))
-    assert changed.any()  # on these patterns some near ties are decided otherwise
-    same = ~changed
-    np.testing.assert_array_equal(off.matrix[0, same], on.matrix[0, same])
-    np.testing.assert_array_equal(off.corr[0, same], on.corr[0, same])
-    # a changed position reports its other answer first, and the two scored within the tie
-    assert np.all(np.abs(on.corr[0, changed, 0] - on.corr[0, changed, 1]) <= 0.02 + 1e-6)
-    assert np.all(on.corr[0, changed, 0] <= on.corr[0, changed, 1] + 1e-6)
-    after = [pl.data for row in bragg._v_uncal._pointlists for pl in row]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    """py4DSTEM's own Bloch-wave Cu2O patterns through the shipped joint model with the stage off and on
+    (:func:`conftest.assert_a_tie_setting_changes_only_near_ties`)."""
+    assert_a_tie_setting_changes_only_near_ties("acom_tie", 0.02)
