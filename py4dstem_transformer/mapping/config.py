@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "TieBreakConfig", "MapConfig", "Query", "config_differences",
-           "with_defaults", "uncalibrated_warning", "calibrated_config"]
+__all__ = ["ScoreConfig", "RefineConfig", "PolishConfig", "TurnConfig", "SearchConfig", "TieBreakConfig", "MapConfig",
+           "Query", "config_differences", "with_defaults", "uncalibrated_warning", "calibrated_config"]
 
 
 @dataclass(frozen=True)
