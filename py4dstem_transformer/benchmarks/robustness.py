@@ -297,13 +297,20 @@ def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: in
     return figures
 
 
-def run_acom(crystal, bragg, matrices: np.ndarray, symmetry, accel_voltage: float = ACCEL_VOLTAGE,
-             precession_deg: Optional[float] = None) -> dict:
-    """py4DSTEM ACOM, default plan at the data's voltage and precession (plan time not counted in patterns/s)."""
+def _acom_map(crystal, bragg, accel_voltage: float, precession_deg: Optional[float]):
+    """``(OrientationMap, seconds)``: py4DSTEM ACOM's default plan on ``crystal`` at the data's voltage and
+    precession, then its matching of ``bragg`` (only the matching timed)."""
     acom_plan(crystal, accel_voltage, precession_angle_degrees=precession_deg)
     t0 = time.perf_counter()
     om = acom_match(crystal, bragg)
-    return _figures(om, matrices, symmetry, time.perf_counter() - t0)
+    return om, time.perf_counter() - t0
+
+
+def run_acom(crystal, bragg, matrices: np.ndarray, symmetry, accel_voltage: float = ACCEL_VOLTAGE,
+             precession_deg: Optional[float] = None) -> dict:
+    """py4DSTEM ACOM, default plan at the data's voltage and precession (plan time not counted in patterns/s)."""
+    om, seconds = _acom_map(crystal, bragg, accel_voltage, precession_deg)
+    return _figures(om, matrices, symmetry, seconds)
 
 
 def run_acom_phases(crystals: Sequence, phase: int, bragg, matrices: np.ndarray, symmetry,
@@ -313,12 +320,7 @@ def run_acom_phases(crystals: Sequence, phase: int, bragg, matrices: np.ndarray,
     ``(told, naming)``: the figures of crystal ``phase``'s map alone (ACOM told the phase, as :func:`run_acom`;
     patterns/s of that one plan) and of the same map where the patterns ACOM calls another phase count as wrong
     (``phase_right``, ``strict_5_phase_given``; patterns/s over every plan's matching)."""
-    maps, seconds = [], []
-    for crystal in crystals:
-        acom_plan(crystal, accel_voltage, precession_angle_degrees=precession_deg)
-        t0 = time.perf_counter()
-        maps.append(acom_match(crystal, bragg))
-        seconds.append(time.perf_counter() - t0)
+    maps, seconds = zip(*(_acom_map(c, bragg, accel_voltage, precession_deg) for c in crystals))
     corr = np.stack([np.asarray(om.corr[..., 0]).ravel() for om in maps], -1)  # (n, P)
     wrong = corr.argmax(-1) != phase
     return (_figures(maps[phase], matrices, symmetry, seconds[phase]),
