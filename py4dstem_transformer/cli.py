@@ -207,7 +207,7 @@ def _add_train(sub) -> None:
 #: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
 #: model's present setting.
 _CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
-                       "intensity_tie", "acom_tie", "polish_sparse_disks", "polish_min_position_noise")
+                       "intensity_tie", "acom_tie", "polish_sparse_disks", "polish_min_position_noise", "phase_power")
 
 
 def _cmd_calibrate(args) -> int:
@@ -275,6 +275,11 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--polish-min-position-noise", type=float, default=None,
                    help="calibrate with the polish on every pattern whose disks the refinement fits no better than "
                         "this (1/A; PolishConfig.min_position_noise); default: the model's present setting")
+    p.add_argument("--phase-power", type=float, default=None,
+                   help="calibrate with the network's phase probability weighing each phase's corr as p ** this, "
+                        "renormalised (MapConfig.phase_power; 1: as it is, below 1: the disks' fit can overrule a "
+                        "network sure of the wrong phase); the model's mappers then use it by default; default: the "
+                        "model's present setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
 

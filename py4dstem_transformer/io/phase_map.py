@@ -31,7 +31,8 @@ class PhaseMap:
         Index into ``crystals`` of the phase with the largest ``corr`` (phase probability x
         orientation confidence); -1 where nothing matched (too few peaks, vacuum).
     phase_probability : (Rx, Ry, n) float64
-        The network's phase probabilities (sum to 1 over phases).
+        The network's phase probabilities (sum to 1 over phases), raised to the mapper's ``phase_power`` and
+        renormalised (:func:`~..mapping.confidence.phase_weights`; unchanged at its default 1).
     orientation_maps : list of py4DSTEM OrientationMap
         One per crystal: that phase's orientation at every position; ``corr`` = phase probability
         x orientation confidence (0 where the phase was not considered or nothing matched).

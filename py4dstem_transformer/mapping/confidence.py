@@ -33,6 +33,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..core.rotations import symmetry_min_angle
@@ -42,7 +43,7 @@ from .phase import Phase
 from .score import tokens_to_xy
 
 __all__ = ["FEATURES", "Calibration", "confidence_features", "disk_agreement", "fit_calibration", "calibrated",
-           "confidence", "METADATA_KEY"]
+           "confidence", "phase_weights", "METADATA_KEY"]
 
 #: metadata key of the calibration in a model file
 METADATA_KEY = "confidence_calibration"
@@ -171,6 +172,22 @@ def calibrated(score: torch.Tensor, features: dict, calibration: Calibration) ->
     """The calibrated probability for raw scores ``score`` and their named features (same shape); a match
     without a score (phases left out, patterns without disks: 0) stays at 0."""
     return torch.where(score > 0, calibration.probability(features), score)
+
+
+def phase_weights(probability: np.ndarray, power: float) -> np.ndarray:
+    """(..., P) the network's phase probabilities raised to ``power`` and renormalised over the phases (a temperature
+    of ``1 / power`` on its logits): what each phase's calibrated confidence is multiplied by to give its ``corr``,
+    the larger of which names the phase (:class:`~.config.MapConfig` ``phase_power``). ``power`` 1 returns
+    ``probability``; below 1 the weights move towards equal, so that a phase whose disks fit far better can win over
+    a network sure of another; 0 weighs every phase the network gives any probability alike."""
+    if not power >= 0:
+        raise ValueError(f"phase_power must be >= 0, got {power}")
+    probability = np.asarray(probability, dtype=np.float64)
+    if power == 1:
+        return probability
+    weights = np.where(probability > 0, np.clip(probability, 1e-300, None) ** power, 0.0)
+    total = weights.sum(-1, keepdims=True)
+    return np.where(total > 0, weights / np.where(total > 0, total, 1.0), probability)
 
 
 @torch.inference_mode()

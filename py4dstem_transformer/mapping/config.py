@@ -184,6 +184,13 @@ class MapConfig:
     repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
     margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
     min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
+    phase_power: float = 1.0  # the network's phase probability p enters the phase decision and each phase's corr as
+    # p ** phase_power (renormalised; a temperature of 1 / phase_power): below 1 the disks' fit can overrule a network
+    # that is sure of the wrong phase. Its internal uses (which phases are scored, which patterns are searched) keep p.
+
+    def __post_init__(self):
+        if not self.phase_power >= 0:
+            raise ValueError(f"phase_power must be >= 0 (1: the network's phase probability as it is), got {self.phase_power}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists), for a model file's metadata."""
@@ -237,6 +244,7 @@ KEYWORDS = {
     "sparse_confidence": ("turns", "confidence"),
     "sparse_min_disks": ("turns", "min_disks"),
     "min_phase_probability": ("min_phase_probability", None),
+    "phase_power": ("phase_power", None),
     "search_confidence": ("search", "confidence"),
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),

@@ -23,7 +23,7 @@ from ..io.orientation_map import build_orientation_map, ensure_plan
 from ..io.peaks import Peaks, as_peaks_source
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
-from .confidence import Calibration
+from .confidence import Calibration, phase_weights
 from .config import MapConfig, Query, calibrated_config, uncalibrated_warning
 from .phase import build_phases
 from .pipeline import Mapped, map_tokens
@@ -233,7 +233,7 @@ class TransformerOrientationMap:
 
         Each crystal's ``OrientationMap`` holds that phase's orientation at every position, with ``corr`` =
         phase probability x orientation confidence (phases below ``config.min_phase_probability`` are not
-        scored), so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)`` reads them.
+        scored; the probability raised to ``config.phase_power`` and renormalised, :func:`.confidence.phase_weights`), so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)`` reads them.
         Returns a :class:`~..io.phase_map.PhaseMap` (``phase_index`` (Rx, Ry), -1 where nothing matched;
         ``phase_probability`` (Rx, Ry, n); ``orientation_maps``).
         """
@@ -329,6 +329,7 @@ class TransformerOrientationMap:
             matrix, corr, probability, counts = map_scan(
                 peaks, self.token_config, lambda tokens: map_job_tokens(self, job, tokens, phases), (self.n_phases, K),
                 chunk_size, progress_bar)
+        probability = phase_weights(probability, self.config.phase_power)  # what names the phase from here on
         look = None
         calibration = self.calibration if self.calibrated_confidence else None
         if neighbours and refine and calibration is not None and self.neighbour_config is not None:
@@ -368,7 +369,8 @@ class TransformerOrientationMap:
 
         def best_matches(tokens):
             mapped = self.map_tokens(tokens, 1, True, True, None, batch_size, device, config=quick)
-            sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * mapped.probability)  # (b, P)
+            weights = phase_weights(mapped.probability, self.config.phase_power)
+            sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * weights)  # (b, P)
             confidence, phase = sure.max(1)
             matrix = torch.from_numpy(mapped.matrix[np.arange(len(tokens)), phase.numpy(), 0])
             return matrix, confidence, phase
