@@ -9,18 +9,19 @@ from py4dstem_transformer.mapping.confidence import phase_weights
 from py4dstem_transformer.mapping.config import MapConfig, uncalibrated_warning
 
 
-def test_the_weights_are_the_probabilities_raised_and_renormalised():
+def test_the_weights_are_the_probabilities_over_the_favourites_raised():
     p = np.array([[0.9, 0.1], [0.996, 0.004], [0.5, 0.5], [1.0, 0.0], [0.2, 0.8]])
-    np.testing.assert_array_equal(phase_weights(p, 1.0), p)
+    w1 = phase_weights(p, 1.0)
+    np.testing.assert_allclose(w1, p / p.max(1, keepdims=True), rtol=1e-12)
     w = phase_weights(p, 0.5)
-    by_hand = np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
-    np.testing.assert_allclose(w, by_hand, rtol=1e-12)
-    np.testing.assert_allclose(w.sum(1), 1.0)
-    np.testing.assert_array_equal(w.argmax(1), p.argmax(1))  # the network's favourite stays its favourite ...
-    assert w[1, 1] > p[1, 1] and w[1, 0] < p[1, 0]  # ... but counts for less
+    np.testing.assert_allclose(w, np.sqrt(p / p.max(1, keepdims=True)), rtol=1e-12)
+    assert np.all(w.max(1) == 1.0)  # the favourite weighs 1: its corr is its orientation's confidence
+    np.testing.assert_array_equal(w.argmax(1), p.argmax(1))  # the favourite stays the favourite ...
+    assert w[1, 1] > w1[1, 1]  # ... but a phase it finds unlikely counts for more
+    np.testing.assert_allclose(w / w[:, :1], (p / p[:, :1]) ** 0.5, rtol=1e-12)  # the weights' ratios: p's, to the power
     assert w[3, 1] == 0.0  # a phase the network rules out stays out
-    np.testing.assert_allclose(phase_weights(p[:3], 0.0), 0.5)  # 0: every phase it gives any probability alike
-    np.testing.assert_allclose(phase_weights(np.array([[0.7, 0.2, 0.1]]), 0.25).sum(), 1.0)
+    np.testing.assert_allclose(phase_weights(p[:3], 0.0), 1.0)  # 0: every phase it gives any probability alike
+    np.testing.assert_allclose(phase_weights(np.array([[0.7, 0.2, 0.1]]), 1.0), [[1.0, 2 / 7, 1 / 7]])
 
 
 def test_a_negative_power_is_refused_with_the_fix():
@@ -44,8 +45,8 @@ def test_the_setting_round_trips_and_older_records_read_it_as_one():
 def test_the_joint_model_changes_only_which_phase_is_named_on_py4dstem_patterns():
     """py4DSTEM's own Bloch-wave Cu2O patterns with only the brighter disks (few disks: where the network is unsure)
     through the shipped joint model at phase_power 1 and 0.25: every phase's orientations are bit-identical, its
-    ``corr`` is the confidence times the new weights, the phase named is the larger ``corr``, some positions are
-    named anew, and the user's peaks are untouched."""
+    ``corr`` is the same confidence times the new weight, the phase named is the larger ``corr``, some positions
+    are named anew, and the user's peaks are untouched."""
     from py4dstem_transformer import TransformerOrientationMap
     from py4dstem_transformer.benchmarks import robustness as R
 
@@ -62,14 +63,14 @@ def test_the_joint_model_changes_only_which_phase_is_named_on_py4dstem_patterns(
             warnings.simplefilter("ignore", UserWarning)  # corr calibrated under the other setting
             maps.append(mapper.match_phases(bragg, progress_bar=False, neighbours=False, self_calibrate=False))
     one, quarter = maps
-    np.testing.assert_allclose(quarter.phase_probability, phase_weights(one.phase_probability, 0.25), rtol=1e-12)
+    np.testing.assert_array_equal(one.phase_probability, quarter.phase_probability)  # the network's, both times
+    prob = one.phase_probability
     confidence = []
     for p in range(2):
         np.testing.assert_array_equal(one.orientation_maps[p].matrix, quarter.orientation_maps[p].matrix)
-        prob = one.phase_probability[..., p]
-        conf = np.where(prob > 0, one.orientation_maps[p].corr[..., 0] / np.where(prob > 0, prob, 1), 0.0)
-        np.testing.assert_allclose(quarter.orientation_maps[p].corr[..., 0], conf * quarter.phase_probability[..., p],
-                                   rtol=1e-9, atol=1e-12)
+        w1, w4 = phase_weights(prob, 1.0)[..., p], phase_weights(prob, 0.25)[..., p]
+        conf = np.where(w1 > 0, one.orientation_maps[p].corr[..., 0] / np.where(w1 > 0, w1, 1), 0.0)
+        np.testing.assert_allclose(quarter.orientation_maps[p].corr[..., 0], conf * w4, rtol=1e-9, atol=1e-12)
         confidence.append(quarter.orientation_maps[p].corr[..., 0])
     matched = quarter.phase_index >= 0
     np.testing.assert_array_equal(quarter.phase_index[matched], np.argmax(confidence, 0)[matched])

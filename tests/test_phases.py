@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import KinematicSet, kinematic_scan, make_cu, make_cu2o, make_mg
 
+from py4dstem_transformer.mapping.confidence import phase_weights
 from py4dstem_transformer.model.loss import orientation_loss
 from py4dstem_transformer.simulation.phases import PhaseTrainingSet, formula, padded_symmetry, phase_symmetries
 from py4dstem_transformer.core.symmetry import point_group_rotations
@@ -170,7 +171,8 @@ def test_match_phases_gives_native_maps_per_crystal(joint, two_sets):
     assert np.mean(result.phase_index == phase) > 0.9
     for crystal, om, p in zip(crystals, result.orientation_maps, range(2)):
         assert crystal.orientation_map is om and om.matrix.shape == (10, 10, 1, 3, 3)
-        assert np.all(om.corr[:, :, 0] <= result.phase_probability[:, :, p] + 1e-9)  # corr = probability x score
+        weight = phase_weights(result.phase_probability, mapper.config.phase_power)[:, :, p]
+        assert np.all(om.corr[:, :, 0] <= weight + 1e-9)  # corr = confidence x phase weight
     # py4DSTEM's own phase map from the correlation scores agrees with ours
     cp = result.crystal_phase()
     assert isinstance(cp, CrystalPhase) and cp.phase_weights.shape == (10, 10, 2)

@@ -28,14 +28,14 @@ class PhaseMap:
     Attributes
     ----------
     phase_index : (Rx, Ry) int64
-        Index into ``crystals`` of the phase with the largest ``corr`` (phase probability x
-        orientation confidence); -1 where nothing matched (too few peaks, vacuum).
+        Index into ``crystals`` of the phase with the largest ``corr`` (orientation confidence x phase
+        weight, :func:`~..mapping.confidence.phase_weights`); -1 where nothing matched (too few peaks, vacuum).
     phase_probability : (Rx, Ry, n) float64
-        The network's phase probabilities (sum to 1 over phases), raised to the mapper's ``phase_power`` and
-        renormalised (:func:`~..mapping.confidence.phase_weights`; unchanged at its default 1).
+        The network's phase probabilities (sum to 1 over phases).
     orientation_maps : list of py4DSTEM OrientationMap
-        One per crystal: that phase's orientation at every position; ``corr`` = phase probability
-        x orientation confidence (0 where the phase was not considered or nothing matched).
+        One per crystal: that phase's orientation at every position; ``corr`` = orientation confidence x
+        phase weight (the network's probability of the phase over that of its favourite, to the mapper's
+        ``phase_power``; 0 where the phase was not considered or nothing matched).
     crystals : list of py4DSTEM Crystal
     names : list of str
     """

@@ -175,19 +175,18 @@ def calibrated(score: torch.Tensor, features: dict, calibration: Calibration) ->
 
 
 def phase_weights(probability: np.ndarray, power: float) -> np.ndarray:
-    """(..., P) the network's phase probabilities raised to ``power`` and renormalised over the phases (a temperature
-    of ``1 / power`` on its logits): what each phase's calibrated confidence is multiplied by to give its ``corr``,
-    the larger of which names the phase (:class:`~.config.MapConfig` ``phase_power``). ``power`` 1 returns
-    ``probability``; below 1 the weights move towards equal, so that a phase whose disks fit far better can win over
-    a network sure of another; 0 weighs every phase the network gives any probability alike."""
+    """(..., P) what each phase's calibrated confidence is multiplied by to give its ``corr``, the largest of which
+    names the phase (:class:`~.config.MapConfig` ``phase_power``): the network's phase probability over that of its
+    favourite phase, raised to ``power``. The favourite weighs 1, so its ``corr`` is its orientation's confidence;
+    a phase the network finds ten times less likely weighs ``10 ** -power``: at 1 the disks must fit it ten times
+    better to name it, below 1 less (on py4DSTEM's sparse Cu2O patterns the network is often sure of the wrong
+    phase, docs/benchmarks.md). 0 weighs every phase the network gives any probability alike."""
     if not power >= 0:
         raise ValueError(f"phase_power must be >= 0, got {power}")
     probability = np.asarray(probability, dtype=np.float64)
-    if power == 1:
-        return probability
-    weights = np.where(probability > 0, np.clip(probability, 1e-300, None) ** power, 0.0)
-    total = weights.sum(-1, keepdims=True)
-    return np.where(total > 0, weights / np.where(total > 0, total, 1.0), probability)
+    favourite = probability.max(-1, keepdims=True)
+    ratio = probability / np.where(favourite > 0, favourite, 1.0)
+    return np.where(ratio > 0, np.clip(ratio, 1e-300, None) ** power, 0.0)
 
 
 @torch.inference_mode()

@@ -184,9 +184,9 @@ class MapConfig:
     repeat_deg: float = 1.5  # a hypothesis this close (symmetry and beam flip allowed) to an earlier one is not refined again
     margin_deg: float = 5.0  # the confidence's margin is over the best candidate further than this from the match
     min_phase_probability: float = 0.02  # phases less likely than this (network) are not refined or scored
-    phase_power: float = 1.0  # the network's phase probability p enters the phase decision and each phase's corr as
-    # p ** phase_power (renormalised; a temperature of 1 / phase_power): below 1 the disks' fit can overrule a network
-    # that is sure of the wrong phase. Its internal uses (which phases are scored, which patterns are searched) keep p.
+    phase_power: float = 1.0  # each phase's corr is its confidence x (p / p of the network's favourite) ** this:
+    # below 1 the disks' fit can overrule a network sure of the wrong phase (:func:`.confidence.phase_weights`). Which
+    # phases are scored and which patterns are turned or searched still follow p itself.
 
     def __post_init__(self):
         if not self.phase_power >= 0:

@@ -232,8 +232,9 @@ class TransformerOrientationMap:
         :meth:`match_orientations`.
 
         Each crystal's ``OrientationMap`` holds that phase's orientation at every position, with ``corr`` =
-        phase probability x orientation confidence (phases below ``config.min_phase_probability`` are not
-        scored; the probability raised to ``config.phase_power`` and renormalised, :func:`.confidence.phase_weights`), so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)`` reads them.
+        orientation confidence x the phase's weight: the network's probability of the phase over that of its favourite,
+        to the power ``config.phase_power`` (:func:`.confidence.phase_weights`; phases below
+        ``config.min_phase_probability`` are not scored), so py4DSTEM's ``CrystalPhase.plot_dominant_phase(use_correlation_scores=True)`` reads them.
         Returns a :class:`~..io.phase_map.PhaseMap` (``phase_index`` (Rx, Ry), -1 where nothing matched;
         ``phase_probability`` (Rx, Ry, n); ``orientation_maps``).
         """
@@ -329,19 +330,19 @@ class TransformerOrientationMap:
             matrix, corr, probability, counts = map_scan(
                 peaks, self.token_config, lambda tokens: map_job_tokens(self, job, tokens, phases), (self.n_phases, K),
                 chunk_size, progress_bar)
-        probability = phase_weights(probability, self.config.phase_power)  # what names the phase from here on
+        weights = phase_weights(probability, self.config.phase_power)  # (B, P): corr = confidence x weight
         look = None
         calibration = self.calibration if self.calibrated_confidence else None
         if neighbours and refine and calibration is not None and self.neighbour_config is not None:
             query = Query(K, inversion_symmetry, True, self.config.margin_deg if min_angle_deg is None else float(min_angle_deg))
             look = second_look(peaks, self.token_config, phases, self.config, self.neighbour_config, query, calibration,
                                matrix, corr, probability, counts, device, batch_size or default_batch_size(device),
-                               chunk_size, progress_bar, min_number_peaks)
+                               chunk_size, progress_bar, min_number_peaks, weights=weights)
             if progress_bar:
                 tqdm.write(f"second look: {look['looked']} of {look['unsure']} unsure positions had sure neighbours "
                            f"of another orientation; {look['changed']} changed")
         corr[counts < min_number_peaks] = 0.0  # too few peaks: no match
-        corr *= probability[:, :, None]
+        corr *= weights[:, :, None]
         Rx, Ry = peaks.scan_shape
         maps = [self._orientation_map(p, matrix[:, p].reshape(Rx, Ry, K, 3, 3), corr[:, p].reshape(Rx, Ry, K))
                 for p in range(self.n_phases)]
@@ -369,8 +370,7 @@ class TransformerOrientationMap:
 
         def best_matches(tokens):
             mapped = self.map_tokens(tokens, 1, True, True, None, batch_size, device, config=quick)
-            weights = phase_weights(mapped.probability, self.config.phase_power)
-            sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * weights)  # (b, P)
+            sure = torch.from_numpy(mapped.confidence(calibration)[:, :, 0] * mapped.probability)  # (b, P)
             confidence, phase = sure.max(1)
             matrix = torch.from_numpy(mapped.matrix[np.arange(len(tokens)), phase.numpy(), 0])
             return matrix, confidence, phase

@@ -14,7 +14,7 @@ the peaks a chunk at a time); the first pass is unchanged where the second finds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class NeighbourConfig:
 
     Attributes
     ----------
-    confidence : positions whose best match (calibrated confidence x phase probability) is below this get it.
+    confidence : positions whose best match (calibrated confidence x phase weight) is below this get it.
     sure : a neighbour's best match is a candidate where it is at least this sure.
     radius : neighbours are the positions within this many scan steps (both axes): ``(2 r + 1)^2 - 1`` of them.
     tie : raw score (the correlation, :mod:`.score`); a best match whose best distinct rival (> 5 deg away)
@@ -110,11 +110,13 @@ def _new_rows(unsure: np.ndarray, shape, best, phase, sure, config, phases, repe
 def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighbour_config: NeighbourConfig, query: Query,
                 calibration, matrix: np.ndarray, corr: np.ndarray, probability: np.ndarray, counts: np.ndarray,
                 device, batch_size: int, chunk_size: int = 16384, progress_bar: bool = True,
-                min_peaks: int = 3) -> dict:
+                min_peaks: int = 3, weights: Optional[np.ndarray] = None) -> dict:
     """Map the unsure positions of a mapped scan again with their sure neighbours' answers as candidates.
 
-    ``matrix`` (B, P, K, 3, 3), ``corr`` (B, P, K) (calibrated, without the phase probability) and
-    ``probability`` (B, P) are the first pass's over the B positions of ``peaks`` (scan shape (Rx, Ry)); the
+    ``matrix`` (B, P, K, 3, 3), ``corr`` (B, P, K) (calibrated, without the phase weight) and the network's
+    ``probability`` (B, P) are the first pass's over the B positions of ``peaks`` (scan shape (Rx, Ry)), ``weights``
+    (B, P) what ``corr`` is multiplied by to name the phase (:func:`~.confidence.phase_weights`; default
+    ``probability``); the
     matches of a row looked at again are replaced in place where its new best match is another orientation (or
     phase) than its first, and more sure neighbours agree with the new one (within 5 deg) than with the first.
     Positions with fewer than ``min_peaks`` peaks (``counts``, the direct beam included, as
@@ -125,7 +127,8 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     """
     shape, B = tuple(peaks.scan_shape), len(corr)
     K = query.num_matches
-    sure_p = corr[:, :, 0] * probability  # (B, P)
+    weights = probability if weights is None else weights
+    sure_p = corr[:, :, 0] * weights  # (B, P)
     phase, sure = sure_p.argmax(1), sure_p.max(1)
     best = matrix[np.arange(B), phase, 0]  # (B, 3, 3)
     unsure = (sure < neighbour_config.confidence) & (counts >= min_peaks)
@@ -165,7 +168,7 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
                             {k: v.double().numpy() for k, v in zip(FEATURES, features[:, :, :K].unbind(-1))},
                             prob.double().numpy())
             new_corr = mapped.confidence(calibration)  # (b, P, K)
-            new_phase = (new_corr[:, :, 0] * probability[rows[r]]).argmax(1)
+            new_phase = (new_corr[:, :, 0] * weights[rows[r]]).argmax(1)
             new_best = mapped.matrix[np.arange(len(r)), new_phase, 0]
             neighbours = (nb[r], nb_phase[r], valid[r])
             # a new answer is taken only where it is another orientation and more sure neighbours agree with it
