@@ -179,7 +179,7 @@ def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
     """py4DSTEM's own Bloch-wave Cu2O patterns (200 kV) through the shipped joint model with the tie setting
     ``keyword`` (a mapper keyword: ``intensity_tie``, ``acom_tie``) at 0 and at ``tie``: a position changes only where
     its two answers scored within the tie of each other (and then reports the lower-scored first), the rest is
-    bit-identical, something does change, and the user's peaks are untouched."""
+    the same to float rounding, something does change, and the user's peaks are untouched."""
     import warnings
 
     from py4dstem_transformer import TransformerOrientationMap
@@ -198,10 +198,13 @@ def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
             warnings.simplefilter("ignore", UserWarning)
             maps.append(mapper.match_phases(bragg, 2, progress_bar=False, neighbours=False, self_calibrate=False))
     off, on = (m.orientation_maps[1] for m in maps)
-    changed = ~np.all(np.isclose(off.matrix[0, :, 0], on.matrix[0, :, 0], atol=1e-6), axis=(1, 2))
+    # A decided tie moves the first answer by degrees (> 5 deg after symmetry). Elsewhere the answers stay, to float
+    # rounding: another tie changes which patterns are searched again, hence the batches' sizes, and on some CPUs
+    # (an AMD EPYC: up to 2e-6) other sizes take other BLAS kernels; bit for bit on an Intel Xeon.
+    changed = ~np.all(np.isclose(off.matrix[0, :, 0], on.matrix[0, :, 0], rtol=0, atol=1e-4), axis=(1, 2))
     same = ~changed
-    np.testing.assert_array_equal(off.matrix[0, same], on.matrix[0, same])
-    np.testing.assert_array_equal(off.corr[0, same], on.corr[0, same])
+    np.testing.assert_allclose(off.matrix[0, same], on.matrix[0, same], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(off.corr[0, same], on.corr[0, same], rtol=0, atol=1e-5)
     # a changed position reports its other answer first, and the two scored within the tie
     assert np.all(np.abs(on.corr[0, changed, 0] - on.corr[0, changed, 1]) <= tie + 1e-6)
     assert np.all(on.corr[0, changed, 0] <= on.corr[0, changed, 1] + 1e-6)

@@ -140,8 +140,10 @@ def test_a_cluster_makes_the_same_map(scan, mapper, client):
     expected = mapper.match_orientations(bv, progress_bar=False, chunk_size=40)
     for source in (bv, str(path)):
         got = mapper.match_orientations(source, progress_bar=False, chunk_size=40, client=client)
-        np.testing.assert_array_equal(got.matrix, expected.matrix)
-        np.testing.assert_array_equal(got.corr, expected.corr)
+        # the same answers; to float rounding, not bit for bit: batches of another size take other BLAS kernels on
+        # some CPUs (1e-7 seen on an AMD EPYC, bit-identical on an Intel Xeon), and a wrong answer is degrees away
+        np.testing.assert_allclose(got.matrix, expected.matrix, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.corr, expected.corr, rtol=0, atol=1e-5)
     assert got.self_calibration.note == expected.self_calibration.note
 
 

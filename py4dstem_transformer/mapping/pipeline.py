@@ -100,7 +100,8 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
     """Ranked, refined and scored matches of every pattern for every phase (:class:`Mapped`).
 
     Patterns go in batches of similar disk count (padding trimmed), so the working set stays in
-    cache; a pattern's answer does not depend on the patterns batched with it. A pattern without disks
+    cache; a pattern's answer does not depend on the patterns batched with it (to float rounding: on some CPUs
+    batches of another size take other BLAS kernels, ~1e-6). A pattern without disks
     has nothing to read: identity, score 0, every phase as likely. ``stages``: :data:`STAGES` or stand-ins
     with their names (e.g. timed ones, :mod:`..benchmarks.stages`).
     """
