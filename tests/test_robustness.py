@@ -157,3 +157,23 @@ def test_acom_naming_the_phase_counts_the_patterns_it_calls_another_phase_as_wro
     assert naming["errors_strict"] == [180.0] * 6 and naming["strict_5_phase_given"] == told["strict_5"]
     told_first, naming_first = rb.run_acom_phases([private_copy(cu), private_copy(cu)], 0, bragg, truth, sym)
     assert naming_first["phase_right"] == 1.0 and naming_first["errors_strict"] == told_first["errors_strict"]
+
+
+def test_spurious_disks_are_added_after_the_real_ones(cu):
+    """The ``spurious`` condition keeps every real disk where it was and appends false detections: within the
+    detector's reach, fainter than half the brightest real disk, about a quarter as many as the real ones."""
+    cond = BY_NAME["spurious"]
+    clean, matrices = rb.simulate_condition(cu, rb.Condition("c", "c"), 12, seed=4)
+    noisy, same = rb.simulate_condition(cu, cond, 12, seed=4)
+    np.testing.assert_array_equal(matrices, same)
+    added, real = 0, 0
+    for c, n in zip(clean, noisy):
+        np.testing.assert_array_equal(n[:len(c)], c)  # the real disks, untouched and first
+        extra = n[len(c):]
+        r = np.hypot(extra[:, 0], extra[:, 1])
+        assert ((r >= 0.2) & (r <= cond.detector_edge)).all()
+        assert (extra[:, 2] <= 0.5 * c[1:, 2].max(initial=0) + 1e-12).all()
+        added, real = added + len(extra), real + len(c) - 1
+    assert 0.1 * real < added < 0.45 * real, (added, real)  # Poisson(0.25 x real) summed over 12 patterns
+    again, _ = rb.simulate_condition(cu, cond, 12, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(again, noisy))  # seeded

@@ -16,7 +16,8 @@ not allowed; "flip" allows it. ``AUC`` is the ROC AUC of ``corr`` for strictly r
 
 Disks sit exactly where py4DSTEM's simulator puts them, except in ``jitter`` (added 2026-12-04): 0.2 px of
 Gaussian noise per coordinate, as a disk finder's subpixel fit places measured disks. Settings that gain on exact
-disks can lose there (docs/benchmarks.md, "Disk positions as a disk finder places them").
+disks can lose there (docs/benchmarks.md, "Disk positions as a disk finder places them"). ``spurious`` (added
+2026-12-05, open to tuning, settings fixed before its first run) adds a disk finder's false detections instead.
 
 HELD-OUT CHECK: the conditions ``thick_foils`` (foils 500-1000 A) and ``ellipse`` (calibration
 ellipse 1.5% off) were chosen on 2026-12-01, before any result was seen, as the held-out check; ``experiment``
@@ -41,8 +42,8 @@ import numpy as np
 
 from ..evaluation.compare import acom_match, acom_plan, evaluate_orientation_map
 
-__all__ = ["Condition", "CONDITIONS", "HELD_OUT", "simulate_condition", "placed", "detector_pixels", "pack_braggvectors",
-           "true_correction", "run_condition", "main"]
+__all__ = ["Condition", "CONDITIONS", "HELD_OUT", "simulate_condition", "placed", "with_spurious", "detector_pixels",
+           "pack_braggvectors", "true_correction", "run_condition", "main"]
 
 ACCEL_VOLTAGE = 300e3  # V
 K_MAX = 2.0  # 1/A: reflections simulated (ACOM's k_max; the training sets used 2.1)
@@ -73,6 +74,9 @@ class Condition:
     origin_error_px : the BraggVectors' origin is off by this many pixels, in a random direction per pattern.
     position_noise_px : every diffracted disk is placed with Gaussian noise of this many pixels (per coordinate),
         as a disk finder's subpixel fit places real disks (0: exactly where py4DSTEM puts them).
+    spurious_fraction : a disk finder's false detections: each pattern gets Poisson(``spurious_fraction`` x its
+        diffracted disks) more, uniform in area between 0.2 1/A and the detector edge, each as bright as a random
+        diffracted disk of the pattern times U(0.05, 0.5) (0: none).
     held_out : part of the held-out check (never used for tuning).
     accel_voltage : V; the mapper and ACOM are told it (and the precession angle), as a user tells them.
     """
@@ -90,6 +94,7 @@ class Condition:
     ellipticity: float = 0.0
     origin_error_px: float = 0.0
     position_noise_px: float = 0.0
+    spurious_fraction: float = 0.0
     held_out: bool = False
     accel_voltage: float = ACCEL_VOLTAGE
 
@@ -112,6 +117,9 @@ CONDITIONS = (
     Condition("bloch_80kv", "Bloch-wave at 80 kV", accel_voltage=80e3),
     Condition("precession_2", "kinematic, 2° precession", dynamical=False, precession_deg=2.0),
     Condition("jitter", "disk positions ± 0.2 px (0.0035 1/Å) noise", position_noise_px=0.2),
+    # Added 2026-12-05 (tenth session), settings fixed before its first run: a disk finder's false detections.
+    Condition("spurious", "spurious disks: +25% at random positions, 5–50% as bright as a real one",
+              spurious_fraction=0.25),
     # Held out since 2026-12-04 (sixth session), settings fixed before it was first run: a whole experiment's
     # shifts at once, as a user's data bring them, not one at a time.
     Condition("experiment", "all at once: 200 kV Bloch-wave, foils 100–800 Å, edge 1.6 1/Å, disks ≥ 1% of the "
@@ -184,12 +192,31 @@ def simulate_condition(crystal, condition: Condition, n: int, seed: int = 0) -> 
 def placed(disks: List[np.ndarray], condition: Condition, seed: int = 0) -> List[np.ndarray]:
     """``disks`` ((k, 3) per pattern, direct beam first) as a disk finder places them: every diffracted disk moved
     by the condition's ``position_noise_px`` (Gaussian per coordinate, seeded); the direct beam stays (the origin
-    is the calibration's business). In place; returns ``disks``."""
+    is the calibration's business). The list is changed in place and returned; with ``spurious_fraction`` its
+    patterns are replaced by ones with false detections appended (:func:`with_spurious`)."""
     if condition.position_noise_px:
         rng = np.random.default_rng([seed, 2])
         for d in disks:
             d[1:, :2] += rng.normal(0.0, condition.position_noise_px * Q_PIXEL_SIZE, (len(d) - 1, 2))
+    if condition.spurious_fraction:
+        rng = np.random.default_rng([seed, 3])
+        disks[:] = [with_spurious(d, condition, rng) for d in disks]
     return disks
+
+
+def with_spurious(disks: np.ndarray, condition: Condition, rng: np.random.Generator) -> np.ndarray:
+    """(k + s, 3) ``disks`` (direct beam first) with s ~ Poisson(``spurious_fraction`` x (k - 1)) false detections
+    appended: uniform in area between 0.2 1/A and the detector edge (1/A), each as bright as a random diffracted
+    disk times U(0.05, 0.5). A pattern without diffracted disks gets none."""
+    k = len(disks) - 1
+    s = int(rng.poisson(condition.spurious_fraction * k)) if k > 0 else 0
+    if s == 0:
+        return disks
+    r_min, r_max = 0.2, condition.detector_edge
+    r = np.sqrt(rng.uniform(r_min**2, r_max**2, s))
+    phi = rng.uniform(-np.pi, np.pi, s)
+    intensity = disks[1:, 2][rng.integers(0, k, s)] * rng.uniform(0.05, 0.5, s)
+    return np.concatenate([disks, np.stack([r * np.cos(phi), r * np.sin(phi), intensity], 1)])
 
 
 # -- the detector and its (wrong) calibration --------------------------------------------------------
