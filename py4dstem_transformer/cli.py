@@ -276,9 +276,9 @@ def _add_calibrate(sub) -> None:
                    help="calibrate with the polish on every pattern whose disks the refinement fits no better than "
                         "this (1/A; PolishConfig.min_position_noise); default: the model's present setting")
     p.add_argument("--phase-power", type=float, default=None,
-                   help="calibrate with the network's phase probability weighing each phase's corr as p ** this, "
-                        "renormalised (MapConfig.phase_power; 1: as it is, below 1: the disks' fit can overrule a "
-                        "network sure of the wrong phase); the model's mappers then use it by default; default: the "
+                   help="calibrate with each phase's corr weighed by (its phase probability / the network's favourite's) "
+                        "** this (MapConfig.phase_power; 1: as the network says, below 1: the disks' fit can overrule "
+                        "a network sure of the wrong phase); the model's mappers then use it by default; default: the "
                         "model's present setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)

@@ -205,15 +205,14 @@ def placed(disks: List[np.ndarray], condition: Condition, seed: int = 0) -> List
 
 
 def with_spurious(disks: np.ndarray, condition: Condition, rng: np.random.Generator) -> np.ndarray:
-    """(k + s, 3) ``disks`` (direct beam first) with s ~ Poisson(``spurious_fraction`` x (k - 1)) false detections
-    appended: uniform in area between 0.2 1/A and the detector edge (1/A), each as bright as a random diffracted
-    disk times U(0.05, 0.5). A pattern without diffracted disks gets none."""
+    """(1 + k + s, 3) ``disks`` (the direct beam, then k diffracted disks) with s ~ Poisson(``spurious_fraction`` x k)
+    false detections appended: uniform in area between 0.2 1/A and the detector edge (1/A), each as bright as a
+    random diffracted disk times U(0.05, 0.5). A pattern without diffracted disks gets none."""
     k = len(disks) - 1
     s = int(rng.poisson(condition.spurious_fraction * k)) if k > 0 else 0
     if s == 0:
         return disks
-    r_min, r_max = 0.2, condition.detector_edge
-    r = np.sqrt(rng.uniform(r_min**2, r_max**2, s))
+    r = np.sqrt(rng.uniform(0.2**2, condition.detector_edge**2, s))
     phi = rng.uniform(-np.pi, np.pi, s)
     intensity = disks[1:, 2][rng.integers(0, k, s)] * rng.uniform(0.05, 0.5, s)
     return np.concatenate([disks, np.stack([r * np.cos(phi), r * np.sin(phi), intensity], 1)])

@@ -337,7 +337,7 @@ class TransformerOrientationMap:
             query = Query(K, inversion_symmetry, True, self.config.margin_deg if min_angle_deg is None else float(min_angle_deg))
             look = second_look(peaks, self.token_config, phases, self.config, self.neighbour_config, query, calibration,
                                matrix, corr, probability, counts, device, batch_size or default_batch_size(device),
-                               chunk_size, progress_bar, min_number_peaks, weights=weights)
+                               chunk_size, progress_bar, min_number_peaks)
             if progress_bar:
                 tqdm.write(f"second look: {look['looked']} of {look['unsure']} unsure positions had sure neighbours "
                            f"of another orientation; {look['changed']} changed")

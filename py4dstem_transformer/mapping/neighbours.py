@@ -14,7 +14,7 @@ the peaks a chunk at a time); the first pass is unchanged where the second finds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch
 from ..core.rotations import symmetric_orthogonalization, symmetry_min_angle
 from ..model.tokens import position_tokens
 from .config import MapConfig, Query
-from .confidence import FEATURES
+from .confidence import FEATURES, phase_weights
 from .pipeline import Mapped, map_phases
 from .predict import count_sorted_batches
 
@@ -110,13 +110,13 @@ def _new_rows(unsure: np.ndarray, shape, best, phase, sure, config, phases, repe
 def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighbour_config: NeighbourConfig, query: Query,
                 calibration, matrix: np.ndarray, corr: np.ndarray, probability: np.ndarray, counts: np.ndarray,
                 device, batch_size: int, chunk_size: int = 16384, progress_bar: bool = True,
-                min_peaks: int = 3, weights: Optional[np.ndarray] = None) -> dict:
+                min_peaks: int = 3) -> dict:
     """Map the unsure positions of a mapped scan again with their sure neighbours' answers as candidates.
 
     ``matrix`` (B, P, K, 3, 3), ``corr`` (B, P, K) (calibrated, without the phase weight) and the network's
-    ``probability`` (B, P) are the first pass's over the B positions of ``peaks`` (scan shape (Rx, Ry)), ``weights``
-    (B, P) what ``corr`` is multiplied by to name the phase (:func:`~.confidence.phase_weights`; default
-    ``probability``); the
+    ``probability`` (B, P) are the first pass's over the B positions of ``peaks`` (scan shape (Rx, Ry)); a phase is
+    named by ``corr`` x its weight (:func:`~.confidence.phase_weights` at ``config.phase_power``), as the mapper
+    names it; the
     matches of a row looked at again are replaced in place where its new best match is another orientation (or
     phase) than its first, and more sure neighbours agree with the new one (within 5 deg) than with the first.
     Positions with fewer than ``min_peaks`` peaks (``counts``, the direct beam included, as
@@ -127,7 +127,7 @@ def second_look(peaks, token_config, phases: Sequence, config: MapConfig, neighb
     """
     shape, B = tuple(peaks.scan_shape), len(corr)
     K = query.num_matches
-    weights = probability if weights is None else weights
+    weights = phase_weights(probability, config.phase_power)  # (B, P), as the mapper weighs corr
     sure_p = corr[:, :, 0] * weights  # (B, P)
     phase, sure = sure_p.argmax(1), sure_p.max(1)
     best = matrix[np.arange(B), phase, 0]  # (B, 3, 3)
