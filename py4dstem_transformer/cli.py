@@ -284,6 +284,51 @@ def _add_calibrate(sub) -> None:
     p.set_defaults(func=_cmd_calibrate)
 
 
+def _load_model(name_or_path):
+    """A model file, or a shipped model's name."""
+    from .model.model import OrientationModel
+    from .pretrained import list_pretrained, load_pretrained
+
+    if not Path(name_or_path).exists() and name_or_path in list_pretrained():
+        return load_pretrained(name_or_path)
+    return OrientationModel.load(name_or_path)
+
+
+def _cmd_combine(args) -> int:
+    from .mapping.config import MapConfig, calibrated_config, config_differences
+    from .mapping.confidence import Calibration
+    from .model.experts import with_experts
+
+    joint = _load_model(args.joint)
+    model = with_experts(joint, [_load_model(e) for e in args.expert])
+    model.save(args.out)
+    for entry in model.metadata["experts"]:
+        print(f"phase {entry['phase']}: expert of {entry['parameters']:,} parameters, {entry['steps']} steps, "
+              f"best validation median {entry['best_validation_median_deg'] or float('nan'):.2f} deg")
+    print(f"saved {args.out}: {model.num_parameters:,} parameters in all; it has no confidence calibration and no "
+          f"voltage validation yet: run `py4dstem-transformer calibrate {args.out} --out {args.out}` and "
+          f"`validate-voltages` on it")
+    calibration = Calibration.from_metadata(joint.metadata)
+    if calibration is not None:
+        fitted = calibrated_config(calibration.fitted_on.get("map_config"))
+        changed = config_differences(MapConfig().to_dict(), fitted.to_dict())
+        if changed:
+            print("the joint model was calibrated under these settings (calibrate takes them as flags): "
+                  + "; ".join(changed))
+    return 0
+
+
+def _add_combine(sub) -> None:
+    p = sub.add_parser("combine", help="give a joint phase model an orientation network per phase (its experts, each "
+                                       "trained on one phase alone)")
+    p.add_argument("joint", help="the joint phase model (a model file or a shipped model's name); it names the phase")
+    p.add_argument("--expert", action="append", required=True,
+                   help="a single-phase model file (or shipped name) per phase, in the joint model's phase order; "
+                        "repeat: --expert Cu --expert cu2o.pt")
+    p.add_argument("--out", required=True, help="model file to write (.pt)")
+    p.set_defaults(func=_cmd_combine)
+
+
 def _cmd_validate_voltages(args) -> int:
     from .mapping.mapper import TransformerOrientationMap
     from .mapping.voltages import attach_validation, validate_voltages
@@ -409,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_simulate(sub)
     _add_train(sub)
+    _add_combine(sub)
     _add_calibrate(sub)
     _add_validate_voltages(sub)
     _add_bench(sub)

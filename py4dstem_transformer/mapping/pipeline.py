@@ -141,10 +141,12 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
 def map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, device, phases: Sequence[Phase],
                 config: MapConfig, query: Query, stages=STAGES, refined: Optional[_Found] = None) -> _Found:
     """The stages for every phase the network finds likely enough (the others keep the network's answer with
-    score 0). ``refined``: an earlier pass over the first hypotheses, whose refined candidates are reused."""
+    score 0). ``hypotheses``: (b, H, 3, 3) shared by the phases, or (b, H, P, 3, 3) each phase's own (a model with
+    experts). ``refined``: an earlier pass over the first hypotheses, whose refined candidates are reused."""
     b, P, K = len(tokens), len(phases), query.num_matches
     C = hypotheses.shape[1] * len(partners(K, query.inversion_symmetry))
-    found = _Found(hypotheses[:, None, :1].cpu().expand(b, P, K, 3, 3).clone(), torch.zeros(b, P, K),
+    first = hypotheses[:, 0] if per_phase(hypotheses) else hypotheses[:, :1].expand(b, P, 3, 3)  # (b, P, 3, 3)
+    found = _Found(first[:, :, None].cpu().expand(b, P, K, 3, 3).clone(), torch.zeros(b, P, K),
                    torch.zeros(b, P, K, len(FEATURES)), torch.zeros(b, P, C, 3, 3), torch.zeros(b, P, C, 2),
                    torch.zeros(b, P, dtype=torch.bool))
     for p, phase in enumerate(phases):
@@ -155,14 +157,20 @@ def map_phases(tokens: Tokens, hypotheses: torch.Tensor, prob: torch.Tensor, dev
         if refined is not None and bool(refined.done[rows, p].all()):
             earlier, earlier_shift = refined.candidates[rows, p], refined.shift[rows, p]
         sub = tokens if rows.all() else tokens[rows]
-        batch = run_stages(MapBatch(sub, hypotheses[rows.to(hypotheses.device)], query, device, earlier, earlier_shift),
-                           phase, config, stages)
+        own = hypotheses[rows.to(hypotheses.device)]
+        own = own[:, :, p] if per_phase(hypotheses) else own
+        batch = run_stages(MapBatch(sub, own, query, device, earlier, earlier_shift), phase, config, stages)
         found.matrix[rows, p], found.corr[rows, p] = batch.matrix, batch.corr
         found.features[rows, p] = torch.stack([batch.features[k] for k in FEATURES], -1)
         found.candidates[rows, p], found.done[rows, p] = batch.candidates.cpu(), True
         if batch.shift is not None:
             found.shift[rows, p] = batch.shift.cpu()
     return found
+
+
+def per_phase(hypotheses: torch.Tensor) -> bool:
+    """Whether ``hypotheses`` are each phase's own, (b, H, P, 3, 3) (a model with experts), not shared (b, H, 3, 3)."""
+    return hypotheses.dim() == 5
 
 
 def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, phases: Sequence[Phase],

@@ -26,18 +26,20 @@ class Network:
 
     @torch.inference_mode()
     def __call__(self, tokens: Tokens) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(matrix (b, 3, 3) float32, phase probability (b, P) float32)`` on ``device``."""
+        """``(matrix (b, 3, 3) float32, phase probability (b, P) float32)`` on ``device``; a model with experts
+        (:mod:`..model.experts`) answers per phase: matrix (b, P, 3, 3)."""
         model = self.model.to(self.device)
         with autocast(self.device, autocast_dtype(self.device, self.precision)):
             out = model(tokens.tokens.to(self.device), tokens.mask.to(self.device))
-        matrix = out["matrix"].float()
+        matrix = out["phase_matrix" if "phase_matrix" in out else "matrix"].float()
         if "phase_logits" in out:
             return matrix, torch.softmax(out["phase_logits"].float(), dim=1)
         return matrix, torch.ones(len(matrix), 1, device=matrix.device)
 
     def hypotheses(self, tokens: Tokens, turns: int = 1, first: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
         """Answers for the input turned by k * 180 / turns deg (``first <= k < turns``), turned back:
-        ``(matrix (b, turns - first, 3, 3), phase probability (b, P) averaged over the turns)``.
+        ``(matrix (b, turns - first, 3, 3), phase probability (b, P) averaged over the turns)``; with experts,
+        matrix (b, turns - first, P, 3, 3), each phase's own.
 
         Half a turn is enough: a pattern turned by 180 deg is the same pattern (Friedel's law) and its
         answer the beam-flip partner, which is a candidate anyway."""

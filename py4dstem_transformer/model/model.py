@@ -14,13 +14,18 @@ There is no positional encoding: the model is a set function, invariant to the o
 A pre-norm transformer encoder (masked attention: torch's fused kernel on CUDA, see :func:`attention`),
 masked mean pooling, and an MLP head give 9 numbers, projected onto SO(3) by symmetric
 orthogonalization. An optional head gives phase logits.
+
+A joint phase model may carry *experts*: one single-phase model per phase, each trained on its phase alone
+(``py4dstem-transformer combine``). The joint network then names the phase and every expert reads its own phase's
+orientation (``"phase_matrix"``): a network shared by phases reads each less precisely than one of its own (the
+Cu2O probe in docs/benchmarks.md: 45-58% -> 80% within 5 deg on py4DSTEM's Bloch-wave patterns).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -162,6 +167,11 @@ class OrientationModel(nn.Module):
     metadata : dict, optional
         What the model was trained for (crystal identity, voltage, token settings, symmetry...);
         saved with the weights and checked when the model is used. Plain Python values only.
+    experts : sequence of OrientationModel, optional
+        With ``config.n_phases > 1``: one single-phase model per phase, in the phases' order (same ``k_max``),
+        whose orientations replace the joint network's own for their phase (``"phase_matrix"``); saved inside
+        this model's file, each with its own config, metadata and history. Built by
+        :func:`~py4dstem_transformer.model.experts.with_experts`.
 
     Examples
     --------
@@ -171,7 +181,8 @@ class OrientationModel(nn.Module):
     torch.Size([5, 3, 3])
     """
 
-    def __init__(self, config: ModelConfig = ModelConfig(), metadata: Optional[dict] = None):
+    def __init__(self, config: ModelConfig = ModelConfig(), metadata: Optional[dict] = None,
+                 experts: Optional[Sequence["OrientationModel"]] = None):
         super().__init__()
         self.config = config
         self.metadata = dict(metadata or {})
@@ -184,6 +195,16 @@ class OrientationModel(nn.Module):
             nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, config.n_phases)) if config.n_phases > 1 else None
         )
         self.history: dict = {}
+        self.experts = None
+        if experts:
+            experts = list(experts)
+            if len(experts) != config.n_phases or any(e.config.n_phases != 1 for e in experts):
+                raise ValueError(f"a joint model of {config.n_phases} phase(s) takes one single-phase expert per phase; "
+                                 f"got {len(experts)} with n_phases {[e.config.n_phases for e in experts]}")
+            if any(e.config.k_max != config.k_max for e in experts):
+                raise ValueError(f"experts must read tokens of the joint model's k_max ({config.k_max} 1/A); got "
+                                 f"{[e.config.k_max for e in experts]}")
+            self.experts = nn.ModuleList(experts)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
         """Predict.
@@ -198,8 +219,9 @@ class OrientationModel(nn.Module):
 
         Returns
         -------
-        dict with ``"raw"`` (B, 9), ``"matrix"`` (B, 3, 3) proper rotations (float32) and, with a
-        phase head, ``"phase_logits"`` (B, n_phases).
+        dict with ``"raw"`` (B, 9), ``"matrix"`` (B, 3, 3) proper rotations (float32), with a
+        phase head ``"phase_logits"`` (B, n_phases) and, with experts, ``"phase_matrix"`` (B, n_phases, 3, 3):
+        each phase's orientation as its expert reads it.
         """
         B, N, _ = tokens.shape
         mask = mask.clone()
@@ -215,6 +237,8 @@ class OrientationModel(nn.Module):
         out = {"raw": raw, "matrix": symmetric_orthogonalization(raw)}
         if self.phase_head is not None:
             out["phase_logits"] = self.phase_head(pooled).float()
+        if self.experts is not None:
+            out["phase_matrix"] = torch.stack([expert(tokens, mask)["matrix"] for expert in self.experts], 1)
         return out
 
     @property
@@ -225,8 +249,13 @@ class OrientationModel(nn.Module):
         """Write weights, config and metadata; loadable with ``torch.load(weights_only=True)``."""
         from ..io.checkpoint import save_checkpoint
 
+        experts = {}
+        if self.experts is not None:  # their weights are in the state dict ("experts.<p>.")
+            experts = dict(expert_configs=[asdict(e.config) for e in self.experts],
+                           expert_metadata=[e.metadata for e in self.experts],
+                           expert_history=[e.history for e in self.experts])
         save_checkpoint(path, kind="model", model_config=asdict(self.config), state_dict=self.state_dict(),
-                        metadata=self.metadata, history=self.history)
+                        metadata=self.metadata, history=self.history, **experts)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "OrientationModel":
@@ -238,7 +267,12 @@ class OrientationModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "OrientationModel":
-        model = cls(ModelConfig(**ckpt["model_config"]), ckpt.get("metadata"))
+        experts = None
+        if ckpt.get("expert_configs"):
+            experts = [cls(ModelConfig(**c), m) for c, m in zip(ckpt["expert_configs"], ckpt["expert_metadata"])]
+            for expert, history in zip(experts, ckpt.get("expert_history") or [{}] * len(experts)):
+                expert.history = history or {}
+        model = cls(ModelConfig(**ckpt["model_config"]), ckpt.get("metadata"), experts)
         model.load_state_dict(ckpt["state_dict"])
         model.history = ckpt.get("history") or {}
         return model.eval()

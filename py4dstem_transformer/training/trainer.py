@@ -391,6 +391,9 @@ class _Run:
     def initialize_from(self, source) -> None:
         """Copy every weight of ``source`` (a model or a model file) whose name and shape match."""
         source = source if isinstance(source, OrientationModel) else OrientationModel.load(source)
+        if source.experts is not None:
+            raise ValueError("init_weights is a joint model with an orientation network per phase (experts); start from "
+                             "one of its parts instead: the joint model before `combine`, or one phase's expert")
         own = self.model.state_dict()
         shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
         if replace(source.config, n_phases=self.model.config.n_phases) != self.model.config:
