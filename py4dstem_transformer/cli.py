@@ -300,11 +300,20 @@ def _cmd_combine(args) -> int:
     from .model.experts import with_experts
 
     joint = _load_model(args.joint)
-    model = with_experts(joint, [_load_model(e) for e in args.expert])
+    experts = {}
+    for item in args.expert:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise SystemExit(f"--expert {item!r}: write PHASE=MODEL, e.g. --expert Cu2O=cu2o.pt")
+        experts[name] = _load_model(source)
+    model = with_experts(joint, experts)
     model.save(args.out)
-    for entry in model.metadata["experts"]:
-        print(f"phase {entry['phase']}: expert of {entry['parameters']:,} parameters, {entry['steps']} steps, "
-              f"best validation median {entry['best_validation_median_deg'] or float('nan'):.2f} deg")
+    for name, entry in zip((p["name"] for p in model.metadata["phases"]), model.metadata["experts"]):
+        if entry is None:
+            print(f"phase {name}: the joint network's own orientation")
+        else:
+            print(f"phase {name}: an expert of {entry['parameters']:,} parameters, {entry['steps']} steps, "
+                  f"best validation median {entry['best_validation_median_deg'] or float('nan'):.2f} deg")
     print(f"saved {args.out}: {model.num_parameters:,} parameters in all; it has no confidence calibration and no "
           f"voltage validation yet: run `py4dstem-transformer calibrate {args.out} --out {args.out}` and "
           f"`validate-voltages` on it")
@@ -319,12 +328,13 @@ def _cmd_combine(args) -> int:
 
 
 def _add_combine(sub) -> None:
-    p = sub.add_parser("combine", help="give a joint phase model an orientation network per phase (its experts, each "
-                                       "trained on one phase alone)")
-    p.add_argument("joint", help="the joint phase model (a model file or a shipped model's name); it names the phase")
-    p.add_argument("--expert", action="append", required=True,
-                   help="a single-phase model file (or shipped name) per phase, in the joint model's phase order; "
-                        "repeat: --expert Cu --expert cu2o.pt")
+    p = sub.add_parser("combine", help="give phases of a joint phase model an orientation network of their own (an "
+                                       "expert, trained on that phase alone)")
+    p.add_argument("joint", help="the joint phase model (a model file or a shipped model's name); it names the phase "
+                                 "and reads the orientation of the phases without an expert")
+    p.add_argument("--expert", action="append", required=True, metavar="PHASE=MODEL",
+                   help="a phase's name and its single-phase model (a file or a shipped model's name); repeat for "
+                        "several: --expert Cu2O=cu2o.pt --expert Cu=Cu")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.set_defaults(func=_cmd_combine)
 

@@ -49,6 +49,22 @@ def test_each_phase_reads_its_orientation_from_its_expert(parts):
     assert not torch.allclose(out["phase_matrix"][:, 0], out["phase_matrix"][:, 1], atol=1e-3)  # they do differ
 
 
+def test_a_phase_without_an_expert_keeps_the_joint_networks_reading(parts):
+    joint, experts = parts
+    by_name = with_experts(joint, {"Cu2O": experts[1]})
+    by_list = with_experts(joint, [None, experts[1]])
+    tokens, mask = _tokens()
+    with torch.no_grad():
+        own, cu2o = joint(tokens, mask)["matrix"], experts[1](tokens, mask)["matrix"]
+        for model in (by_name, by_list):
+            assert model.expert(0) is None and model.expert(1) is not None
+            out = model(tokens, mask)["phase_matrix"]
+            torch.testing.assert_close(out[:, 0], own)
+            torch.testing.assert_close(out[:, 1], cu2o)
+    assert by_name.metadata["experts"][0] is None and by_name.metadata["experts"][1]["phase"] == "Cu2O"
+    assert sum(p.numel() for p in by_name.parameters()) == joint.num_parameters + experts[1].num_parameters
+
+
 def test_the_parts_are_left_as_they_were_and_the_stale_metadata_dropped(parts):
     joint, experts = parts
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (joint, *experts)]
@@ -62,7 +78,7 @@ def test_the_parts_are_left_as_they_were_and_the_stale_metadata_dropped(parts):
     assert [e["phase"] for e in model.metadata["experts"]] == ["Cu", "Cu2O"]
     assert model.metadata["experts"][1]["training_set_size"] == experts[1].metadata["training_set_size"]
     with torch.no_grad():  # a copy: changing the combined model's expert does not touch the user's
-        for w in model.experts[0].parameters():
+        for w in model.expert(0).parameters():
             w.add_(1.0)
     assert all(torch.equal(v, before[1][k]) for k, v in experts[0].state_dict().items())
 
@@ -70,19 +86,26 @@ def test_the_parts_are_left_as_they_were_and_the_stale_metadata_dropped(parts):
 def test_a_model_with_experts_round_trips_as_plain_weights(parts, tmp_path):
     joint, experts = parts
     model = with_experts(joint, experts)
-    model.experts[1].history = {"step": [1, 2], "val_median_deg": [3.0, 2.5]}
+    model.expert(1).history = {"step": [1, 2], "val_median_deg": [3.0, 2.5]}
     path = tmp_path / "experts.pt"
     model.save(path)
     raw = torch.load(path, weights_only=True)  # never runs code
     assert len(raw["expert_configs"]) == 2 and any(k.startswith("experts.1.") for k in raw["state_dict"])
     again = OrientationModel.load(path)
-    assert len(again.experts) == 2 and again.experts[1].history["val_median_deg"] == [3.0, 2.5]
-    assert again.experts[0].metadata["crystal"] == experts[0].metadata["crystal"]
+    assert len(again.experts) == 2 and again.expert(1).history["val_median_deg"] == [3.0, 2.5]
+    assert again.expert(0).metadata["crystal"] == experts[0].metadata["crystal"]
     tokens, mask = _tokens()
     with torch.no_grad():
         a, b = model(tokens, mask), again(tokens, mask)
     for key in ("matrix", "phase_logits", "phase_matrix"):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    partial = with_experts(joint, [None, experts[1]])
+    partial.save(tmp_path / "partial.pt")
+    again = OrientationModel.load(tmp_path / "partial.pt")
+    assert again.expert(0) is None and again.expert(1) is not None
+    with torch.no_grad():
+        torch.testing.assert_close(partial(tokens, mask)["phase_matrix"], again(tokens, mask)["phase_matrix"],
+                                   rtol=0, atol=0)
     # a model without experts still saves and loads as before
     joint.save(tmp_path / "joint.pt")
     assert OrientationModel.load(tmp_path / "joint.pt").experts is None
@@ -92,8 +115,12 @@ def test_parts_that_do_not_fit_are_refused_with_what_differs(parts):
     from py4dstem_transformer.training.trainer import train
 
     joint, (cu, cu2o) = parts
-    with pytest.raises(ValueError, match="one expert per phase"):
+    with pytest.raises(ValueError, match="one entry per phase"):
         with_experts(joint, [cu])
+    with pytest.raises(ValueError, match=r"no phase named \['CuO'\].*\['Cu', 'Cu2O'\]"):
+        with_experts(joint, {"CuO": cu2o})
+    with pytest.raises(ValueError, match="no expert given"):
+        with_experts(joint, [None, None])
     with pytest.raises(ValueError, match="'Cu2O' was trained for another crystal"):
         with_experts(joint, [cu, cu])
     with pytest.raises(ValueError, match="single-phase model"):
@@ -116,15 +143,15 @@ def test_parts_that_do_not_fit_are_refused_with_what_differs(parts):
 
 
 def test_the_mapper_takes_each_phases_hypotheses_from_its_expert(parts):
-    """Network alone (refine=False): every phase's answer is its own expert's orientation or that one's beam-flip
-    partner (the score picks), not the joint network's or the other expert's."""
+    """Network alone (refine=False): Cu2O's answer is its expert's orientation or that one's beam-flip partner (the
+    score picks), Cu's the joint network's own; neither is the other's nor that of a Cu expert left out."""
     from py4dstem_transformer import TransformerOrientationMap
     from py4dstem_transformer.mapping.candidates import partners
     from py4dstem_transformer.model.tokens import TokenConfig, tokenize
     from py4dstem_transformer.training.data import PatternStore
 
     joint, experts = parts
-    model = with_experts(joint, experts)
+    model = with_experts(joint, {"Cu2O": experts[1]})  # Cu: the joint network's own reading
     ks = KinematicSet(16, seed=11, make=make_cu2o, k_max=2.1)
     batch = PatternStore(ks).gather(torch.arange(len(ks)))
     tokens = tokenize(batch.qx, batch.qy, batch.intensity, batch.counts, TokenConfig())
@@ -132,7 +159,7 @@ def test_the_mapper_takes_each_phases_hypotheses_from_its_expert(parts):
                                        calibrated_confidence=False)
     mapped = mapper.map_tokens(tokens, refine=False)
     with torch.no_grad():
-        answers = [m(tokens.tokens, tokens.mask)["matrix"].double() for m in (*experts, joint)]
+        answers = [m(tokens.tokens, tokens.mask)["matrix"].double() for m in (joint, experts[1], experts[0])]
     right = partners(1, True).double()  # identity, beam flip
 
     def distance(found, of):  # (B,) to the nearest partner of ``of``

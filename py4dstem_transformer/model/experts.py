@@ -1,10 +1,11 @@
 """A joint phase model with an orientation network per phase: :func:`with_experts`.
 
-A network trained on several phases at once reads each one's orientation less precisely than a network of the
-same size trained on that phase alone (docs/benchmarks.md, "A Cu2O network of its own"). :func:`with_experts`
-keeps the joint network for what it does well, naming the phase, and gives every phase its own single-phase
-model for the orientation (:class:`~.model.OrientationModel`'s ``experts``). The mapper then takes each phase's
-hypotheses from that phase's expert; everything after the network (refinement, scoring, confidence) is unchanged.
+A network trained on several phases at once can read one of them less precisely than a network of the same size
+trained on that phase alone (docs/benchmarks.md, "A Cu2O network of its own": the shared network reads Cu as well
+as the Cu model does, Cu2O far worse). :func:`with_experts` keeps the joint network for what it does well, naming
+the phase and reading the phases it reads well, and gives the others a single-phase model of their own for the
+orientation (:class:`~.model.OrientationModel`'s ``experts``). The mapper then takes each phase's hypotheses from
+that phase's expert; everything after the network (refinement, scoring, confidence) is unchanged.
 
 The pieces must have been made for the same data: each expert for its phase's crystal, all with the joint model's
 token settings, ``k_max`` and training voltage. The result carries no confidence calibration and no voltage
@@ -14,7 +15,7 @@ validation (its answers are new): ``py4dstem-transformer calibrate`` and ``valid
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 from ..core.crystal import crystal_from_metadata, phase_metadata
 from .model import OrientationModel
@@ -28,16 +29,18 @@ STALE_KEYS = ("confidence_calibration", "voltage_validation")
 _SHARED_KEYS = ("token_config", "k_max", "accel_voltage")
 
 
-def with_experts(joint: OrientationModel, experts: Sequence[OrientationModel]) -> OrientationModel:
-    """A copy of the joint phase model ``joint`` whose phase ``p`` takes its orientation from ``experts[p]``.
+def with_experts(joint: OrientationModel,
+                 experts: Union[Mapping[str, OrientationModel], Sequence[Optional[OrientationModel]]]) -> OrientationModel:
+    """A copy of the joint phase model ``joint`` whose phases take their orientation from ``experts``.
 
     Parameters
     ----------
     joint : OrientationModel
-        A joint phase model (``config.n_phases >= 2``, metadata ``"phases"``); its network names the phase.
-    experts : sequence of OrientationModel
-        One single-phase model per phase of ``joint``, in its phases' order, each trained for that phase's crystal
-        with the same token settings, ``k_max`` and voltage. Experts the joint model already carries are replaced.
+        A joint phase model (``config.n_phases >= 2``, metadata ``"phases"``); its network names the phase and reads
+        the orientation of the phases without an expert.
+    experts : {phase name: OrientationModel} or a sequence with one entry per phase (an OrientationModel or None)
+        Single-phase models, each trained for its phase's crystal with the same token settings, ``k_max`` and
+        voltage. Experts the joint model already carries are replaced (a phase left out gets none).
 
     Returns
     -------
@@ -51,18 +54,27 @@ def with_experts(joint: OrientationModel, experts: Sequence[OrientationModel]) -
         Where the pieces do not fit together; the message names the phase and what differs.
     """
     phases = phase_metadata(joint.metadata)
+    names = [p.get("name", "?") for p in phases]
     if joint.config.n_phases < 2 or "phases" not in joint.metadata:
         raise ValueError("experts belong to a joint phase model (trained on two or more crystals); this model maps "
                          "one phase: use the single-phase model itself")
+    if isinstance(experts, Mapping):
+        unknown = sorted(set(experts) - set(names))
+        if unknown:
+            raise ValueError(f"no phase named {unknown} in the joint model; its phases are {names}")
+        experts = [experts.get(name) for name in names]
+    experts = list(experts)
     if len(experts) != len(phases):
-        names = [p.get("name", "?") for p in phases]
-        raise ValueError(f"the joint model maps {len(phases)} phases {names}: give one expert per phase, in this order "
-                         f"(got {len(experts)})")
+        raise ValueError(f"the joint model maps {len(phases)} phases {names}: give one entry per phase, in this order, "
+                         f"an expert or None (got {len(experts)})")
+    if all(e is None for e in experts):
+        raise ValueError(f"no expert given for any of the phases {names}")
     for phase, expert in zip(phases, experts):
-        _check_expert(phase, expert, joint.metadata)
+        if expert is not None:
+            _check_expert(phase, expert, joint.metadata)
     metadata = {k: copy.deepcopy(v) for k, v in joint.metadata.items() if k not in STALE_KEYS}
-    metadata["experts"] = [_provenance(phase, expert) for phase, expert in zip(phases, experts)]
-    combined = OrientationModel(joint.config, metadata, [_copy(e) for e in experts])
+    metadata["experts"] = [None if e is None else _provenance(phase, e) for phase, e in zip(phases, experts)]
+    combined = OrientationModel(joint.config, metadata, [None if e is None else _copy(e) for e in experts])
     own = {k: v for k, v in joint.state_dict().items() if not k.startswith("experts.")}
     combined.load_state_dict({**combined.state_dict(), **own})
     combined.history = copy.deepcopy(joint.history)

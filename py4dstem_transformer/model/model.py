@@ -15,10 +15,11 @@ A pre-norm transformer encoder (masked attention: torch's fused kernel on CUDA, 
 masked mean pooling, and an MLP head give 9 numbers, projected onto SO(3) by symmetric
 orthogonalization. An optional head gives phase logits.
 
-A joint phase model may carry *experts*: one single-phase model per phase, each trained on its phase alone
-(``py4dstem-transformer combine``). The joint network then names the phase and every expert reads its own phase's
-orientation (``"phase_matrix"``): a network shared by phases reads each less precisely than one of its own (the
-Cu2O probe in docs/benchmarks.md: 45-58% -> 80% within 5 deg on py4DSTEM's Bloch-wave patterns).
+A joint phase model may carry *experts*: single-phase models, each trained on its phase alone
+(``py4dstem-transformer combine``). The joint network then names the phase and an expert reads its own phase's
+orientation (``"phase_matrix"``; a phase without one keeps the joint network's): a network shared by phases can
+read one of them less precisely than a network of its own (the Cu2O probe in docs/benchmarks.md: 45-58% -> 80%
+within 5 deg on py4DSTEM's Bloch-wave patterns).
 """
 
 from __future__ import annotations
@@ -167,10 +168,10 @@ class OrientationModel(nn.Module):
     metadata : dict, optional
         What the model was trained for (crystal identity, voltage, token settings, symmetry...);
         saved with the weights and checked when the model is used. Plain Python values only.
-    experts : sequence of OrientationModel, optional
-        With ``config.n_phases > 1``: one single-phase model per phase, in the phases' order (same ``k_max``),
-        whose orientations replace the joint network's own for their phase (``"phase_matrix"``); saved inside
-        this model's file, each with its own config, metadata and history. Built by
+    experts : sequence of (OrientationModel or None), optional
+        With ``config.n_phases > 1``: per phase, in the phases' order, a single-phase model (same ``k_max``) whose
+        orientation replaces the joint network's own for that phase (``"phase_matrix"``), or None (the joint
+        network's own). Saved inside this model's file, each with its own config, metadata and history. Built by
         :func:`~py4dstem_transformer.model.experts.with_experts`.
 
     Examples
@@ -182,7 +183,7 @@ class OrientationModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig = ModelConfig(), metadata: Optional[dict] = None,
-                 experts: Optional[Sequence["OrientationModel"]] = None):
+                 experts: Optional[Sequence[Optional["OrientationModel"]]] = None):
         super().__init__()
         self.config = config
         self.metadata = dict(metadata or {})
@@ -195,16 +196,22 @@ class OrientationModel(nn.Module):
             nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, config.n_phases)) if config.n_phases > 1 else None
         )
         self.history: dict = {}
-        self.experts = None
-        if experts:
+        self.experts = None  # {str(phase): OrientationModel} for the phases that have one
+        if experts is not None and any(e is not None for e in experts):
             experts = list(experts)
-            if len(experts) != config.n_phases or any(e.config.n_phases != 1 for e in experts):
-                raise ValueError(f"a joint model of {config.n_phases} phase(s) takes one single-phase expert per phase; "
-                                 f"got {len(experts)} with n_phases {[e.config.n_phases for e in experts]}")
-            if any(e.config.k_max != config.k_max for e in experts):
+            given = {str(p): e for p, e in enumerate(experts) if e is not None}
+            if len(experts) != config.n_phases or any(e.config.n_phases != 1 for e in given.values()):
+                raise ValueError(f"a joint model of {config.n_phases} phase(s) takes one entry per phase, a single-phase "
+                                 f"expert or None; got {len(experts)}, with n_phases "
+                                 f"{[e.config.n_phases for e in given.values()]}")
+            if any(e.config.k_max != config.k_max for e in given.values()):
                 raise ValueError(f"experts must read tokens of the joint model's k_max ({config.k_max} 1/A); got "
-                                 f"{[e.config.k_max for e in experts]}")
-            self.experts = nn.ModuleList(experts)
+                                 f"{[e.config.k_max for e in given.values()]}")
+            self.experts = nn.ModuleDict(given)
+
+    def expert(self, phase: int) -> Optional["OrientationModel"]:
+        """The expert reading phase ``phase``'s orientation, or None (the joint network's own)."""
+        return None if self.experts is None else self.experts[str(phase)] if str(phase) in self.experts else None
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
         """Predict.
@@ -221,7 +228,7 @@ class OrientationModel(nn.Module):
         -------
         dict with ``"raw"`` (B, 9), ``"matrix"`` (B, 3, 3) proper rotations (float32), with a
         phase head ``"phase_logits"`` (B, n_phases) and, with experts, ``"phase_matrix"`` (B, n_phases, 3, 3):
-        each phase's orientation as its expert reads it.
+        each phase's orientation as its expert reads it (``"matrix"`` for a phase without one).
         """
         B, N, _ = tokens.shape
         mask = mask.clone()
@@ -238,7 +245,9 @@ class OrientationModel(nn.Module):
         if self.phase_head is not None:
             out["phase_logits"] = self.phase_head(pooled).float()
         if self.experts is not None:
-            out["phase_matrix"] = torch.stack([expert(tokens, mask)["matrix"] for expert in self.experts], 1)
+            own = out["matrix"]
+            out["phase_matrix"] = torch.stack([own if self.expert(p) is None else self.expert(p)(tokens, mask)["matrix"]
+                                               for p in range(self.config.n_phases)], 1)
         return out
 
     @property
@@ -250,10 +259,11 @@ class OrientationModel(nn.Module):
         from ..io.checkpoint import save_checkpoint
 
         experts = {}
-        if self.experts is not None:  # their weights are in the state dict ("experts.<p>.")
-            experts = dict(expert_configs=[asdict(e.config) for e in self.experts],
-                           expert_metadata=[e.metadata for e in self.experts],
-                           expert_history=[e.history for e in self.experts])
+        if self.experts is not None:  # their weights are in the state dict ("experts.<phase>."); None: no expert
+            each = [self.expert(p) for p in range(self.config.n_phases)]
+            experts = dict(expert_configs=[None if e is None else asdict(e.config) for e in each],
+                           expert_metadata=[None if e is None else e.metadata for e in each],
+                           expert_history=[None if e is None else e.history for e in each])
         save_checkpoint(path, kind="model", model_config=asdict(self.config), state_dict=self.state_dict(),
                         metadata=self.metadata, history=self.history, **experts)
 
@@ -269,9 +279,11 @@ class OrientationModel(nn.Module):
     def from_checkpoint(cls, ckpt: dict) -> "OrientationModel":
         experts = None
         if ckpt.get("expert_configs"):
-            experts = [cls(ModelConfig(**c), m) for c, m in zip(ckpt["expert_configs"], ckpt["expert_metadata"])]
-            for expert, history in zip(experts, ckpt.get("expert_history") or [{}] * len(experts)):
-                expert.history = history or {}
+            experts = [None if c is None else cls(ModelConfig(**c), m)
+                       for c, m in zip(ckpt["expert_configs"], ckpt["expert_metadata"])]
+            for expert, history in zip(experts, ckpt.get("expert_history") or [None] * len(experts)):
+                if expert is not None:
+                    expert.history = history or {}
         model = cls(ModelConfig(**ckpt["model_config"]), ckpt.get("metadata"), experts)
         model.load_state_dict(ckpt["state_dict"])
         model.history = ckpt.get("history") or {}
