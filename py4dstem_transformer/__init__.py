@@ -5,12 +5,13 @@ Importing the package registers ``Crystal.generate_training_set`` on py4DSTEM's 
 
 Public names: :class:`TransformerOrientationMap` (the drop-in for ``crystal.match_orientations``),
 :class:`TrainingSet`, :func:`generate_training_set`, :func:`train`, :class:`OrientationModel`,
-:func:`list_pretrained`, :func:`simulate_scan`, :func:`find_bragg_disks`.
+:func:`with_experts`, :func:`list_pretrained`, :func:`simulate_scan`, :func:`find_bragg_disks`.
 """
 
 from ._version import __version__
 from .detection.finder import find_bragg_disks, register as _register_finder
 from .mapping.mapper import TransformerOrientationMap
+from .model.experts import with_experts
 from .model.model import ModelConfig, OrientationModel
 from .pretrained import list_pretrained
 from .simulation.scan import simulate_scan
@@ -29,6 +30,7 @@ __all__ = [
     "train",
     "OrientationModel",
     "ModelConfig",
+    "with_experts",
     "list_pretrained",
     "simulate_scan",
     "find_bragg_disks",

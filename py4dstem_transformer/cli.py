@@ -296,7 +296,7 @@ def _load_model(name_or_path):
 
 def _cmd_combine(args) -> int:
     from .mapping.config import MapConfig, calibrated_config, config_differences
-    from .mapping.confidence import Calibration
+    from .mapping.confidence import METADATA_KEY
     from .model.experts import with_experts
 
     joint = _load_model(args.joint)
@@ -317,10 +317,9 @@ def _cmd_combine(args) -> int:
     print(f"saved {args.out}: {model.num_parameters:,} parameters in all; it has no confidence calibration and no "
           f"voltage validation yet: run `py4dstem-transformer calibrate {args.out} --out {args.out}` and "
           f"`validate-voltages` on it")
-    calibration = Calibration.from_metadata(joint.metadata)
-    if calibration is not None:
-        fitted = calibrated_config(calibration.fitted_on.get("map_config"))
-        changed = config_differences(MapConfig().to_dict(), fitted.to_dict())
+    fitted = ((joint.metadata.get(METADATA_KEY) or {}).get("fitted_on") or {}).get("map_config")
+    if fitted is not None:
+        changed = config_differences(MapConfig().to_dict(), calibrated_config(fitted).to_dict())
         if changed:
             print("the joint model was calibrated under these settings (calibrate takes them as flags): "
                   + "; ".join(changed))

@@ -142,6 +142,23 @@ def test_parts_that_do_not_fit_are_refused_with_what_differs(parts):
               val_fraction=0.1, init_weights=with_experts(joint, [cu, cu2o]))
 
 
+def test_the_combine_command_writes_the_model_and_says_what_to_do_next(parts, tmp_path, capsys):
+    from py4dstem_transformer.cli import main
+
+    joint, (cu, cu2o) = parts
+    joint.save(tmp_path / "joint.pt")
+    cu2o.save(tmp_path / "cu2o.pt")
+    assert main(["combine", str(tmp_path / "joint.pt"), "--expert", f"Cu2O={tmp_path / 'cu2o.pt'}",
+                 "--out", str(tmp_path / "x.pt")]) == 0
+    said = capsys.readouterr().out
+    assert "phase Cu: the joint network's own orientation" in said and "calibrate" in said
+    model = OrientationModel.load(tmp_path / "x.pt")
+    assert model.expert(0) is None and model.expert(1).metadata["crystal"] == cu2o.metadata["crystal"]
+    with pytest.raises(SystemExit, match="PHASE=MODEL"):
+        main(["combine", str(tmp_path / "joint.pt"), "--expert", str(tmp_path / "cu2o.pt"), "--out", str(tmp_path / "y.pt")])
+    assert not (tmp_path / "y.pt").exists()
+
+
 def test_the_mapper_takes_each_phases_hypotheses_from_its_expert(parts):
     """Network alone (refine=False): Cu2O's answer is its expert's orientation or that one's beam-flip partner (the
     score picks), Cu's the joint network's own; neither is the other's nor that of a Cu expert left out."""
