@@ -91,6 +91,7 @@ def test_a_model_with_experts_round_trips_as_plain_weights(parts, tmp_path):
     model.save(path)
     raw = torch.load(path, weights_only=True)  # never runs code
     assert len(raw["expert_configs"]) == 2 and any(k.startswith("experts.1.") for k in raw["state_dict"])
+    assert raw["format_version"] == 3  # versions that cannot rebuild the experts refuse it as newer
     again = OrientationModel.load(path)
     assert len(again.experts) == 2 and again.expert(1).history["val_median_deg"] == [3.0, 2.5]
     assert again.expert(0).metadata["crystal"] == experts[0].metadata["crystal"]
@@ -106,9 +107,10 @@ def test_a_model_with_experts_round_trips_as_plain_weights(parts, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(partial(tokens, mask)["phase_matrix"], again(tokens, mask)["phase_matrix"],
                                    rtol=0, atol=0)
-    # a model without experts still saves and loads as before
+    # a model without experts still saves (in the format older versions read) and loads as before
     joint.save(tmp_path / "joint.pt")
     assert OrientationModel.load(tmp_path / "joint.pt").experts is None
+    assert torch.load(tmp_path / "joint.pt", weights_only=True)["format_version"] == 2
 
 
 def test_parts_that_do_not_fit_are_refused_with_what_differs(parts):

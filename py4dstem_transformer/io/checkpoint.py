@@ -28,12 +28,15 @@ import torch
 
 from .._version import __version__
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "content_checksum", "DamagedFileError",
+__all__ = ["FORMAT", "FORMAT_VERSION", "needed_version", "save_checkpoint", "load_checkpoint", "content_checksum", "DamagedFileError",
            "UnsafeFileError", "ForeignFileError", "NewerFormatError"]
 
 FORMAT = "py4dstem-transformer"
-#: 2: with a content checksum (format-1 files, without one, still load, unverified)
-FORMAT_VERSION = 2
+#: The newest format this version reads and writes. 2: with a content checksum (format-1 files, without one, still
+#: load, unverified); 3: a model holding experts (``expert_configs``), which versions before it could not rebuild.
+#: Each file is written with the oldest format that holds it (:func:`needed_version`), so that older versions of
+#: the package still read what they can and refuse the rest with :class:`NewerFormatError`.
+FORMAT_VERSION = 3
 _AGAIN = "copy or download it again, or write it again (model.save / TrainingSet.save)"
 
 
@@ -87,11 +90,16 @@ def _digest(value, h) -> None:
         h.update(("S" + json.dumps(v)).encode())
 
 
+def needed_version(payload: dict) -> int:
+    """The oldest format that holds ``payload``: 3 for a model with experts, else 2."""
+    return 3 if payload.get("expert_configs") else 2
+
+
 def save_checkpoint(path, kind: str, **payload) -> None:
     """Atomically write ``payload`` (tensors and plain values only) as a ``kind`` checkpoint, with its checksum."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "package_version": __version__}
+    data = {"format": FORMAT, "format_version": needed_version(payload), "kind": kind, "package_version": __version__}
     data.update(payload)
     data["checksum"] = content_checksum(data)
     tmp = path.with_name(path.name + ".tmp")
