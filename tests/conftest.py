@@ -178,7 +178,7 @@ def oracle_crystal(make, dynamical, k_max=2.1):
 def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
     """py4DSTEM's own Bloch-wave Cu2O patterns (200 kV) through the shipped joint model with the tie setting
     ``keyword`` (a mapper keyword: ``intensity_tie``, ``acom_tie``) at 0 and at ``tie``: a position changes only where
-    its two answers scored within the tie of each other (and then reports the lower-scored first), the rest is
+    its two answers scored within the tie of each other (and then reports its former runner-up first), the rest is
     the same to float rounding, something does change, and the user's peaks are untouched."""
     import warnings
 
@@ -205,9 +205,13 @@ def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
     same = ~changed
     np.testing.assert_allclose(off.matrix[0, same], on.matrix[0, same], rtol=0, atol=1e-5)
     np.testing.assert_allclose(off.corr[0, same], on.corr[0, same], rtol=0, atol=1e-5)
-    # a changed position reports its other answer first, and the two scored within the tie
+    # a changed position reports first what was its runner-up with the setting off, and the two scored within the tie,
+    # then and now. The answers agree to ~1 deg (matrix entries to 0.02; a decided tie moves by > 5 deg), not to
+    # rounding: the library search that follows starts from the first pass's winner, so the loser is refined again
+    # from another start (and may then score a little below or above the winner).
+    np.testing.assert_allclose(on.matrix[0, changed, 0], off.matrix[0, changed, 1], rtol=0, atol=0.02)
+    assert np.all(off.corr[0, changed, 0] - off.corr[0, changed, 1] <= tie + 1e-6)
     assert np.all(np.abs(on.corr[0, changed, 0] - on.corr[0, changed, 1]) <= tie + 1e-6)
-    assert np.all(on.corr[0, changed, 0] <= on.corr[0, changed, 1] + 1e-6)
     assert changed.any()  # the stage did decide something here (else the test above asserts nothing)
     now = [pl.data for row in bragg._v_uncal._pointlists for pl in row]
     assert all(np.array_equal(a, b) for a, b in zip(before, now))
