@@ -100,6 +100,15 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _load_model(name_or_path):
+    """A model file, or else a shipped model's name (``train --init``, ``combine``)."""
+    from .model.model import OrientationModel
+    from .pretrained import pretrained_path
+
+    path = Path(name_or_path)
+    return OrientationModel.load(path if path.exists() else pretrained_path(name_or_path))
+
+
 def _cmd_train(args) -> int:
     from .model.model import ModelConfig
     from .training.trainer import train
@@ -125,11 +134,7 @@ def _cmd_train(args) -> int:
         model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
                                    d_ff=4 * (args.d_model or base.d_model),
                                    k_max=float(sets[0].config.k_max) * K_MAX_MARGIN, n_phases=len(sets))
-    init = args.init
-    if init is not None and not Path(init).exists():
-        from .pretrained import pretrained_path
-
-        init = pretrained_path(init)  # a shipped model's name
+    init = None if args.init is None else _load_model(args.init)
     model = train(
         training_set, epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         device=args.device, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
@@ -282,16 +287,6 @@ def _add_calibrate(sub) -> None:
                         "model's present setting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
-
-
-def _load_model(name_or_path):
-    """A model file, or a shipped model's name."""
-    from .model.model import OrientationModel
-    from .pretrained import list_pretrained, load_pretrained
-
-    if not Path(name_or_path).exists() and name_or_path in list_pretrained():
-        return load_pretrained(name_or_path)
-    return OrientationModel.load(name_or_path)
 
 
 def _cmd_combine(args) -> int:

@@ -74,7 +74,7 @@ def with_experts(joint: OrientationModel,
             _check_expert(phase, expert, joint.metadata)
     metadata = {k: copy.deepcopy(v) for k, v in joint.metadata.items() if k not in STALE_KEYS}
     metadata["experts"] = [None if e is None else _provenance(phase, e) for phase, e in zip(phases, experts)]
-    combined = OrientationModel(joint.config, metadata, [None if e is None else _copy(e) for e in experts])
+    combined = OrientationModel(joint.config, metadata, [copy.deepcopy(e) for e in experts])
     own = {k: v for k, v in joint.state_dict().items() if not k.startswith("experts.")}
     combined.load_state_dict({**combined.state_dict(), **own})
     combined.history = copy.deepcopy(joint.history)
@@ -111,9 +111,3 @@ def _provenance(phase: dict, expert: OrientationModel) -> dict:
             "initialized_from": copy.deepcopy(meta.get("initialized_from")),
             "steps": (history.get("step") or [0])[-1], "best_validation_median_deg": min(medians) if medians else None}
 
-
-def _copy(model: OrientationModel) -> OrientationModel:
-    twin = OrientationModel(model.config, copy.deepcopy(model.metadata))
-    twin.load_state_dict(model.state_dict())
-    twin.history = copy.deepcopy(model.history)
-    return twin.eval()

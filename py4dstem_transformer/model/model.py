@@ -245,9 +245,9 @@ class OrientationModel(nn.Module):
         if self.phase_head is not None:
             out["phase_logits"] = self.phase_head(pooled).float()
         if self.experts is not None:
-            own = out["matrix"]
-            out["phase_matrix"] = torch.stack([own if self.expert(p) is None else self.expert(p)(tokens, mask)["matrix"]
-                                               for p in range(self.config.n_phases)], 1)
+            experts = (self.expert(p) for p in range(self.config.n_phases))
+            out["phase_matrix"] = torch.stack([out["matrix"] if e is None else e(tokens, mask)["matrix"]
+                                               for e in experts], 1)
         return out
 
     @property
