@@ -143,6 +143,34 @@ def test_a_decided_tie_puts_the_better_profile_first_and_changes_nothing_else(ph
     assert far.order is None
 
 
+def test_with_both_tie_stages_a_rival_is_first_where_either_stage_puts_it_first(phase):
+    """``tiebreak`` (ACOM's correlation) runs before ``arbitrate`` (the profile); each only ever moves a rival up, so
+    with both on a rival is first exactly where either alone puts it first: the later stage does not undo the
+    earlier's decision. Here each decides patterns the other does not (a wider tie for the first, on the richer
+    patterns only; a narrower one for the second), so the union is a real test."""
+    from py4dstem_transformer.mapping.pipeline import STAGES
+    from py4dstem_transformer.mapping.tiebreak import tiebreak
+
+    truth = random_rotations(60, seed=9).float()
+    gap = torch.where(torch.arange(60) < 30, 0.02, 0.06)  # the beam flip scored 0.70, the truth 0.70 - gap
+    batch = _batch(phase, truth, torch.stack([torch.full((60,), 0.70), 0.70 - gap], 1))
+
+    def rival_first(**ties):
+        config = MapConfig().replace(**ties)
+        config = config.replace(tiebreak=dataclasses.replace(config.tiebreak, min_disks=25))
+        out = batch
+        for stage in (s for s in STAGES if s in (tiebreak, arbitrate)):  # the pipeline's order
+            out = stage(out, phase, config)
+        ranked = rank(out, phase, config)
+        assert torch.equal(ranked.score, batch.score)  # the scores stay the score's
+        return ranked.pick[:, 0] == 1
+
+    acom, profile = rival_first(acom_tie=0.1), rival_first(intensity_tie=0.03)
+    both = rival_first(acom_tie=0.1, intensity_tie=0.03)
+    assert (acom & ~profile).any() and (profile & ~acom).any()  # measured: 13 and 17 of 60
+    assert torch.equal(both, acom | profile)
+
+
 def test_off_by_default_for_precession_and_without_refinement(phase):
     truth = random_rotations(4, seed=10).float()
     batch = _batch(phase, truth, torch.tensor([[0.7, 0.69]] * 4))

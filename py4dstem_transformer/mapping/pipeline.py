@@ -8,7 +8,7 @@ then, for every phase the network finds likely enough, the stages run in order, 
 score, noisy disks only) -> ``score`` (correlation with the disks) -> ``tiebreak`` (near ties between distinct
 candidates decided the way ACOM scores) -> ``arbitrate`` (near ties decided on intensity profiles) -> ``rank``
 (distinct matches) -> ``confidence`` (the calibration's features); the two tie stages run where the model's settings
-ask for them.
+ask for them, and each only moves a rival up: with both on, a rival is first where either puts it first.
 
 Sparse patterns (:class:`~.config.TurnConfig`) whose best answer is not sure (calibrated confidence x
 phase probability below ``turns.confidence``) are predicted again from their input turned in-plane, and
