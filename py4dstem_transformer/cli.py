@@ -101,12 +101,10 @@ def _cmd_simulate(args) -> int:
 
 
 def _load_model(name_or_path):
-    """A model file, or else a shipped model's name (``train --init``, ``combine``)."""
-    from .model.model import OrientationModel
-    from .pretrained import pretrained_path
+    """A model file, or else a shipped model's name (``train --init``, ``combine``; the mapper's rule)."""
+    from .pretrained import load_model
 
-    path = Path(name_or_path)
-    return OrientationModel.load(path if path.exists() else pretrained_path(name_or_path))
+    return load_model(name_or_path)
 
 
 def _cmd_train(args) -> int:

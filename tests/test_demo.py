@@ -20,6 +20,28 @@ def test_shipped_model_is_listed_and_loads_weights_only():
     assert len(model.metadata["symmetry"]) == 24
 
 
+def test_every_entry_point_reads_a_model_file_before_a_shipped_name(tmp_path, monkeypatch):
+    """One rule (``pretrained.load_model``) for the mapper's ``from_model`` and the command line's ``--init`` /
+    ``combine``: a file at the given path first, else the shipped model of that name, else an error naming both."""
+    import shutil
+
+    from py4dstem_transformer import TransformerOrientationMap
+    from py4dstem_transformer.cli import _load_model
+    from py4dstem_transformer.pretrained import load_model, pretrained_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Cu+Cu2O").mkdir()  # a folder of that name is not a model file: the shipped model is read
+    assert load_model("Cu+Cu2O").config.n_phases == 2
+    shutil.copy(pretrained_path("Cu+Cu2O"), tmp_path / "Cu")  # a file named like the other shipped model
+    for read in (load_model, _load_model):
+        assert read("Cu").config.n_phases == 2
+    assert TransformerOrientationMap.from_model("Cu").phase_names == ["Cu", "Cu2O"]
+    shipped = load_pretrained("Cu")
+    assert load_model(shipped) is shipped
+    with pytest.raises(FileNotFoundError, match=r"no model file 'NoSuch'.*shipped models: \['Cu', 'Cu\+Cu2O'\]"):
+        load_model("NoSuch")
+
+
 @pytest.mark.slow
 def test_demo_command_runs_and_writes_pictures(tmp_path, capsys):
     assert main(["demo", "--size", "8", "--grains", "3", "--out", str(tmp_path), "--no-progress"]) == 0

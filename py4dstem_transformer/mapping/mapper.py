@@ -123,13 +123,12 @@ class TransformerOrientationMap:
 
     @classmethod
     def from_model(cls, model="Cu", crystal=None, **kwargs) -> "TransformerOrientationMap":
-        """A mapper for a shipped model's name, a model file or an ``OrientationModel``, with the model's own
+        """A mapper for a model file, a shipped model's name or an ``OrientationModel``
+        (:func:`~py4dstem_transformer.pretrained.load_model`: a file of that name first), with the model's own
         crystal(s) unless ``crystal`` is given."""
-        from ..pretrained import list_pretrained, load_pretrained
+        from ..pretrained import load_model
 
-        if isinstance(model, str) and model in list_pretrained():
-            model = load_pretrained(model)
-        model = model if isinstance(model, OrientationModel) else OrientationModel.load(model)
+        model = load_model(model)
         if crystal is None:
             crystal = crystals_from_metadata(model.metadata)
             crystal = crystal[0] if len(crystal) == 1 else crystal

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["list_pretrained", "load_pretrained", "pretrained_path"]
+__all__ = ["list_pretrained", "load_pretrained", "pretrained_path", "load_model"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -39,3 +39,22 @@ def load_pretrained(name: str):
     from ..model.model import OrientationModel
 
     return OrientationModel.load(pretrained_path(name))
+
+
+def load_model(model):
+    """``model`` itself if it is an :class:`~py4dstem_transformer.model.model.OrientationModel`; else the model file at
+    that path where one exists, or else the shipped model of that name. One rule for every entry point (the mapper's
+    ``from_model``, the command line's ``--model`` / ``--init`` / ``combine``), so a file named like a shipped model is
+    read as the file everywhere. Neither a file nor a shipped name: a ``FileNotFoundError`` that lists the shipped
+    names."""
+    from ..model.model import OrientationModel
+
+    if isinstance(model, OrientationModel):
+        return model
+    path = Path(model)
+    if path.is_file():
+        return OrientationModel.load(path)
+    if str(model) in list_pretrained():
+        return load_pretrained(str(model))
+    raise FileNotFoundError(f"no model file {str(model)!r} (from {Path.cwd()}) and no shipped model of that name; "
+                            f"shipped models: {list_pretrained()}")
