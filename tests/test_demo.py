@@ -21,17 +21,21 @@ def test_shipped_model_is_listed_and_loads_weights_only():
 
 
 def test_every_entry_point_reads_a_model_file_before_a_shipped_name(tmp_path, monkeypatch):
-    """One rule (``pretrained.load_model``) for the mapper's ``from_model`` and the command line's ``--init`` /
-    ``combine``: a file at the given path first, else the shipped model of that name, else an error naming both."""
+    """One rule (``pretrained.load_model``) for the mapper (its constructor and ``from_model``), ``train``'s
+    ``init_weights`` and the command line: a file at the given path first, else the shipped model of that name, else
+    an error naming both."""
     import shutil
 
     from py4dstem_transformer import TransformerOrientationMap
     from py4dstem_transformer.cli import _load_model
     from py4dstem_transformer.pretrained import load_model, pretrained_path
 
+    from conftest import make_cu
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Cu+Cu2O").mkdir()  # a folder of that name is not a model file: the shipped model is read
     assert load_model("Cu+Cu2O").config.n_phases == 2
+    assert TransformerOrientationMap(make_cu(), "Cu").phase_names == ["Cu"]  # the constructor reads names too
     shutil.copy(pretrained_path("Cu+Cu2O"), tmp_path / "Cu")  # a file named like the other shipped model
     for read in (load_model, _load_model):
         assert read("Cu").config.n_phases == 2

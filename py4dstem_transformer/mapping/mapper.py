@@ -23,6 +23,7 @@ from ..io.orientation_map import build_orientation_map, ensure_plan
 from ..io.peaks import Peaks, as_peaks_source
 from ..model.model import OrientationModel
 from ..model.tokens import TokenConfig, Tokens
+from ..pretrained import load_model
 from .confidence import Calibration, phase_weights
 from .config import MapConfig, Query, calibrated_config, uncalibrated_warning
 from .phase import build_phases
@@ -45,7 +46,8 @@ class TransformerOrientationMap:
     crystal : py4DSTEM Crystal, or a list of them (one per phase of a multi-phase model)
         Must match the crystal the model was trained for (lattice, composition); gets the
         ``orientation_map`` and plan attributes py4DSTEM's plots read.
-    model : OrientationModel or path of a model file
+    model : OrientationModel, path of a model file, or a shipped model's name (a file of that name first:
+        :func:`~py4dstem_transformer.pretrained.load_model`)
     config : MapConfig, optional
         Every setting that changes an answer (:mod:`.config`). Default: the settings the model's confidence
         was calibrated under, recorded in the model file (the shipped models: ``MapConfig()`` with the score's
@@ -86,7 +88,7 @@ class TransformerOrientationMap:
                  precision: Optional[str] = None, calibrated_confidence: bool = True,
                  workers: Optional[int] = None, accel_voltage: Optional[float] = None,
                  precession_angle_degrees: Optional[float] = None, **settings):
-        model = model if isinstance(model, OrientationModel) else OrientationModel.load(model)
+        model = load_model(model)
         meta, self.crystals = model.metadata, list(crystal) if isinstance(crystal, (list, tuple)) else [crystal]
         self._phase_meta = phase_metadata(meta)
         if len(self.crystals) != len(self._phase_meta):
@@ -126,8 +128,6 @@ class TransformerOrientationMap:
         """A mapper for a model file, a shipped model's name or an ``OrientationModel``
         (:func:`~py4dstem_transformer.pretrained.load_model`: a file of that name first), with the model's own
         crystal(s) unless ``crystal`` is given."""
-        from ..pretrained import load_model
-
         model = load_model(model)
         if crystal is None:
             crystal = crystals_from_metadata(model.metadata)

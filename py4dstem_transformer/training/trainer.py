@@ -389,8 +389,11 @@ class _Run:
         )
 
     def initialize_from(self, source) -> None:
-        """Copy every weight of ``source`` (a model or a model file) whose name and shape match."""
-        source = source if isinstance(source, OrientationModel) else OrientationModel.load(source)
+        """Copy every weight of ``source`` (a model, a model file or a shipped model's name:
+        :func:`~py4dstem_transformer.pretrained.load_model`) whose name and shape match."""
+        from ..pretrained import load_model
+
+        source = load_model(source)
         if source.experts is not None:
             raise ValueError("init_weights is a joint model with an orientation network per phase (experts); start from "
                              "one of its parts instead: the joint model before `combine`, or one phase's expert")
