@@ -130,7 +130,7 @@ def train(
         Architecture, augmentation and token settings; defaults suit a CPU.
     precision : {"bf16", "fp32"}, optional
         Autocast dtype; default bf16 where it is fast, else fp32.
-    init_weights : OrientationModel or path, optional
+    init_weights : OrientationModel, path or a shipped model's name, optional
         Start from this model's weights (fine-tuning, e.g. a joint phase model from a single-phase
         one). Layers whose shapes differ (such as a new phase head) start fresh; the architecture
         must otherwise match ``model_config``.
