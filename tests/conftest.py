@@ -178,8 +178,9 @@ def oracle_crystal(make, dynamical, k_max=2.1):
 def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
     """py4DSTEM's own Bloch-wave Cu2O patterns (200 kV) through the shipped joint model with the tie setting
     ``keyword`` (a mapper keyword: ``intensity_tie``, ``acom_tie``) at 0 and at ``tie``: a position changes only where
-    its two answers scored within the tie of each other (and then reports its former runner-up first), the rest is
-    the same to float rounding, something does change, and the user's peaks are untouched."""
+    its two answers scored within the tie of each other (and then reports its former runner-up first), the positions
+    whose two answers scored further apart are the same to float rounding, something does change, and the user's peaks
+    are untouched."""
     import warnings
 
     from py4dstem_transformer import TransformerOrientationMap
@@ -198,20 +199,25 @@ def assert_a_tie_setting_changes_only_near_ties(keyword, tie):
             warnings.simplefilter("ignore", UserWarning)
             maps.append(mapper.match_phases(bragg, 2, progress_bar=False, neighbours=False, self_calibrate=False))
     off, on = (m.orientation_maps[1] for m in maps)
-    # A decided tie moves the first answer by degrees (> 5 deg after symmetry). Elsewhere the answers stay, to float
-    # rounding: another tie changes which patterns are searched again, hence the batches' sizes, and on some CPUs
-    # (an AMD EPYC: up to 2e-6) other sizes take other BLAS kernels; bit for bit on an Intel Xeon.
+    # A decided tie moves the first answer by degrees (> 5 deg after symmetry). Where the best two scored apart by more
+    # than the tie with the setting off, the answers stay, to float rounding: another tie changes which
+    # patterns are searched again, hence the batches' sizes, and on some CPUs (an AMD EPYC: up to 2e-6) other sizes
+    # take other BLAS kernels; bit for bit on an Intel Xeon.
     changed = ~np.all(np.isclose(off.matrix[0, :, 0], on.matrix[0, :, 0], rtol=0, atol=1e-4), axis=(1, 2))
-    same = ~changed
-    np.testing.assert_allclose(off.matrix[0, same], on.matrix[0, same], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(off.corr[0, same], on.corr[0, same], rtol=0, atol=1e-5)
+    near = off.corr[0, :, 0] - off.corr[0, :, 1] <= tie + 1e-6  # (with the setting on, a decided tie scores below 0)
+    assert not np.any(changed & ~near)  # only near ties change
+    np.testing.assert_allclose(off.matrix[0, ~near], on.matrix[0, ~near], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(off.corr[0, ~near], on.corr[0, ~near], rtol=0, atol=1e-5)
     # a changed position reports first what was its runner-up with the setting off, and the two scored within the tie,
     # then and now. The answers agree to ~1 deg (matrix entries to 0.02; a decided tie moves by > 5 deg), not to
     # rounding: the library search that follows starts from the first pass's winner, so the loser is refined again
-    # from another start (and may then score a little below or above the winner).
+    # from another start (and may then score a little below or above the winner). For the same reason a near tie
+    # whose first answer stays (to 1e-4) may see its runner-up re-refined (seen with the Cu2O expert of 2026-12-05,
+    # twelfth session: 4e-5 and 6e-4 in matrix entries), so near ties are not held to rounding.
     np.testing.assert_allclose(on.matrix[0, changed, 0], off.matrix[0, changed, 1], rtol=0, atol=0.02)
     assert np.all(off.corr[0, changed, 0] - off.corr[0, changed, 1] <= tie + 1e-6)
     assert np.all(np.abs(on.corr[0, changed, 0] - on.corr[0, changed, 1]) <= tie + 1e-6)
+    assert (~near).sum() > len(near) // 2  # most positions are far from a tie (else the first check asserts little)
     assert changed.any()  # the stage did decide something here (else the test above asserts nothing)
     now = [pl.data for row in bragg._v_uncal._pointlists for pl in row]
     assert all(np.array_equal(a, b) for a, b in zip(before, now))
