@@ -100,15 +100,9 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
-def _load_model(name_or_path):
-    """A model file, or else a shipped model's name (``train --init``, ``combine``; the mapper's rule)."""
-    from .pretrained import load_model
-
-    return load_model(name_or_path)
-
-
 def _cmd_train(args) -> int:
     from .model.model import ModelConfig
+    from .pretrained import load_model
     from .training.trainer import train
     from .simulation.phases import PhaseTrainingSet
     from .simulation.training_set import TrainingSet
@@ -132,7 +126,7 @@ def _cmd_train(args) -> int:
         model_config = ModelConfig(d_model=args.d_model or base.d_model, n_layers=args.layers or base.n_layers,
                                    d_ff=4 * (args.d_model or base.d_model),
                                    k_max=float(sets[0].config.k_max) * K_MAX_MARGIN, n_phases=len(sets))
-    init = None if args.init is None else _load_model(args.init)
+    init = None if args.init is None else load_model(args.init)
     model = train(
         training_set, epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         device=args.device, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
@@ -291,14 +285,15 @@ def _cmd_combine(args) -> int:
     from .mapping.config import MapConfig, calibrated_config, config_differences
     from .mapping.confidence import METADATA_KEY
     from .model.experts import with_experts
+    from .pretrained import load_model
 
-    joint = _load_model(args.joint)
+    joint = load_model(args.joint)
     experts = {}
     for item in args.expert:
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise SystemExit(f"--expert {item!r}: write PHASE=MODEL, e.g. --expert Cu2O=cu2o.pt")
-        experts[name] = _load_model(source)
+        experts[name] = load_model(source)
     model = with_experts(joint, experts)
     model.save(args.out)
     for name, entry in zip((p["name"] for p in model.metadata["phases"]), model.metadata["experts"]):

@@ -27,7 +27,6 @@ def test_every_entry_point_reads_a_model_file_before_a_shipped_name(tmp_path, mo
     import shutil
 
     from py4dstem_transformer import TransformerOrientationMap
-    from py4dstem_transformer.cli import _load_model
     from py4dstem_transformer.pretrained import load_model, pretrained_path
 
     from conftest import make_cu
@@ -37,8 +36,7 @@ def test_every_entry_point_reads_a_model_file_before_a_shipped_name(tmp_path, mo
     assert load_model("Cu+Cu2O").config.n_phases == 2
     assert TransformerOrientationMap(make_cu(), "Cu").phase_names == ["Cu"]  # the constructor reads names too
     shutil.copy(pretrained_path("Cu+Cu2O"), tmp_path / "Cu")  # a file named like the other shipped model
-    for read in (load_model, _load_model):
-        assert read("Cu").config.n_phases == 2
+    assert load_model("Cu").config.n_phases == 2
     assert TransformerOrientationMap.from_model("Cu").phase_names == ["Cu", "Cu2O"]
     shipped = load_pretrained("Cu")
     assert load_model(shipped) is shipped

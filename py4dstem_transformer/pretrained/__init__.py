@@ -44,8 +44,8 @@ def load_pretrained(name: str):
 def load_model(model):
     """``model`` itself if it is an :class:`~py4dstem_transformer.model.model.OrientationModel`; else the model file at
     that path where one exists, or else the shipped model of that name. One rule for every entry point (the mapper's
-    ``from_model``, the command line's ``--model`` / ``--init`` / ``combine``), so a file named like a shipped model is
-    read as the file everywhere. Neither a file nor a shipped name: a ``FileNotFoundError`` that lists the shipped
+    constructor and ``from_model``, ``train``'s ``init_weights``, the command line's ``--model`` / ``--init`` /
+    ``combine``), so a file named like a shipped model is read as the file everywhere. Neither a file nor a shipped name: a ``FileNotFoundError`` that lists the shipped
     names."""
     from ..model.model import OrientationModel
 
