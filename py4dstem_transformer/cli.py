@@ -2,7 +2,10 @@
 
 Every option of every subcommand is parsed here (the library itself never sees argparse). Each
 subcommand is an ``_add_*`` function that registers its options in :func:`build_parser` and a small
-``_cmd_*`` function that calls the library; heavy imports happen inside the function that needs them,
+``_cmd_*`` function that calls the library. :func:`main` raises as the library does (for callers and
+tests); :func:`console`, the installed command, turns the errors a user can fix (``ValueError``,
+``OSError``: a wrong file, setting or name) into one line on stderr and exit status 1, with
+``--traceback`` to see Python's traceback instead; heavy imports happen inside the function that needs them,
 so ``--help`` and ``info`` start fast. ``bench`` is the one command that reaches into
 :mod:`py4dstem_transformer.benchmarks`, and only inside :func:`_cmd_bench` (nothing in the library
 imports the benchmarks).
@@ -11,6 +14,7 @@ imports the benchmarks).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +25,7 @@ from .core.defaults import ACCEL_VOLTAGE, K_MAX, K_MAX_MARGIN
 from .core.device import environment_info
 from .simulation.simulator import DEFAULT_THICKNESS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console", "build_parser"]
 
 
 def _cmd_info(args) -> int:
@@ -445,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Crystal orientation maps from 4D-STEM Bragg disks with a transformer.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show Python's traceback for an error instead of its one-line message "
+                             "(before the command: py4dstem-transformer --traceback train ...)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="versions, device and whether bf16 is fast here")
     info.set_defaults(func=_cmd_info)
@@ -459,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command (``argv`` as on the command line; default ``sys.argv[1:]``); errors propagate as
+    exceptions (argparse's usage errors as ``SystemExit(2)``). The installed command is :func:`console`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -467,5 +476,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return int(args.func(args) or 0)
 
 
+#: Errors whose message tells a user what to fix (a file that is missing, damaged or of another kind, a
+#: setting out of range, an unknown name). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
+def console(argv: Optional[Sequence[str]] = None) -> int:
+    """The installed ``py4dstem-transformer`` command (and ``python -m py4dstem_transformer``): :func:`main`,
+    with a user's errors as ``py4dstem-transformer: error: <message>`` on stderr and exit status 1 (130 when
+    interrupted) instead of a traceback. ``--traceback`` (or ``PY4DSTEM_TRANSFORMER_TRACEBACK=1``) re-raises."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show = "--traceback" in argv or os.environ.get("PY4DSTEM_TRANSFORMER_TRACEBACK", "") not in ("", "0")
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        if show:
+            raise
+        print("py4dstem-transformer: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if show:
+            raise
+        print(f"py4dstem-transformer: error: {err}\n(py4dstem-transformer --traceback ... shows where it "
+              f"happened)", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

@@ -30,6 +30,41 @@ def test_cli_version_and_info(capsys):
         assert re.search(rf"^{key}\s", out, re.M), key
 
 
+def test_console_reports_a_users_error_in_one_line_and_keeps_bugs_loud(tmp_path, capsys, monkeypatch):
+    from py4dstem_transformer import cli
+
+    monkeypatch.delenv("PY4DSTEM_TRANSFORMER_TRACEBACK", raising=False)
+    out = tmp_path / "x.pt"
+    assert cli.console(["calibrate", "NoSuch", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("py4dstem-transformer: error: no model file 'NoSuch'") and "Traceback" not in err
+    assert "--traceback" in err and not out.exists()
+    with pytest.raises(FileNotFoundError, match="no model file 'NoSuch'"):
+        cli.console(["--traceback", "calibrate", "NoSuch", "--out", str(out)])
+    monkeypatch.setenv("PY4DSTEM_TRANSFORMER_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.console(["calibrate", "NoSuch", "--out", str(out)])
+    monkeypatch.delenv("PY4DSTEM_TRANSFORMER_TRACEBACK")
+    assert cli.console(["info"]) == 0
+    capsys.readouterr()
+
+    def bug(argv):
+        raise TypeError("a bug, not the user's doing")
+
+    monkeypatch.setattr(cli, "main", bug)
+    with pytest.raises(TypeError, match="a bug"):  # only the errors a user can fix become one line
+        cli.console(["info"])
+
+
+def test_installed_command_is_the_console_entry_point():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^py4dstem-transformer = "py4dstem_transformer\.cli:console"$', text, re.M)
+    result = subprocess.run([sys.executable, "-m", "py4dstem_transformer", "calibrate", "NoSuch", "--out", "x.pt"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: no model file 'NoSuch'" in result.stderr
+
+
 def test_environment_info_reports_real_versions():
     import numpy
     import torch
