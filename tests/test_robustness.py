@@ -6,6 +6,7 @@ import pytest
 
 from py4dstem_transformer.benchmarks import robustness as rb
 from py4dstem_transformer.core.symmetry import point_group_rotations
+from py4dstem_transformer.simulation.simulator import example_crystal
 
 BY_NAME = {c.name: c for c in rb.CONDITIONS}
 
@@ -59,7 +60,8 @@ def test_conditions_change_what_is_detected(cu):
 @pytest.mark.slow
 def test_shipped_model_on_clean_kinematic_and_bloch(capsys, tmp_path):
     path = tmp_path / "r.json"
-    report = rb.main(["--n", "16", "--acom-n", "4", "--conditions", "kinematic,ellipse", "--json", str(path)])
+    report = rb.main(["--n", "16", "--acom-n", "4", "--conditions", "kinematic,ellipse", "--json", str(path),
+                      "--export-peaks", str(tmp_path / "peers")])
     kinematic, ellipse = report["rows"]
     # 87.5% strict measured on 24 of these patterns (docs/benchmarks.md: 94.5% at n = 400); 60% leaves room
     assert kinematic["ours"]["strict_5"] >= 0.6, kinematic["ours"]
@@ -72,6 +74,56 @@ def test_shipped_model_on_clean_kinematic_and_bloch(capsys, tmp_path):
     assert out.index("Conditions open to tuning") < out.index("HELD-OUT") < out.index("ellipse 1.5%")
     assert "| ours − ACOM, same patterns (only ours / only ACOM) |" in out and " points (" in out
     assert path.stat().st_size > 100
+    check_exported_patterns(tmp_path / "peers", report)
+
+
+def check_exported_patterns(folder, report):
+    """``--export-peaks``: the patterns as ours and ACOM were given them (calibration errors included), the truth,
+    the crystal and both methods' errors, for a peer in another environment (benchmarks.peers)."""
+    from py4dstem_transformer.benchmarks import peers
+
+    for row in report["rows"]:
+        condition = rb.Condition(**{k: tuple(v) if isinstance(v, list) else v for k, v in row["condition"].items()})
+        z = np.load(folder / f"{condition.name}_seed0.npz")
+        disks, matrices = rb.simulate_condition(example_crystal("Cu"), condition, 16, 0)
+        np.testing.assert_allclose(z["matrix"], matrices)
+        assert z["offsets"][-1] == len(z["qx"]) and np.all(np.diff(z["offsets"]) == [len(d) for d in disks])
+        given = np.stack([z["qx"], z["qy"]], 1)
+        true = np.concatenate([d[:, :2] for d in disks])
+        gap = np.abs(np.hypot(*given.T) - np.hypot(*true.T)).max()
+        if condition.ellipticity:  # the peaks as the wrong calibration states them, not the truth
+            assert 1e-3 < gap < 0.05, gap
+        else:
+            assert gap < 1e-4, gap
+        np.testing.assert_allclose(z["ours_errors"], row["ours"]["errors_strict"])
+        np.testing.assert_allclose(z["acom_errors"], row["acom"]["errors_strict"])
+        assert z["accel_voltage"] == condition.accel_voltage and bool(z["held_out"]) == condition.held_out
+        assert len(z["numbers"]) == len(z["positions"]) == 4 and z["cell"][0, 0] == pytest.approx(3.615)
+        check_peer_comparison(z, folder / f"{condition.name}_seed0.quantem.npz", row)
+
+
+def check_peer_comparison(z, quantem_path, row):
+    """``peers.compare_file`` on a stand-in peer's answers: the truth under a crystal symmetry (right), its beam flip
+    (right only with the flip allowed), no answer (wrong): each counted as it should be, pattern by pattern."""
+    from py4dstem_transformer.benchmarks import peers
+
+    n, truth, sym = len(z["matrix"]), z["matrix"], z["symmetry"]
+    answer = np.einsum("ij,njk->nik", sym[5], truth)  # a symmetry-equivalent of the truth
+    answer[n // 2:] = answer[n // 2:] * np.array([-1.0, -1.0, 1.0])  # second half: the beam flip
+    answer[-3:] = np.nan  # no match
+    np.savez(quantem_path, matrix=answer, corr=np.ones(n), reliability=np.linspace(0, 1, n), plan_s=1.0, match_s=2.0,
+             quantem="stand-in", torch="-", numpy=np.__version__)
+    r = peers.compare_file(str(quantem_path).replace(".quantem.npz", ".npz"), str(quantem_path))
+    q = r["quantem"]
+    assert q["strict_5"] == pytest.approx((n // 2) / n) and q["flip_5"] == pytest.approx((n - 3) / n)
+    assert q["no_match"] == 3 and q["patterns_per_s"] == pytest.approx(n / 2.0)
+    assert q["auc"] == pytest.approx(0.0)  # reliability rises where the stand-in is wrong
+    ours_right = np.asarray(row["ours"]["errors_strict"]) <= 5
+    expected = (np.sum(ours_right[n // 2:]) - np.sum(~ours_right[:n // 2])) / n
+    assert r["ours_minus_quantem"]["difference"] == pytest.approx(expected)
+    assert r["ours_strict_5"] == pytest.approx(row["ours"]["strict_5"])
+    assert r["acom_n"] == row["acom"]["n"] and r["acom_strict_5"] == pytest.approx(row["acom"]["strict_5"])
+    assert "| quantem ≤5° strict |" in peers.markdown_table([r])
 
 
 def test_voltage_conditions_simulate_at_their_voltage_and_tell_the_mapper(cu):
@@ -177,3 +229,18 @@ def test_spurious_disks_are_added_after_the_real_ones(cu):
     assert 0.1 * real < added < 0.45 * real, (added, real)  # Poisson(0.25 x real) summed over 12 patterns
     again, _ = rb.simulate_condition(cu, cond, 12, seed=4)
     assert all(np.array_equal(a, b) for a, b in zip(again, noisy))  # seeded
+
+
+def test_the_quantem_script_runs_without_this_package():
+    """quantem needs numpy >= 2, py4DSTEM 0.14 numpy < 2: the script quantem's environment runs must import nothing
+    of ours (it is run by path, benchmarks.peers.QUANTEM_SCRIPT)."""
+    import ast
+    from pathlib import Path
+
+    from py4dstem_transformer.benchmarks import peers
+
+    tree = ast.parse(Path(peers.QUANTEM_SCRIPT).read_text())
+    imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    imported += [("." * node.level) + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [m for m in imported if m.startswith(".") or "py4dstem" in m.lower()], imported
+    assert {"quantem", "numpy"} <= {m.split(".")[0] for m in imported}

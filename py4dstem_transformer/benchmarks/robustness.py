@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -292,7 +293,8 @@ def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float,
     s, f = summarize_errors(strict), summarize_errors(flip)
     return {"n": int(orientation_map.corr.size), "strict_5": s["within_5"], "flip_5": f["within_5"],
             "median_strict": s["median"], "auc": roc_auc(r["corr"], strict < 5.0),
-            "patterns_per_s": orientation_map.corr.size / seconds, "errors_strict": strict.tolist(), **figures}
+            "patterns_per_s": orientation_map.corr.size / seconds, "errors_strict": strict.tolist(),
+            "corr": np.asarray(r["corr"], np.float64).ravel().tolist(), **figures}
 
 
 def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: int = 0) -> dict:
@@ -369,14 +371,16 @@ def told(mapper, condition: Condition, cache: dict):
 
 def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, seed: int = 0,
                   cache: Optional[dict] = None, tell: bool = True, phase: int = 0,
-                  patterns: Optional[Tuple[List[np.ndarray], np.ndarray]] = None, acom_phases: bool = False) -> dict:
+                  patterns: Optional[Tuple[List[np.ndarray], np.ndarray]] = None, acom_phases: bool = False,
+                  export: Optional[str] = None) -> dict:
     """Simulate ``condition``, map it with ours (refined, network alone) and ACOM (first ``acom_n``); the figures.
     ``tell``: the mapper and ACOM are told the condition's voltage and precession (``False``: ``mapper`` as it
     is, ACOM at 300 kV without precession: what a user who says nothing gets). ``crystal`` is the model's phase
     ``phase`` (ACOM maps with it alone). ``patterns``: :func:`simulate_condition`'s result for these arguments,
     simulated before (then ``simulate_s`` counts only their packing into BraggVectors). ``acom_phases`` (a joint
     model): ACOM also maps with every phase's crystal and names the phase (:func:`run_acom_phases`; ``acom_phases``
-    and ``ours_minus_acom_phases`` in the row), the told map coming from the same run."""
+    and ``ours_minus_acom_phases`` in the row), the told map coming from the same run. ``export``: a folder;
+    the patterns, truth and both methods' errors go to ``<condition>_seed<seed>.npz`` there (:func:`export_peaks`)."""
     from ..core.crystal import private_copy
     from ..evaluation.compare import paired_accuracy
 
@@ -408,7 +412,35 @@ def run_condition(mapper, crystal, condition: Condition, n: int, acom_n: int, se
                                    *experiment)
         row["ours_on_acom_patterns"] = float(np.mean(np.asarray(row["ours"]["errors_strict"][:m]) <= 5.0))
         row["ours_minus_acom"] = paired_accuracy(row["ours"]["errors_strict"][:m], row["acom"]["errors_strict"])
+    if export:
+        os.makedirs(export, exist_ok=True)
+        export_peaks(os.path.join(export, f"{condition.name}_seed{seed}.npz"), bragg, matrices, crystal, condition,
+                     row, mapper.phases[phase].rotations, seed)
     return row
+
+
+def export_peaks(path, bragg, matrices: np.ndarray, crystal, condition: Condition, row: dict, symmetry,
+                 seed: int = 0) -> None:
+    """Write the patterns of one condition as every method here was given them, for a peer that runs in another
+    environment (:mod:`.quantem_acom`; compared by :mod:`.peers`): ``qx, qy, intensity`` flat (calibrated 1/A as the
+    BraggVectors state them, calibration errors included; direct beam included) with ``offsets`` (n + 1), the true
+    ``matrix`` (n, 3, 3), the crystal (``cell`` A, fractional ``positions``, ``numbers``), ``k_max`` 1/A, the
+    experiment (``accel_voltage`` V, ``precession_deg``), the symmetry (proper rotations, (S, 3, 3)), and ours' and
+    ACOM's strict errors (deg) and ``corr`` on them, so a peer can be set beside both pattern by pattern."""
+    n = len(matrices)
+    rows = [bragg.cal[0, i] for i in range(n)]
+    offsets = np.concatenate([[0], np.cumsum([len(v.data) for v in rows])])
+    field = lambda name: np.concatenate([np.asarray(v.data[name], np.float64) for v in rows])  # noqa: E731
+    acom = row.get("acom", {})
+    np.savez(path, qx=field("qx"), qy=field("qy"), intensity=field("intensity"), offsets=offsets,
+             matrix=np.asarray(matrices, np.float64), cell=np.asarray(crystal.lat_real, np.float64),
+             positions=np.asarray(crystal.positions, np.float64), numbers=np.asarray(crystal.numbers),
+             k_max=K_MAX, accel_voltage=condition.accel_voltage, precession_deg=condition.precession_deg or 0.0,
+             symmetry=np.asarray(symmetry, np.float64), condition=condition.name, label=condition.label,
+             held_out=condition.held_out, seed=seed,
+             ours_errors=np.asarray(row["ours"]["errors_strict"]), ours_corr=np.asarray(row["ours"]["corr"]),
+             acom_errors=np.asarray(acom.get("errors_strict", []), np.float64),
+             acom_corr=np.asarray(acom.get("corr", []), np.float64))
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -508,6 +540,9 @@ def main(argv=None) -> dict:
                         help="with a joint model, ACOM also maps with every phase's crystal and the larger corr names "
                              "the phase (a wrong phase counts as wrong, as for ours): the comparison without telling "
                              "ACOM the phase")
+    parser.add_argument("--export-peaks", metavar="DIR",
+                        help="write each condition's patterns (as given to both), truth and both methods' errors to "
+                             "DIR/<condition>_seed<seed>.npz, for peers in their own environments (benchmarks.peers)")
     args = parser.parse_args(argv)
     by_name = {c.name: c for c in CONDITIONS}
     chosen = [by_name[name] for name in args.conditions.split(",") if name]
@@ -519,7 +554,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     cache = {}
     rows = [run_condition(mapper, crystal, c, args.n, args.acom_n, args.seed, cache, not args.untold, phase,
-                          acom_phases=args.acom_phases) for c in chosen]
+                          acom_phases=args.acom_phases, export=args.export_peaks) for c in chosen]
     report = {"n": args.n, "acom_n": args.acom_n, "seed": args.seed, "held_out": list(HELD_OUT), "told": not args.untold,
               "model": args.model, "phase": names[phase], "acom_phases": bool(args.acom_phases and mapper.n_phases > 1),
               "wall_s": time.perf_counter() - t0, "rows": rows}

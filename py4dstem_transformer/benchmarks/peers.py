@@ -1,0 +1,134 @@
+"""Peers beside ours and ACOM on the same patterns: quantem (py4DSTEM's successor), which needs its own environment.
+
+``robustness --export-peaks DIR`` writes each condition's patterns as ours and ACOM were given them, with the truth
+and both methods' errors; :mod:`.quantem_acom`, run with quantem's Python, maps them; this module reads both and
+prints one table, pattern by pattern against ours and ACOM::
+
+    python -m py4dstem_transformer.benchmarks.robustness --n 400 --acom-n 400 --export-peaks peers/
+    python -m py4dstem_transformer.benchmarks.peers peers/*.npz --quantem-python qenv/bin/python
+
+Each exported ``<condition>_seed<seed>.npz`` gets ``<condition>_seed<seed>.quantem.npz`` beside it (computed once;
+kept). Strict = within 5 deg under the crystal's proper rotations, the beam flip not allowed; a pattern quantem
+left without a match counts as wrong (180 deg). quantem's AUC reads its ``reliability`` (best minus second-best
+correlation), its confidence. Its patterns/s count matching and refinement, not the plan (as ACOM's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["QUANTEM_SCRIPT", "errors_deg", "compare_file", "markdown_table", "main"]
+
+#: The script quantem's environment runs (it imports nothing of this package).
+QUANTEM_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantem_acom.py")
+
+
+def errors_deg(matrix: np.ndarray, truth: np.ndarray, symmetry: np.ndarray, allow_beam_flip: bool = False) -> np.ndarray:
+    """(n,) symmetry-reduced misorientation (deg) of ``matrix`` (n, 3, 3) against ``truth``; 180 where a row is NaN
+    (no answer)."""
+    import torch
+
+    from ..core.rotations import symmetry_min_angle
+
+    m = np.asarray(matrix, np.float64)
+    none = ~np.isfinite(m).all((-1, -2))
+    m = np.where(none[:, None, None], np.eye(3), m)
+    e = torch.rad2deg(symmetry_min_angle(torch.as_tensor(m), torch.as_tensor(np.asarray(truth, np.float64)),
+                                         torch.as_tensor(np.asarray(symmetry, np.float64)),
+                                         allow_beam_flip=allow_beam_flip)).numpy()
+    e[none] = 180.0
+    return e
+
+
+def run_quantem(peaks_path: str, python: str, out_path: Optional[str] = None) -> str:
+    """Map ``peaks_path`` with quantem in the environment of ``python`` (unless its output exists); its path."""
+    out_path = out_path or peaks_path.replace(".npz", ".quantem.npz")
+    if not os.path.exists(out_path):
+        done = subprocess.run([python, QUANTEM_SCRIPT, peaks_path, out_path], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"quantem failed on {peaks_path} ({python}):\n{done.stderr[-3000:]}")
+    return out_path
+
+
+def compare_file(peaks_path: str, quantem_path: str) -> dict:
+    """One condition's figures: quantem's (strict, flip, median, AUC, patterns/s) and the pattern-by-pattern
+    differences ours − quantem (all patterns) and ACOM − quantem (the patterns ACOM mapped)."""
+    from ..evaluation.compare import paired_accuracy, roc_auc
+
+    z, q = np.load(peaks_path), np.load(quantem_path)
+    strict = errors_deg(q["matrix"], z["matrix"], z["symmetry"])
+    flip = errors_deg(q["matrix"], z["matrix"], z["symmetry"], allow_beam_flip=True)
+    n, m = len(strict), len(z["acom_errors"])
+    ours = np.asarray(z["ours_errors"])
+    reliability = np.nan_to_num(np.asarray(q["reliability"], np.float64), nan=-1.0)
+    row = {"condition": str(z["condition"]), "label": str(z["label"]), "held_out": bool(z["held_out"]),
+           "seed": int(z["seed"]), "n": n, "acom_n": m,
+           "quantem": {"strict_5": float(np.mean(strict <= 5)), "flip_5": float(np.mean(flip <= 5)),
+                       "median_strict": float(np.median(strict)), "auc": roc_auc(reliability, strict <= 5),
+                       "patterns_per_s": n / float(q["match_s"]), "plan_s": float(q["plan_s"]),
+                       "no_match": int(np.sum(~np.isfinite(q["matrix"]).all((-1, -2)))),
+                       "version": str(q["quantem"]), "errors_strict": strict.tolist()},
+           "ours_strict_5": float(np.mean(ours <= 5)),
+           "ours_minus_quantem": paired_accuracy(ours, strict)}
+    if m:
+        row["acom_strict_5"] = float(np.mean(z["acom_errors"] <= 5))
+        row["ours_minus_acom"] = paired_accuracy(ours[:m], z["acom_errors"])
+        row["acom_minus_quantem"] = paired_accuracy(z["acom_errors"], strict[:m])
+    return row
+
+
+def _paired(p: Optional[dict]) -> str:
+    if not p:
+        return "–"
+    return f"{100 * p['difference']:+.1f} ± {100 * p['standard_error']:.1f} ({p['a_only']} / {p['b_only']})"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """One line per condition and seed: ours, ACOM, quantem strict within 5 deg on the same patterns; quantem's flip,
+    median, AUC, patterns/s; ours − quantem and ACOM − quantem pattern by pattern (points ± standard error,
+    only the first / only the second)."""
+    lines = ["| condition | seed | n (ACOM) | ours ≤5° strict | ACOM ≤5° strict | quantem ≤5° strict | quantem ≤5° flip "
+             "| quantem median | quantem AUC | quantem patterns/s | ours − quantem | ACOM − quantem |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = r["quantem"]
+        acom = f"{100 * r['acom_strict_5']:.1f}%" if "acom_strict_5" in r else "–"
+        lines.append(f"| {r['label']}{' (held out)' if r['held_out'] else ''} | {r['seed']} | {r['n']} ({r['acom_n']}) "
+                     f"| {100 * r['ours_strict_5']:.1f}% | {acom} | {100 * q['strict_5']:.1f}% | {100 * q['flip_5']:.1f}% "
+                     f"| {q['median_strict']:.2f}° | {q['auc']:.2f} | {q['patterns_per_s']:.0f} "
+                     f"| {_paired(r['ours_minus_quantem'])} | {_paired(r.get('acom_minus_quantem'))} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("peaks", nargs="+", help="files written by robustness --export-peaks")
+    parser.add_argument("--quantem-python", default=None,
+                        help="Python of an environment with quantem (numpy >= 2); without it only existing "
+                             "<name>.quantem.npz results are read")
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    for path in (p for p in args.peaks if not p.endswith(".quantem.npz")):
+        out = path.replace(".npz", ".quantem.npz")
+        if args.quantem_python:
+            run_quantem(path, args.quantem_python, out)
+        if not os.path.exists(out):
+            raise FileNotFoundError(f"no quantem result {out}: pass --quantem-python PATH (quantem's environment)")
+        rows.append(compare_file(path, out))
+    print(markdown_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=float)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
