@@ -113,7 +113,9 @@ def check_peer_comparison(z, quantem_path, row):
     answer[-3:] = np.nan  # no match
     np.savez(quantem_path, matrix=answer, corr=np.ones(n), reliability=np.linspace(0, 1, n), plan_s=1.0, match_s=2.0,
              quantem="stand-in", torch="-", numpy=np.__version__)
-    r = peers.compare_file(str(quantem_path).replace(".quantem.npz", ".npz"), str(quantem_path))
+    pyxem_path = str(quantem_path).replace(".quantem.npz", ".pyxem.npz")
+    np.savez(pyxem_path, matrix=answer[::-1], library_s=1.0, match_s=4.0, pyxem="stand-in")  # reversed: wrong but 3
+    r = peers.compare_file(str(quantem_path).replace(".quantem.npz", ".npz"), str(quantem_path), pyxem_path)
     q = r["quantem"]
     assert q["strict_5"] == pytest.approx((n // 2) / n) and q["flip_5"] == pytest.approx((n - 3) / n)
     assert q["no_match"] == 3 and q["patterns_per_s"] == pytest.approx(n / 2.0)
@@ -123,7 +125,13 @@ def check_peer_comparison(z, quantem_path, row):
     assert r["ours_minus_quantem"]["difference"] == pytest.approx(expected)
     assert r["ours_strict_5"] == pytest.approx(row["ours"]["strict_5"])
     assert r["acom_n"] == row["acom"]["n"] and r["acom_strict_5"] == pytest.approx(row["acom"]["strict_5"])
-    assert "| quantem ≤5° strict |" in peers.markdown_table([r])
+    flip_errors = peers.errors_deg(answer[::-1], truth, sym, allow_beam_flip=True)
+    assert r["pyxem"]["flip_5"] == pytest.approx(np.mean(flip_errors <= 5)) and r["pyxem"]["patterns_per_s"] == n / 4.0
+    assert np.sum(flip_errors <= 5) <= 3  # random orientations against each other: hardly ever within 5 deg
+    ours_flip = np.asarray(row["ours"]["errors_flip"]) <= 5
+    assert r["ours_minus_pyxem_flip"]["difference"] == pytest.approx(np.mean(ours_flip) - np.mean(flip_errors <= 5))
+    table = peers.markdown_table([r])
+    assert "| quantem ≤5° strict |" in table and "| pyxem ≤5° flip |" in table
 
 
 def test_voltage_conditions_simulate_at_their_voltage_and_tell_the_mapper(cu):
@@ -244,3 +252,42 @@ def test_the_quantem_script_runs_without_this_package():
     imported += [("." * node.level) + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert imported and not [m for m in imported if m.startswith(".") or "py4dstem" in m.lower()], imported
     assert {"quantem", "numpy"} <= {m.split(".")[0] for m in imported}
+
+
+def test_pyxem_answers_in_py4dstems_frame_on_diffsims_own_spots():
+    """pyxem (optional; CI has it not) on spots diffsims draws for known orientations near zone axes: with
+    ``pyxem_matching.FRAME`` its answers are py4DSTEM's ``M`` (diffsims' spot at ``(x, y)`` for orix rotation ``R``
+    is py4DSTEM's ``(qx, qy)`` for ``M = R``, checked first). Without the frame none came within 5 deg."""
+    pytest.importorskip("pyxem")
+    from diffsims.generators.simulation_generator import SimulationGenerator
+    from orix.quaternion import Rotation
+
+    from py4dstem_transformer.benchmarks import pyxem_matching as px
+    from py4dstem_transformer.benchmarks.peers import errors_deg
+
+    crystal = example_crystal("Cu")
+    sym = point_group_rotations(crystal)
+    rng = np.random.default_rng(3)
+    matrices = []
+    for axis in ([1, 1, 0], [1, 1, 1], [1, 1, 2], [0, 1, 1], [1, 1, 1], [2, 1, 1]):  # no 4-fold axis: 90 deg is seen
+        w = np.asarray(axis, float) + rng.normal(0, 0.02, 3)  # a degree or so off the zone axis
+        w /= np.linalg.norm(w)
+        u = np.cross(w, rng.normal(size=3))
+        u /= np.linalg.norm(u)
+        matrices.append(np.stack([u, np.cross(w, u), w], 1))  # columns: lab x, y, beam in crystal coordinates
+    zone = Rotation.from_matrix(np.asarray(matrices))
+    sims = SimulationGenerator(300, minimum_intensity=1e-3).calculate_diffraction2d(
+        px._orix_phase(crystal), rotation=zone, max_excitation_error=0.05, reciprocal_radius=2.0)
+    qx, qy, intensity, offsets = [], [], [], [0]
+    for i in range(zone.size):
+        c = sims.irot[i].coordinates
+        qx += [0.0, *c.data[:, 0]]
+        qy += [0.0, *c.data[:, 1]]
+        intensity += [1.0, *np.asarray(c.intensity)]
+        offsets.append(len(qx))
+    matrices, _, _ = px.pyxem_match_arrays(crystal, np.array(qx), np.array(qy), np.array(intensity), np.array(offsets),
+                                           k_max=2.0)
+    errors = errors_deg(matrices, zone.to_matrix(), sym, allow_beam_flip=True)
+    assert np.mean(errors <= 5) >= 0.8, errors
+    without = errors_deg(matrices @ px.FRAME.T, zone.to_matrix(), sym, allow_beam_flip=True)
+    assert np.mean(without <= 5) <= 0.5, without

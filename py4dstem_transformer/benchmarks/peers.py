@@ -1,4 +1,4 @@
-"""Peers beside ours and ACOM on the same patterns: quantem (py4DSTEM's successor), which needs its own environment.
+"""Peers beside ours and ACOM on the same patterns: quantem (py4DSTEM's successor, in its own environment) and pyxem.
 
 ``robustness --export-peaks DIR`` writes each condition's patterns as ours and ACOM were given them, with the truth
 and both methods' errors; :mod:`.quantem_acom`, run with quantem's Python, maps them; this module reads both and
@@ -11,6 +11,11 @@ Each exported ``<condition>_seed<seed>.npz`` gets ``<condition>_seed<seed>.quant
 kept). Strict = within 5 deg under the crystal's proper rotations, the beam flip not allowed; a pattern quantem
 left without a match counts as wrong (180 deg). quantem's AUC reads its ``reliability`` (best minus second-best
 correlation), its confidence. Its patterns/s count matching and refinement, not the plan (as ACOM's).
+
+``--pyxem`` (pyxem 0.21 installed here, beside py4DSTEM) adds pyxem's template matching
+(:func:`~.pyxem_matching.pyxem_match_arrays`: the peaks drawn as spots, its polar-transform recipe, a 1 deg template
+library), kept in ``<name>.pyxem.npz``. pyxem's frame can differ from ours by 180 deg about the beam, so it is
+compared with the beam flip allowed only (ours and ACOM then too).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["QUANTEM_SCRIPT", "errors_deg", "compare_file", "markdown_table", "main"]
+from .robustness import CONDITIONS
+
+__all__ = ["QUANTEM_SCRIPT", "errors_deg", "run_quantem", "run_pyxem", "compare_file", "markdown_table", "main"]
 
 #: The script quantem's environment runs (it imports nothing of this package).
 QUANTEM_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantem_acom.py")
@@ -57,7 +64,25 @@ def run_quantem(peaks_path: str, python: str, out_path: Optional[str] = None) ->
     return out_path
 
 
-def compare_file(peaks_path: str, quantem_path: str) -> dict:
+def run_pyxem(peaks_path: str, out_path: Optional[str] = None) -> str:
+    """Map ``peaks_path`` with pyxem here (unless its output exists); its path."""
+    from py4DSTEM.process.diffraction import Crystal
+
+    from .pyxem_matching import pyxem_match_arrays
+
+    out_path = out_path or peaks_path.replace(".npz", ".pyxem.npz")
+    if not os.path.exists(out_path):
+        z = np.load(peaks_path)
+        crystal = Crystal(z["positions"], z["numbers"], z["cell"])
+        matrix, library_s, match_s = pyxem_match_arrays(crystal, z["qx"], z["qy"], z["intensity"], z["offsets"],
+                                                        float(z["accel_voltage"]), k_max=float(z["k_max"]))
+        import pyxem
+
+        np.savez(out_path, matrix=matrix, library_s=library_s, match_s=match_s, pyxem=pyxem.__version__)
+    return out_path
+
+
+def compare_file(peaks_path: str, quantem_path: str, pyxem_path: Optional[str] = None) -> dict:
     """One condition's figures: quantem's (strict, flip, median, AUC, patterns/s) and the pattern-by-pattern
     differences ours − quantem (all patterns) and ACOM − quantem (the patterns ACOM mapped)."""
     from ..evaluation.compare import paired_accuracy, roc_auc
@@ -77,6 +102,17 @@ def compare_file(peaks_path: str, quantem_path: str) -> dict:
                        "version": str(q["quantem"]), "errors_strict": strict.tolist()},
            "ours_strict_5": float(np.mean(ours <= 5)),
            "ours_minus_quantem": paired_accuracy(ours, strict)}
+    if pyxem_path:
+        p = np.load(pyxem_path)
+        pflip = errors_deg(p["matrix"], z["matrix"], z["symmetry"], allow_beam_flip=True)
+        row["pyxem"] = {"flip_5": float(np.mean(pflip <= 5)), "median_flip": float(np.median(pflip)),
+                        "patterns_per_s": n / float(p["match_s"]), "version": str(p["pyxem"]),
+                        "errors_flip": pflip.tolist()}
+        row["ours_flip_5"] = float(np.mean(np.asarray(z["ours_flip_errors"]) <= 5))
+        row["ours_minus_pyxem_flip"] = paired_accuracy(z["ours_flip_errors"], pflip)
+        if m:
+            row["acom_flip_5"] = float(np.mean(z["acom_flip_errors"] <= 5))
+            row["acom_minus_pyxem_flip"] = paired_accuracy(z["acom_flip_errors"], pflip[:m])
     if m:
         row["acom_strict_5"] = float(np.mean(z["acom_errors"] <= 5))
         row["ours_minus_acom"] = paired_accuracy(ours[:m], z["acom_errors"])
@@ -104,6 +140,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
                      f"| {100 * r['ours_strict_5']:.1f}% | {acom} | {100 * q['strict_5']:.1f}% | {100 * q['flip_5']:.1f}% "
                      f"| {q['median_strict']:.2f}° | {q['auc']:.2f} | {q['patterns_per_s']:.0f} "
                      f"| {_paired(r['ours_minus_quantem'])} | {_paired(r.get('acom_minus_quantem'))} |")
+    if any("pyxem" in r for r in rows):
+        lines += ["", "With the beam flip allowed (pyxem's frame can differ from ours by 180° about the beam):", "",
+                  "| condition | seed | ours ≤5° flip | ACOM ≤5° flip | pyxem ≤5° flip | pyxem median (flip) "
+                  "| pyxem patterns/s | ours − pyxem | ACOM − pyxem |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if "pyxem" in r):
+            p = r["pyxem"]
+            acom = f"{100 * r['acom_flip_5']:.1f}%" if "acom_flip_5" in r else "–"
+            lines.append(f"| {r['label']}{' (held out)' if r['held_out'] else ''} | {r['seed']} "
+                         f"| {100 * r['ours_flip_5']:.1f}% | {acom} | {100 * p['flip_5']:.1f}% | {p['median_flip']:.2f}° "
+                         f"| {p['patterns_per_s']:.0f} | {_paired(r['ours_minus_pyxem_flip'])} "
+                         f"| {_paired(r.get('acom_minus_pyxem_flip'))} |")
     return "\n".join(lines)
 
 
@@ -113,6 +160,8 @@ def main(argv=None) -> list:
     parser.add_argument("--quantem-python", default=None,
                         help="Python of an environment with quantem (numpy >= 2); without it only existing "
                              "<name>.quantem.npz results are read")
+    parser.add_argument("--pyxem", action="store_true",
+                        help="also pyxem's template matching (pyxem 0.21 in this environment), flip allowed")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     rows = []
@@ -122,7 +171,9 @@ def main(argv=None) -> list:
             run_quantem(path, args.quantem_python, out)
         if not os.path.exists(out):
             raise FileNotFoundError(f"no quantem result {out}: pass --quantem-python PATH (quantem's environment)")
-        rows.append(compare_file(path, out))
+        rows.append(compare_file(path, out, run_pyxem(path) if args.pyxem else None))
+    order = {c.name: i for i, c in enumerate(CONDITIONS)}  # robustness' order, the held-out ones last
+    rows.sort(key=lambda r: (r["held_out"], order.get(r["condition"], len(order)), r["seed"]))
     print(markdown_table(rows))
     if args.json:
         with open(args.json, "w") as f:

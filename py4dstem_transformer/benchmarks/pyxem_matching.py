@@ -4,9 +4,11 @@ pyxem matches images, not peak lists, so each pattern's calibrated Bragg vectors
 Gaussian spots (direct beam left out) on a ``shape`` detector centred on the beam, then pyxem's own
 recipe runs: polar transform (``get_azimuthal_integral2d``), a diffsims template library over the
 reduced fundamental zone at ``resolution_deg``, ``get_orientation``. Orientations come back as orix
-``Orientation`` objects whose matrices use py4DSTEM's convention (lab -> crystal, symmetry on the
-left; ``../shared/docs/baselines.md``); pyxem's frame can differ from ours by 180 deg about the
-beam, so compare it with the beam flip allowed.
+``Orientation`` objects; with the spots drawn as here (``qx`` along the image's first axis), their matrix
+times a 90 deg rotation about the beam (on the right, :data:`FRAME`) is py4DSTEM's ``M`` (found on diffsims'
+own spots of known orientations, 2026-12-05, pyxem 0.21: without it no pattern came within 5 deg; checked in
+``tests/test_robustness.py`` where pyxem is installed). pyxem may still answer the beam flip, so compare it with
+the flip allowed.
 
 Needs ``pip install pyxem orix diffsims`` (pyxem 0.21 installs beside py4DSTEM 0.14.18).
 """
@@ -19,7 +21,10 @@ import numpy as np
 
 from ..core.defaults import ACCEL_VOLTAGE
 
-__all__ = ["pyxem_missing", "pyxem_match"]
+__all__ = ["FRAME", "pyxem_missing", "pyxem_match", "pyxem_match_arrays"]
+
+#: pyxem's answer ``R`` (its orientation's matrix) -> py4DSTEM's ``M = R @ FRAME``: 90 deg about the beam.
+FRAME = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def pyxem_missing() -> Optional[str]:
@@ -50,10 +55,23 @@ def pyxem_match(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_ma
     library_s : seconds to build the template library (once, like ACOM's plan)
     match_s : seconds to draw the images, polar-transform them and match
     """
+    from ..io.peaks import calibrated_xy, peaks_from_braggvectors
+
+    peaks = peaks_from_braggvectors(bragg_peaks)
+    qx, qy = calibrated_xy(peaks)
+    offsets = np.concatenate([[0], np.cumsum(peaks.counts)])
+    return pyxem_match_arrays(crystal, qx, qy, peaks.intensity, offsets, accel_voltage, k_max, resolution_deg, shape)
+
+
+def pyxem_match_arrays(crystal, qx: np.ndarray, qy: np.ndarray, intensity: np.ndarray, offsets: np.ndarray,
+                       accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0, resolution_deg: float = 1.0,
+                       shape: int = 128) -> Tuple[np.ndarray, float, float]:
+    """:func:`pyxem_match` on flat calibrated peaks: ``qx, qy`` (1/A, lab frame), ``intensity``, pattern ``b``'s
+    rows ``offsets[b]:offsets[b + 1]`` (as ``robustness --export-peaks`` writes them)."""
     from .common import timed
 
     library, library_s = timed(_library, crystal, accel_voltage, k_max, resolution_deg)
-    matrices, match_s = timed(_match, library, bragg_peaks, k_max, shape)
+    matrices, match_s = timed(_match, library, (qx, qy, intensity, offsets), k_max, shape)
     return matrices, library_s, match_s
 
 
@@ -68,30 +86,33 @@ def _library(crystal, accel_voltage: float, k_max: float, resolution_deg: float)
                                              reciprocal_radius=k_max)
 
 
-def _match(library, bragg_peaks, k_max: float, shape: int) -> np.ndarray:
+def _match(library, flat_peaks, k_max: float, shape: int) -> np.ndarray:
     import pyxem as pxm
 
-    images, scale = _draw_images(bragg_peaks, k_max, shape)  # (B, shape, shape), 1/A per pixel
+    images, scale = _draw_images(*flat_peaks, k_max, shape)  # (B, shape, shape), 1/A per pixel
     signal = pxm.signals.ElectronDiffraction2D(images[None])
-    signal.calibrate.scale = scale
-    signal.calibrate.center = None  # the image centre, where the direct beam was drawn
+    calibration = getattr(signal, "calibration", None)  # pyxem >= 0.19; before, the same object was `calibrate`
+    if not hasattr(calibration, "center"):
+        calibration = signal.calibrate
+    calibration.scale = scale
+    calibration.center = None  # the image centre, where the direct beam was drawn
     polar = signal.get_azimuthal_integral2d(npt=100, npt_azim=360, radial_range=(0, k_max), inplace=False, mean=True)
     orientations = polar.get_orientation(library, n_best=1).to_single_phase_orientations()
-    return np.asarray(orientations.to_matrix()).reshape(len(images), -1, 3, 3)[:, 0]
+    return np.asarray(orientations.to_matrix()).reshape(len(images), -1, 3, 3)[:, 0] @ FRAME
 
 
-def _draw_images(bragg_peaks, k_max: float, shape: int, sigma_px: float = 1.0) -> Tuple[np.ndarray, float]:
-    """(B, shape, shape) float32 images of the diffracted disks, beam at the centre; and the scale (1/A per px)."""
-    from ..io.peaks import calibrated_xy, peaks_from_braggvectors
-
-    peaks = peaks_from_braggvectors(bragg_peaks)
-    qx, qy = calibrated_xy(peaks)
+def _draw_images(qx, qy, intensity, offsets, k_max: float, shape: int,
+                 sigma_px: float = 1.0) -> Tuple[np.ndarray, float]:
+    """(B, shape, shape) float32 images of the diffracted disks (flat calibrated peaks, pattern ``b``'s rows
+    ``offsets[b]:offsets[b + 1]``), beam at the centre; and the scale (1/A per px)."""
+    qx, qy, intensity, offsets = (np.asarray(a) for a in (qx, qy, intensity, offsets))
     scale = 1.05 * k_max / (shape / 2)
-    position = np.repeat(np.arange(peaks.num_positions), peaks.counts)
+    num_positions = len(offsets) - 1
+    position = np.repeat(np.arange(num_positions), np.diff(offsets))
     keep = np.hypot(qx, qy) > 0.1  # the direct beam is not in pyxem's templates
     grid = np.arange(shape) - shape / 2
-    images = np.zeros((peaks.num_positions, shape, shape), np.float32)
-    for b, x, y, i in zip(position[keep], qx[keep] / scale, qy[keep] / scale, peaks.intensity[keep]):
+    images = np.zeros((num_positions, shape, shape), np.float32)
+    for b, x, y, i in zip(position[keep], qx[keep] / scale, qy[keep] / scale, intensity[keep]):
         gx, gy = np.exp(-0.5 * ((grid - x) / sigma_px) ** 2), np.exp(-0.5 * ((grid - y) / sigma_px) ** 2)
         images[b] += np.float32(i) * np.outer(gx, gy)
     return images, scale

@@ -294,7 +294,7 @@ def _figures(orientation_map, matrices: np.ndarray, symmetry, seconds: float,
     return {"n": int(orientation_map.corr.size), "strict_5": s["within_5"], "flip_5": f["within_5"],
             "median_strict": s["median"], "auc": roc_auc(r["corr"], strict < 5.0),
             "patterns_per_s": orientation_map.corr.size / seconds, "errors_strict": strict.tolist(),
-            "corr": np.asarray(r["corr"], np.float64).ravel().tolist(), **figures}
+            "errors_flip": flip.tolist(), "corr": np.asarray(r["corr"], np.float64).ravel().tolist(), **figures}
 
 
 def run_ours(mapper, bragg, matrices: np.ndarray, refine: bool = True, phase: int = 0) -> dict:
@@ -426,7 +426,7 @@ def export_peaks(path, bragg, matrices: np.ndarray, crystal, condition: Conditio
     BraggVectors state them, calibration errors included; direct beam included) with ``offsets`` (n + 1), the true
     ``matrix`` (n, 3, 3), the crystal (``cell`` A, fractional ``positions``, ``numbers``), ``k_max`` 1/A, the
     experiment (``accel_voltage`` V, ``precession_deg``), the symmetry (proper rotations, (S, 3, 3)), and ours' and
-    ACOM's strict errors (deg) and ``corr`` on them, so a peer can be set beside both pattern by pattern."""
+    ACOM's errors (deg; strict and with the beam flip allowed) and ``corr`` on them, so a peer can be set beside both pattern by pattern."""
     n = len(matrices)
     rows = [bragg.cal[0, i] for i in range(n)]
     offsets = np.concatenate([[0], np.cumsum([len(v.data) for v in rows])])
@@ -438,8 +438,10 @@ def export_peaks(path, bragg, matrices: np.ndarray, crystal, condition: Conditio
              k_max=K_MAX, accel_voltage=condition.accel_voltage, precession_deg=condition.precession_deg or 0.0,
              symmetry=np.asarray(symmetry, np.float64), condition=condition.name, label=condition.label,
              held_out=condition.held_out, seed=seed,
-             ours_errors=np.asarray(row["ours"]["errors_strict"]), ours_corr=np.asarray(row["ours"]["corr"]),
+             ours_errors=np.asarray(row["ours"]["errors_strict"]), ours_flip_errors=np.asarray(row["ours"]["errors_flip"]),
+             ours_corr=np.asarray(row["ours"]["corr"]),
              acom_errors=np.asarray(acom.get("errors_strict", []), np.float64),
+             acom_flip_errors=np.asarray(acom.get("errors_flip", []), np.float64),
              acom_corr=np.asarray(acom.get("corr", []), np.float64))
 
 
