@@ -397,6 +397,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-refine", action="store_true", help="transformer with refine=False")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quantem-python", default=None,
+                   help="Python of an environment with quantem (numpy >= 2): quantem maps ACOM's positions too")
     p.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and bench_*.png")
     p.add_argument("--update-docs", action="store_true",
                    help="also rewrite the bench section of --docs and its images/bench_*.png")
@@ -406,7 +408,7 @@ def _add_bench(sub) -> None:
 
 
 #: ``bench`` options that are fields of ``BenchConfig`` of the same name (dashes for underscores)
-_BENCH_FIELDS = ("model", "device", "precision", "grains", "threads", "file_min_size", "seed")
+_BENCH_FIELDS = ("model", "device", "precision", "grains", "threads", "file_min_size", "seed", "quantem_python")
 
 
 def _cmd_bench(args) -> int:

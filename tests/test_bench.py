@@ -18,19 +18,35 @@ def fake_pyxem_match(crystal, bragg_peaks):
     return np.tile(np.eye(3), (int(np.prod(bragg_peaks.Rshape)), 1, 1)), 0.01, 0.02
 
 
+def fake_run_quantem(peaks_path, python, out_path=None):
+    """Stands in for quantem in its own environment: reads the peaks file the bench wrote, answers the identity
+    (the last position: no match), 0.03 s plan, 0.04 s matching."""
+    z = np.load(peaks_path)
+    n = len(z["offsets"]) - 1
+    assert python == "fake-python" and len(z["qx"]) == z["offsets"][-1] and z["cell"].shape == (3, 3)
+    fake_run_quantem.sizes.append(n)
+    matrix = np.tile(np.eye(3), (n, 1, 1))
+    matrix[-1] = np.nan
+    out_path = out_path or str(peaks_path).replace(".npz", ".quantem.npz")
+    np.savez(out_path, matrix=matrix, corr=np.ones(n), reliability=np.linspace(0, 1, n), plan_s=0.03, match_s=0.04,
+             quantem="fake")
+    return out_path
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     """The command on 4 x 4 (ACOM on every position) and 8 x 8 (ACOM on 16 of 64, extrapolated),
-    with a fake pyxem as the third method."""
-    from py4dstem_transformer.benchmarks import pyxem_matching
+    with a fake pyxem as the third method and a fake quantem as the fourth."""
+    from py4dstem_transformer.benchmarks import peers, pyxem_matching
 
     tmp = tmp_path_factory.mktemp("bench")
     docs = tmp / "benchmarks.md"
     docs.write_text(f"# Benchmarks\n\n{START}\nold figures\n{END}\n\n## Other section\n")
     argv = ["bench", "--sizes", "4,8", "--acom-max", "16", "--file-min-size", "8", "--out", str(tmp / "out"),
-            "--no-progress", "--update-docs", "--docs", str(docs)]
-    fake_pyxem_match.calls = 0
+            "--no-progress", "--update-docs", "--docs", str(docs), "--quantem-python", "fake-python"]
+    fake_pyxem_match.calls, fake_run_quantem.sizes = 0, []
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(peers, "run_quantem", fake_run_quantem)
         patch.setattr(pyxem_matching, "pyxem_missing", lambda: None)
         patch.setattr(pyxem_matching, "pyxem_match", fake_pyxem_match)
         assert main(argv) == 0
@@ -85,6 +101,21 @@ def test_a_third_method_flows_into_every_output(bench_run):
     assert large["accuracy"]["pyxem"]["strict"]["n"] == large["accuracy"]["ACOM"]["strict"]["n"] > 0
     assert report["accuracy_pooled"]["pyxem"]["corr_auc"] is None
     assert "| 8² |" in (tmp / "out" / "bench.md").read_text().split("pyxem patterns/s")[1]
+
+
+@pytest.mark.slow
+def test_quantem_in_its_own_environment_flows_into_every_output(bench_run):
+    tmp, report = bench_run
+    assert fake_run_quantem.sizes == [16, 16]  # ACOM's positions: all 16 of 4 x 4, 16 of the 64 of 8 x 8
+    small, large = report["sizes"]
+    q = large["quantem"]
+    assert not small["quantem"]["extrapolated"] and q["extrapolated"] and q["positions_matched"] == 16
+    assert q["no_match"] == 1 and q["total_s"] == pytest.approx(0.03 + 0.04 / 16 * 64)
+    assert large["accuracy"]["quantem"]["strict"]["n"] == large["accuracy"]["ACOM"]["strict"]["n"] > 0
+    assert set(report["accuracy_pooled"]["quantem"]) == {"strict", "flip", "corr_auc"}
+    markdown = (tmp / "out" / "bench.md").read_text()
+    assert "| 8² |" in markdown.split("quantem patterns/s")[1] and "quantem: its plan" in markdown
+    assert "--quantem-python fake-python" in report["command"]
 
 
 def test_pyxem_is_skipped_with_a_reason_when_it_cannot_be_imported():

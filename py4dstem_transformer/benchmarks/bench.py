@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..core.defaults import ACCEL_VOLTAGE
 from .common import load_mapper, random_positions, subset_braggvectors, timed
 
 __all__ = ["BenchConfig", "run_bench", "run_and_write", "write_outputs", "grains_for", "DEFAULT_SIZES"]
@@ -48,6 +49,8 @@ class BenchConfig:
     grains : Voronoi grains per scan; None: :func:`grains_for`.
     file_min_size : the file path is measured for N >= this (None: never).
     threads : torch threads for the transformer (None: torch's default).
+    quantem_python : the Python of an environment with quantem (it needs numpy >= 2): quantem maps ACOM's
+        positions there too (:mod:`.peers`), its plan and matching timed inside it (None: skipped).
     """
 
     sizes: Tuple[int, ...] = DEFAULT_SIZES
@@ -61,6 +64,7 @@ class BenchConfig:
     threads: Optional[int] = None
     seed: int = 0
     progress_bar: bool = True
+    quantem_python: Optional[str] = None
 
 
 def grains_for(size: int) -> int:
@@ -84,7 +88,10 @@ def run_bench(config: BenchConfig, log=print) -> Tuple[dict, dict]:
     pyxem_skip = pyxem_missing()
     _warm_up(config)
     map_size = max([s for s in config.sizes if s * s <= config.acom_max], default=min(config.sizes))
-    report = {"machine": machine_info(config), "settings": asdict(config), "sizes": [], "pyxem": _pyxem_note(pyxem_skip)}
+    report = {"machine": machine_info(config), "settings": asdict(config), "sizes": [], "pyxem": _pyxem_note(pyxem_skip),
+              "quantem": ("its plan, matching and refinement (`benchmarks/quantem_acom.py`) in its own environment "
+                          f"({config.quantem_python}) on ACOM's positions" if config.quantem_python else
+                          "not run (`--quantem-python PATH` adds it)")}
     raw = {"errors": {}, "maps": None}
     for i, size in enumerate(config.sizes):
         row, accuracy, maps = bench_size(config, size, config.seed + i, pyxem=pyxem_skip is None,
@@ -125,6 +132,8 @@ def bench_size(config: BenchConfig, size: int, seed: int, pyxem: bool = False, k
     accuracy = _accuracy(om, om_acom, truth, pick, mapper.symmetry)
     if pyxem:
         row["pyxem"], accuracy["pyxem"] = _run_pyxem(config, bragg, pick, truth, mapper.symmetry)
+    if config.quantem_python:
+        row["quantem"], accuracy["quantem"] = _run_quantem(config, bragg, pick, truth, mapper.symmetry)
     if config.file_min_size is not None and size >= config.file_min_size:
         row["file"] = _run_file(config, bragg, mapper, om, row["acom"])
     maps = _maps(mapper, truth, om, om_acom, pick, size) if keep_maps else None
@@ -211,6 +220,36 @@ def _run_pyxem(config: BenchConfig, bragg, pick, truth, symmetry):
     return {"library_s": library_s, "match_s_measured": match_s, "positions_matched": len(pick),
             "extrapolated": len(pick) < n, "s_per_pattern": per_pattern, "total_s": library_s + per_pattern * n,
             "patterns_per_s": n / (library_s + per_pattern * n)}, accuracy
+
+
+def _run_quantem(config: BenchConfig, bragg, pick, truth, symmetry):
+    """quantem (its own environment, :mod:`.peers`) on ACOM's positions: (speed row, accuracy, its ``reliability``
+    as the confidence); a failure is reported, not raised. Its plan and matching + refinement are timed inside its
+    process (start-up and file writing not counted), extrapolated per pattern like ACOM's."""
+    from ..evaluation.compare import evaluate_orientation_map
+    from .peers import run_quantem, write_peaks
+
+    n = int(np.prod(bragg.Rshape))
+    subset = subset_braggvectors(bragg, pick) if len(pick) < n else bragg
+    with tempfile.TemporaryDirectory() as folder:
+        peaks = os.path.join(folder, "peaks.npz")
+        write_peaks(peaks, subset, _crystal(config), ACCEL_VOLTAGE)
+        try:
+            result = dict(np.load(run_quantem(peaks, config.quantem_python)))
+        except Exception as err:  # an optional peer in another environment: report its failure, keep the benchmark
+            return {"failed": f"{type(err).__name__}: {err}"}, {}
+    none = ~np.isfinite(result["matrix"]).all((-1, -2))  # no match: counted as the identity (wrong but by chance)
+    matrices = np.where(none[:, None, None], np.eye(3), result["matrix"])
+    reliability = np.nan_to_num(result["reliability"], nan=-1.0)
+    found = SimpleNamespace(matrix=matrices[None, :, None], corr=reliability[None, :, None])
+    truth_at, mask_at = _truth_at(truth, pick)
+    accuracy = evaluate_orientation_map(found, truth_at, symmetry, mask_at)
+    plan_s, match_s = float(result["plan_s"]), float(result["match_s"])
+    per_pattern = match_s / len(pick)
+    return {"plan_s": plan_s, "match_s_measured": match_s, "positions_matched": len(pick), "extrapolated": len(pick) < n,
+            "s_per_pattern": per_pattern, "total_s": plan_s + per_pattern * n,
+            "patterns_per_s": n / (plan_s + per_pattern * n), "no_match": int(none.sum()),
+            "version": str(result["quantem"])}, accuracy
 
 
 def _run_file(config: BenchConfig, bragg, mapper, om_memory, acom_row: dict) -> dict:

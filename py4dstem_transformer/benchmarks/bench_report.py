@@ -91,7 +91,7 @@ after a warm-up on an 8×8 scan. Transformer total = setup (model file + reflect
 `match_orientations`; ACOM total = `orientation_plan` (default plan) + `match_orientations`. ACOM runs
 on at most {s['acom_max']} positions per scan: on larger scans on a random subset, and every figure
 derived from it is marked **(extrapolated)**. Ratios only compare
-numbers of the same run. pyxem: {report['pyxem']}."""
+numbers of the same run. pyxem: {report['pyxem']}. quantem: {report.get('quantem', 'not run')}."""
 
 
 def _speed_table(report: dict) -> str:
@@ -109,6 +109,14 @@ def _speed_table(report: dict) -> str:
         lines += ["", "| scan | pyxem (s) | pyxem patterns/s | library (s) |", "|---|---|---|---|"]
         lines += [f"| {r['size']}² | {_num(r['pyxem']['total_s'])}{_X if r['pyxem']['extrapolated'] else ''} | "
                   f"{_num(r['pyxem']['patterns_per_s'], 1)} | {_num(r['pyxem']['library_s'])} |" for r in pyxem]
+    quantem = [r for r in report["sizes"] if "quantem" in r and "failed" not in r["quantem"]]
+    if quantem:
+        lines += ["", "| scan | quantem (s) | quantem patterns/s | plan (s) | quantem time / transformer time |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['size']}² | {_num(r['quantem']['total_s'])}{_X if r['quantem']['extrapolated'] else ''} | "
+                  f"{_num(r['quantem']['patterns_per_s'], 1)} | {_num(r['quantem']['plan_s'])} | "
+                  f"{r['quantem']['total_s'] / r['transformer']['total_s']:,.1f}×"
+                  f"{_X if r['quantem']['extrapolated'] else ''} |" for r in quantem]
     return "\n".join(lines)
 
 

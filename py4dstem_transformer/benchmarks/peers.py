@@ -31,10 +31,28 @@ import numpy as np
 
 from .robustness import CONDITIONS
 
-__all__ = ["QUANTEM_SCRIPT", "errors_deg", "run_quantem", "run_pyxem", "compare_file", "markdown_table", "main"]
+__all__ = ["QUANTEM_SCRIPT", "write_peaks", "errors_deg", "run_quantem", "run_pyxem", "compare_file", "markdown_table", "main"]
 
 #: The script quantem's environment runs (it imports nothing of this package).
 QUANTEM_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantem_acom.py")
+
+
+def write_peaks(path, bragg, crystal, accel_voltage: float, precession_deg: Optional[float] = None,
+                k_max: Optional[float] = None, **extra) -> None:
+    """Write ``bragg``'s calibrated peaks (every position, C order) for a peer in another environment: ``qx, qy``
+    (1/A, lab frame, as the BraggVectors' calibration states them), ``intensity``, ``offsets`` (positions + 1), the
+    crystal (``cell`` A, fractional ``positions``, ``numbers``), ``k_max`` 1/A (the reflections a peer computes;
+    default the package's), ``accel_voltage`` V, ``precession_deg``; and ``extra`` arrays as given."""
+    from ..core.defaults import K_MAX
+
+    rx, ry = bragg.Rshape
+    cells = [bragg.cal[i, j].data for i in range(rx) for j in range(ry)]
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in cells])])
+    field = lambda name: np.concatenate([np.asarray(c[name], np.float64) for c in cells])  # noqa: E731
+    np.savez(path, qx=field("qx"), qy=field("qy"), intensity=field("intensity"), offsets=offsets,
+             cell=np.asarray(crystal.lat_real, np.float64), positions=np.asarray(crystal.positions, np.float64),
+             numbers=np.asarray(crystal.numbers), k_max=K_MAX if k_max is None else float(k_max), accel_voltage=float(accel_voltage),
+             precession_deg=float(precession_deg or 0.0), **extra)
 
 
 def errors_deg(matrix: np.ndarray, truth: np.ndarray, symmetry: np.ndarray, allow_beam_flip: bool = False) -> np.ndarray:

@@ -426,23 +426,19 @@ def export_peaks(path, bragg, matrices: np.ndarray, crystal, condition: Conditio
     BraggVectors state them, calibration errors included; direct beam included) with ``offsets`` (n + 1), the true
     ``matrix`` (n, 3, 3), the crystal (``cell`` A, fractional ``positions``, ``numbers``), ``k_max`` 1/A, the
     experiment (``accel_voltage`` V, ``precession_deg``), the symmetry (proper rotations, (S, 3, 3)), and ours' and
-    ACOM's errors (deg; strict and with the beam flip allowed) and ``corr`` on them, so a peer can be set beside both pattern by pattern."""
-    n = len(matrices)
-    rows = [bragg.cal[0, i] for i in range(n)]
-    offsets = np.concatenate([[0], np.cumsum([len(v.data) for v in rows])])
-    field = lambda name: np.concatenate([np.asarray(v.data[name], np.float64) for v in rows])  # noqa: E731
+    ACOM's errors (deg; strict and with the beam flip allowed) and ``corr`` on them, so a peer can be set beside
+    both pattern by pattern."""
+    from .peers import write_peaks
+
     acom = row.get("acom", {})
-    np.savez(path, qx=field("qx"), qy=field("qy"), intensity=field("intensity"), offsets=offsets,
-             matrix=np.asarray(matrices, np.float64), cell=np.asarray(crystal.lat_real, np.float64),
-             positions=np.asarray(crystal.positions, np.float64), numbers=np.asarray(crystal.numbers),
-             k_max=K_MAX, accel_voltage=condition.accel_voltage, precession_deg=condition.precession_deg or 0.0,
-             symmetry=np.asarray(symmetry, np.float64), condition=condition.name, label=condition.label,
-             held_out=condition.held_out, seed=seed,
-             ours_errors=np.asarray(row["ours"]["errors_strict"]), ours_flip_errors=np.asarray(row["ours"]["errors_flip"]),
-             ours_corr=np.asarray(row["ours"]["corr"]),
-             acom_errors=np.asarray(acom.get("errors_strict", []), np.float64),
-             acom_flip_errors=np.asarray(acom.get("errors_flip", []), np.float64),
-             acom_corr=np.asarray(acom.get("corr", []), np.float64))
+    write_peaks(path, bragg, crystal, condition.accel_voltage, condition.precession_deg, K_MAX,
+                matrix=np.asarray(matrices, np.float64), symmetry=np.asarray(symmetry, np.float64),
+                condition=condition.name, label=condition.label, held_out=condition.held_out, seed=seed,
+                ours_errors=np.asarray(row["ours"]["errors_strict"]),
+                ours_flip_errors=np.asarray(row["ours"]["errors_flip"]), ours_corr=np.asarray(row["ours"]["corr"]),
+                acom_errors=np.asarray(acom.get("errors_strict", []), np.float64),
+                acom_flip_errors=np.asarray(acom.get("errors_flip", []), np.float64),
+                acom_corr=np.asarray(acom.get("corr", []), np.float64))
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
