@@ -194,11 +194,8 @@ def _run_acom(config: BenchConfig, bragg, pick: np.ndarray):
     _, plan_s = timed(acom_plan, crystal)
     subset = subset_braggvectors(bragg, pick) if extrapolated else bragg
     om, match_s = timed(acom_match, crystal, subset, config.progress_bar)
-    per_pattern = match_s / len(pick)
-    total = plan_s + per_pattern * n
     basis = f"extrapolated from {len(pick)} of {n} random positions" if extrapolated else f"all {n} positions"
-    return {"plan_s": plan_s, "match_s_measured": match_s, "positions_matched": len(pick), "extrapolated": extrapolated,
-            "basis": basis, "s_per_pattern": per_pattern, "total_s": total, "patterns_per_s": n / total}, om
+    return {"plan_s": plan_s, **_extrapolated(plan_s, match_s, len(pick), n), "basis": basis}, om
 
 
 def _run_pyxem(config: BenchConfig, bragg, pick, truth, symmetry):
@@ -212,14 +209,20 @@ def _run_pyxem(config: BenchConfig, bragg, pick, truth, symmetry):
         matrices, library_s, match_s = pyxem_match(_crystal(config), subset)
     except Exception as err:  # an optional third party: report its failure in the outputs, keep the benchmark
         return {"failed": f"{type(err).__name__}: {err}"}, {}
-    per_pattern = match_s / len(pick)
     found = SimpleNamespace(matrix=matrices[None, :, None], corr=np.ones((1, len(pick), 1)))
     truth_at, mask_at = _truth_at(truth, pick)
     accuracy = evaluate_orientation_map(found, truth_at, symmetry, mask_at)
     accuracy["corr_auc"] = None  # no confidence taken from pyxem
-    return {"library_s": library_s, "match_s_measured": match_s, "positions_matched": len(pick),
-            "extrapolated": len(pick) < n, "s_per_pattern": per_pattern, "total_s": library_s + per_pattern * n,
-            "patterns_per_s": n / (library_s + per_pattern * n)}, accuracy
+    return {"library_s": library_s, **_extrapolated(library_s, match_s, len(pick), n)}, accuracy
+
+
+def _extrapolated(setup_s: float, match_s: float, matched: int, n: int) -> dict:
+    """The speed row of ACOM or a peer on a scan of ``n`` positions: ``setup_s`` once (its plan or library), then
+    ``match_s`` measured on ``matched`` positions, extrapolated per pattern to all ``n``."""
+    per_pattern = match_s / matched
+    total = setup_s + per_pattern * n
+    return {"match_s_measured": match_s, "positions_matched": matched, "extrapolated": matched < n,
+            "s_per_pattern": per_pattern, "total_s": total, "patterns_per_s": n / total}
 
 
 def _run_quantem(config: BenchConfig, bragg, pick, truth, symmetry):
@@ -244,12 +247,9 @@ def _run_quantem(config: BenchConfig, bragg, pick, truth, symmetry):
     found = SimpleNamespace(matrix=matrices[None, :, None], corr=reliability[None, :, None])
     truth_at, mask_at = _truth_at(truth, pick)
     accuracy = evaluate_orientation_map(found, truth_at, symmetry, mask_at)
-    plan_s, match_s = float(result["plan_s"]), float(result["match_s"])
-    per_pattern = match_s / len(pick)
-    return {"plan_s": plan_s, "match_s_measured": match_s, "positions_matched": len(pick), "extrapolated": len(pick) < n,
-            "s_per_pattern": per_pattern, "total_s": plan_s + per_pattern * n,
-            "patterns_per_s": n / (plan_s + per_pattern * n), "no_match": int(none.sum()),
-            "version": str(result["quantem"])}, accuracy
+    plan_s = float(result["plan_s"])
+    return {"plan_s": plan_s, **_extrapolated(plan_s, float(result["match_s"]), len(pick), n),
+            "no_match": int(none.sum()), "version": str(result["quantem"])}, accuracy
 
 
 def _run_file(config: BenchConfig, bragg, mapper, om_memory, acom_row: dict) -> dict:

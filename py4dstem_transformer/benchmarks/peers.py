@@ -31,7 +31,7 @@ import numpy as np
 
 from .robustness import CONDITIONS
 
-__all__ = ["QUANTEM_SCRIPT", "write_peaks", "errors_deg", "run_quantem", "run_pyxem", "compare_file", "markdown_table", "main"]
+__all__ = ["QUANTEM_SCRIPT", "write_peaks", "errors_deg", "result_path", "run_quantem", "run_pyxem", "compare_file", "markdown_table", "main"]
 
 #: The script quantem's environment runs (it imports nothing of this package).
 QUANTEM_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantem_acom.py")
@@ -56,25 +56,25 @@ def write_peaks(path, bragg, crystal, accel_voltage: float, precession_deg: Opti
 
 
 def errors_deg(matrix: np.ndarray, truth: np.ndarray, symmetry: np.ndarray, allow_beam_flip: bool = False) -> np.ndarray:
-    """(n,) symmetry-reduced misorientation (deg) of ``matrix`` (n, 3, 3) against ``truth``; 180 where a row is NaN
-    (no answer)."""
-    import torch
-
-    from ..core.rotations import symmetry_min_angle
+    """(n,) :func:`~..evaluation.compare.misorientation_deg` of ``matrix`` (n, 3, 3) against ``truth``; 180 where a
+    row is NaN (no answer)."""
+    from ..evaluation.compare import misorientation_deg
 
     m = np.asarray(matrix, np.float64)
     none = ~np.isfinite(m).all((-1, -2))
-    m = np.where(none[:, None, None], np.eye(3), m)
-    e = torch.rad2deg(symmetry_min_angle(torch.as_tensor(m), torch.as_tensor(np.asarray(truth, np.float64)),
-                                         torch.as_tensor(np.asarray(symmetry, np.float64)),
-                                         allow_beam_flip=allow_beam_flip)).numpy()
+    e = misorientation_deg(np.where(none[:, None, None], np.eye(3), m), truth, symmetry, allow_beam_flip)
     e[none] = 180.0
     return e
 
 
+def result_path(peaks_path: str, peer: str) -> str:
+    """Where a peer's answers for ``peaks_path`` are kept: ``<name>.<peer>.npz`` beside it."""
+    return peaks_path.replace(".npz", f".{peer}.npz")
+
+
 def run_quantem(peaks_path: str, python: str, out_path: Optional[str] = None) -> str:
     """Map ``peaks_path`` with quantem in the environment of ``python`` (unless its output exists); its path."""
-    out_path = out_path or peaks_path.replace(".npz", ".quantem.npz")
+    out_path = out_path or result_path(peaks_path, "quantem")
     if not os.path.exists(out_path):
         done = subprocess.run([python, QUANTEM_SCRIPT, peaks_path, out_path], capture_output=True, text=True)
         if done.returncode:
@@ -88,7 +88,7 @@ def run_pyxem(peaks_path: str, out_path: Optional[str] = None) -> str:
 
     from .pyxem_matching import pyxem_match_arrays
 
-    out_path = out_path or peaks_path.replace(".npz", ".pyxem.npz")
+    out_path = out_path or result_path(peaks_path, "pyxem")
     if not os.path.exists(out_path):
         z = np.load(peaks_path)
         crystal = Crystal(z["positions"], z["numbers"], z["cell"])
@@ -189,9 +189,7 @@ def main(argv=None) -> list:
     args = parser.parse_args(argv)
     rows = []
     for path in (p for p in args.peaks if not p.endswith((".quantem.npz", ".pyxem.npz"))):  # a glob brings results too
-        out = path.replace(".npz", ".quantem.npz")
-        if args.quantem_python:
-            run_quantem(path, args.quantem_python, out)
+        out = run_quantem(path, args.quantem_python) if args.quantem_python else result_path(path, "quantem")
         if not os.path.exists(out):
             raise FileNotFoundError(f"no quantem result {out}: pass --quantem-python PATH (quantem's environment)")
         rows.append(compare_file(path, out, run_pyxem(path) if args.pyxem else None))
