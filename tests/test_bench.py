@@ -12,10 +12,16 @@ MACHINE_KEYS = {"cpu", "cpu_cores", "torch_threads", "torch", "py4DSTEM", "devic
 ACCURACY_KEYS = {"n", "median", "p90", "within_2", "within_5"}
 
 
-def fake_pyxem_match(crystal, bragg_peaks):
-    """Stands in for pyxem (an optional extra): identity matrices, 0.01 s library, 0.02 s matching."""
+def fake_pyxem_match(peaks_path, out_path=None):
+    """Stands in for pyxem (an optional extra) in its own process: reads the peaks file the bench wrote, answers
+    identity matrices, 0.01 s library, 0.02 s matching."""
     fake_pyxem_match.calls += 1
-    return np.tile(np.eye(3), (int(np.prod(bragg_peaks.Rshape)), 1, 1)), 0.01, 0.02
+    z = np.load(peaks_path)
+    assert float(z["k_max"]) == 2.0 and len(z["qx"]) == z["offsets"][-1]
+    out_path = out_path or str(peaks_path).replace(".npz", ".pyxem.npz")
+    np.savez(out_path, matrix=np.tile(np.eye(3), (len(z["offsets"]) - 1, 1, 1)), library_s=0.01, match_s=0.02,
+             pyxem="fake")
+    return out_path
 
 
 def fake_run_quantem(peaks_path, python, out_path=None):
@@ -48,7 +54,7 @@ def bench_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(peers, "run_quantem", fake_run_quantem)
         patch.setattr(pyxem_matching, "pyxem_missing", lambda: None)
-        patch.setattr(pyxem_matching, "pyxem_match", fake_pyxem_match)
+        patch.setattr(peers, "run_pyxem_apart", fake_pyxem_match)
         assert main(argv) == 0
     return tmp, json.loads((tmp / "out" / "bench.json").read_text())
 
@@ -116,6 +122,37 @@ def test_quantem_in_its_own_environment_flows_into_every_output(bench_run):
     markdown = (tmp / "out" / "bench.md").read_text()
     assert "| 8² |" in markdown.split("quantem patterns/s")[1] and "quantem: its plan" in markdown
     assert "--quantem-python fake-python" in report["command"]
+
+
+def test_a_pattern_quantem_leaves_without_a_match_counts_as_wrong():
+    """As in benchmarks.peers: no answer is 180 deg off (strict and flip), even where the truth is the identity
+    that stands in for it; the other positions keep their errors."""
+    from types import SimpleNamespace
+
+    from py4dstem_transformer.benchmarks.bench import _none_wrong
+    from py4dstem_transformer.evaluation.compare import evaluate_orientation_map
+
+    n = 6
+    found = SimpleNamespace(matrix=np.tile(np.eye(3), (1, n, 1, 1, 1)), corr=np.linspace(0, 1, n)[None, :, None])
+    truth = np.tile(np.eye(3), (1, n, 1, 1))
+    none = np.arange(n) >= 4
+    out = _none_wrong(evaluate_orientation_map(found, truth, np.eye(3)[None], np.ones((1, n), bool)), none)
+    assert list(out["errors_strict"]) == [0.0] * 4 + [180.0] * 2 and list(out["errors_flip"][4:]) == [180.0] * 2
+    assert out["strict"]["n"] == n and out["corr_auc"] == 0.0  # the two highest corr are the two without an answer
+
+
+def test_a_pyxem_that_fails_in_its_own_process_is_reported_not_raised(monkeypatch):
+    """The real child process (``python -m ...pyxem_matching``) given a peaks file without the crystal: the bench's
+    pyxem row names the failure, with the child's own error, and the run goes on."""
+    from types import SimpleNamespace
+
+    from py4dstem_transformer.benchmarks import bench, peers
+
+    monkeypatch.setattr(peers, "write_peaks", lambda path, *a, **k: np.savez(path, nothing=0))
+    monkeypatch.setattr(bench, "_crystal", lambda config: None)
+    row, accuracy = bench._run_pyxem(bench.BenchConfig(), SimpleNamespace(Rshape=(2, 2)), np.arange(4), None, None)
+    assert accuracy == {} and row["failed"].startswith("RuntimeError: pyxem failed on")
+    assert "KeyError" in row["failed"] and "positions" in row["failed"]
 
 
 def test_pyxem_is_skipped_with_a_reason_when_it_cannot_be_imported():

@@ -28,11 +28,18 @@ FRAME = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def pyxem_missing() -> Optional[str]:
-    """Why ``import pyxem`` fails (e.g. "No module named 'pyxem'"), or None when it works."""
-    try:
-        import pyxem  # noqa: F401
-    except Exception as err:  # not installed (ImportError) or broken beside this numpy / py4DSTEM
-        return f"{type(err).__name__}: {err}"
+    """Why ``import pyxem`` fails in this Python (e.g. "ModuleNotFoundError: No module named 'pyxem'"), or None when
+    it works. Tried in a process of its own, so that pyxem's imports stay out of this one (the bench times ours
+    here: :func:`~.peers.run_pyxem_apart`)."""
+    import subprocess
+    import sys
+
+    code = ("try:\n    import pyxem\nexcept Exception as err:\n    print(f'{type(err).__name__}: {err}')\n"
+            "    raise SystemExit(1)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:  # not installed (ImportError) or broken beside this numpy / py4DSTEM
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        return lines[-1] if lines else f"import pyxem exited with status {done.returncode}"
     return None
 
 
@@ -133,3 +140,22 @@ def _orix_phase(crystal):
     atoms = [Atom(s, xyz) for s, xyz in zip(symbols, np.asarray(crystal.positions))]
     cell = Lattice(*lattice.abc, *lattice.angles)
     return Phase(name="crystal", space_group=space_group, structure=Structure(atoms, cell))
+
+
+def main(argv=None) -> int:
+    """``python -m py4dstem_transformer.benchmarks.pyxem_matching PEAKS.npz OUT.npz``: :func:`~.peers.run_pyxem` in
+    a process of its own (:func:`~.peers.run_pyxem_apart`)."""
+    import argparse
+
+    from .peers import run_pyxem
+
+    parser = argparse.ArgumentParser(prog="python -m py4dstem_transformer.benchmarks.pyxem_matching")
+    parser.add_argument("peaks", help="peaks file (robustness --export-peaks, or the bench's)")
+    parser.add_argument("out", help="where pyxem's answers go (.npz)")
+    args = parser.parse_args(argv)
+    run_pyxem(args.peaks, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
