@@ -166,3 +166,42 @@ def _phase_like(k_max):
     crystal = make_cu()
     reflections = Reflections.from_crystal(crystal, k_max, 300e3)
     return Phase("Cu", crystal, reflections, point_group_rotations(crystal).numpy(), 0.5, k_max, 0.1)
+
+
+def test_the_sample_stops_once_enough_patterns_are_sure_and_what_it_maps_is_spread_over_the_scan(monkeypatch):
+    """One kinematic pattern at every one of 640 positions, its lengths 2% long; the fake matcher answers the truth,
+    sure. Of a sample of eight runs of 40, with ``enough`` 100 sure patterns (and ``min_sample`` 64) three runs are
+    mapped: the first, the fifth and the third (spread over the scan); the scale comes out as from all eight."""
+    from py4dstem_transformer.mapping import selfcal
+    from py4dstem_transformer.model.tokens import TokenConfig
+
+    assert selfcal.spread_order(8) == [0, 4, 2, 6, 1, 5, 3, 7] and sorted(selfcal.spread_order(5)) == list(range(5))
+    ks = KinematicSet(12, seed=3)
+    i = int(np.argmax(np.diff(ks.offsets)))
+    a, b = ks.offsets[i], ks.offsets[i + 1]
+    pattern = np.stack([ks.qx[a:b] * 1.02, ks.qy[a:b] * 1.02, ks.intensity[a:b]], 1)
+    peaks = Peaks.from_lists([pattern] * 640, (64, 10))
+    truth = torch.as_tensor(ks.orientation_matrices[i], dtype=torch.float32)
+    span_of, mapped = {}, []
+
+    def position_tokens(peaks, start, stop, config):
+        t = tokens_of(peaks, start, stop, config)
+        span_of[id(t)] = (start, stop)
+        return t
+
+    def best_matches(tokens):
+        mapped.append(span_of[id(tokens)])
+        n = len(tokens)
+        return truth.expand(n, 3, 3), torch.ones(n), torch.zeros(n, dtype=torch.long)
+
+    tokens_of = selfcal.position_tokens
+    monkeypatch.setattr(selfcal, "position_tokens", position_tokens)
+    runs = selfcal.sample_runs(640, 320, 8)
+    config = SelfCalibrationConfig(sample=320, sample_fraction=1.0, min_sample=64, runs=8, enough=100)
+    early = selfcal.self_calibrate(peaks, TokenConfig(), best_matches, [_phase_like(2.2)], 0.02, config)
+    first, mapped[:] = mapped[:3], []
+    every = selfcal.self_calibrate(peaks, TokenConfig(), best_matches, [_phase_like(2.2)], 0.02,
+                                   dataclasses.replace(config, enough=10**9))
+    assert first == [runs[0], runs[4], runs[2]] and early.patterns == 120 and "of 120 mapped" in early.note
+    assert every.patterns == 320 and sorted(mapped[:8]) == runs
+    assert early.applied and abs(early.scale * 1.02 - 1) < 1e-3 and abs(early.scale - every.scale) < 1e-4
