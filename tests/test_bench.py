@@ -14,13 +14,13 @@ ACCURACY_KEYS = {"n", "median", "p90", "within_2", "within_5"}
 
 def fake_pyxem_match(peaks_path, out_path=None):
     """Stands in for pyxem (an optional extra) in its own process: reads the peaks file the bench wrote, answers
-    identity matrices, 0.01 s library, 0.02 s matching."""
+    identity matrices, 0.01 s library, 0.02 s matching of which 0.005 s a call costs whatever its size."""
     fake_pyxem_match.calls += 1
     z = np.load(peaks_path)
     assert float(z["k_max"]) == 2.0 and len(z["qx"]) == z["offsets"][-1]
     out_path = out_path or str(peaks_path).replace(".npz", ".pyxem.npz")
     np.savez(out_path, matrix=np.tile(np.eye(3), (len(z["offsets"]) - 1, 1, 1)), library_s=0.01, match_s=0.02,
-             pyxem="fake")
+             call_s=0.005, pyxem="fake")
     return out_path
 
 
@@ -103,6 +103,8 @@ def test_a_third_method_flows_into_every_output(bench_run):
     small, large = report["sizes"]
     assert not small["pyxem"]["extrapolated"] and large["pyxem"]["extrapolated"]
     assert large["pyxem"]["positions_matched"] == 16
+    # the call's own cost once, with the library; the rest of the matching per pattern, projected to all 64
+    assert large["pyxem"]["total_s"] == pytest.approx(0.01 + 0.005 + (0.02 - 0.005) / 16 * 64)
     # scored on ACOM's positions, so on exactly as many crystalline positions as ACOM
     assert large["accuracy"]["pyxem"]["strict"]["n"] == large["accuracy"]["ACOM"]["strict"]["n"] > 0
     assert report["accuracy_pooled"]["pyxem"]["corr_auc"] is None

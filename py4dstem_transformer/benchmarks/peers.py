@@ -83,7 +83,9 @@ def run_quantem(peaks_path: str, python: str, out_path: Optional[str] = None) ->
 
 
 def run_pyxem(peaks_path: str, out_path: Optional[str] = None) -> str:
-    """Map ``peaks_path`` with pyxem here (unless its output exists); its path."""
+    """Map ``peaks_path`` with pyxem here (unless its output exists); its path. The file holds ``matrix``,
+    ``library_s``, ``match_s`` (all patterns, after an untimed warm-up) and ``call_s`` (a call's cost whatever its
+    size, :func:`~.pyxem_matching.pyxem_match_arrays`)."""
     from py4DSTEM.process.diffraction import Crystal
 
     from .pyxem_matching import pyxem_match_arrays
@@ -92,11 +94,14 @@ def run_pyxem(peaks_path: str, out_path: Optional[str] = None) -> str:
     if not os.path.exists(out_path):
         z = np.load(peaks_path)
         crystal = Crystal(z["positions"], z["numbers"], z["cell"])
+        timings = {}
         matrix, library_s, match_s = pyxem_match_arrays(crystal, z["qx"], z["qy"], z["intensity"], z["offsets"],
-                                                        float(z["accel_voltage"]), k_max=float(z["k_max"]))
+                                                        float(z["accel_voltage"]), k_max=float(z["k_max"]),
+                                                        timings=timings)
         import pyxem
 
-        np.savez(out_path, matrix=matrix, library_s=library_s, match_s=match_s, pyxem=pyxem.__version__)
+        np.savez(out_path, matrix=matrix, library_s=library_s, match_s=match_s, call_s=timings["call_s"],
+                 pyxem=pyxem.__version__)
     return out_path
 
 
