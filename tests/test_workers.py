@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from py4dstem_transformer.mapping import mapper as mapper_module
-from py4dstem_transformer.mapping.local_cluster import (MIN_POSITIONS_FOR_WORKERS, Inherited, local_chunk_size,
-                                                        local_client, resolve_workers)
+from py4dstem_transformer.mapping.local_cluster import (MIN_POSITIONS_FOR_WORKERS, Inherited, ShutdownHeartbeatNoise,
+                                                        local_chunk_size, local_client, resolve_workers)
 from py4dstem_transformer.mapping.mapper import TransformerOrientationMap
 
 from conftest import KinematicSet, kinematic_scan, make_cu
@@ -65,6 +65,29 @@ def test_local_client_runs_tasks_in_other_processes_and_leaves_nothing_behind():
         distributed.default_client()  # and no default client was made
     alive = [p for p in children if p.pid in pids and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, "worker processes outlived the call"
+
+
+def _heartbeat_records_kept():
+    """In a worker: which of two ERROR records of ``distributed.worker`` its filters let through."""
+    import logging
+
+    log = logging.getLogger("distributed.worker")
+    make = lambda msg: log.makeRecord(log.name, logging.ERROR, __file__, 1, msg, (), None)  # noqa: E731
+    return [bool(log.filter(make("Failed to communicate with scheduler during heartbeat."))),
+            bool(log.filter(make("Compute Failed")))]
+
+
+@linux
+def test_the_workers_drop_only_the_heartbeat_error_of_a_closing_cluster():
+    """The shutdown race of dask/distributed#7105 logs a traceback from a worker; the local cluster's workers drop
+    that one record (they die with the scheduler's process) and keep every other; this process keeps all."""
+    import logging
+
+    with local_client(2) as client:
+        kept = client.gather(client.map(lambda _: _heartbeat_records_kept(), range(2), pure=False))
+    assert all(not heartbeat and other for heartbeat, other in kept)
+    assert not any(isinstance(f, ShutdownHeartbeatNoise) for f in logging.getLogger("distributed.worker").filters)
+    assert _heartbeat_records_kept() == [True, True]
 
 
 @linux
