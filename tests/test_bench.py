@@ -12,10 +12,10 @@ MACHINE_KEYS = {"cpu", "cpu_cores", "torch_threads", "torch", "py4DSTEM", "devic
 ACCURACY_KEYS = {"n", "median", "p90", "within_2", "within_5"}
 
 
-def fake_pyxem_match(peaks_path, out_path=None):
+def fake_run_pyxem_apart(peaks_path, out_path=None):
     """Stands in for pyxem (an optional extra) in its own process: reads the peaks file the bench wrote, answers
     identity matrices, 0.01 s library, 0.02 s matching of which 0.005 s a call costs whatever its size."""
-    fake_pyxem_match.calls += 1
+    fake_run_pyxem_apart.calls += 1
     z = np.load(peaks_path)
     assert float(z["k_max"]) == 2.0 and len(z["qx"]) == z["offsets"][-1]
     out_path = out_path or str(peaks_path).replace(".npz", ".pyxem.npz")
@@ -50,11 +50,11 @@ def bench_run(tmp_path_factory):
     docs.write_text(f"# Benchmarks\n\n{START}\nold figures\n{END}\n\n## Other section\n")
     argv = ["bench", "--sizes", "4,8", "--acom-max", "16", "--file-min-size", "8", "--out", str(tmp / "out"),
             "--no-progress", "--update-docs", "--docs", str(docs), "--quantem-python", "fake-python"]
-    fake_pyxem_match.calls, fake_run_quantem.sizes = 0, []
+    fake_run_pyxem_apart.calls, fake_run_quantem.sizes = 0, []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(peers, "run_quantem", fake_run_quantem)
         patch.setattr(pyxem_matching, "pyxem_missing", lambda: None)
-        patch.setattr(peers, "run_pyxem_apart", fake_pyxem_match)
+        patch.setattr(peers, "run_pyxem_apart", fake_run_pyxem_apart)
         assert main(argv) == 0
     return tmp, json.loads((tmp / "out" / "bench.json").read_text())
 
@@ -99,7 +99,7 @@ def test_file_path(bench_run):
 @pytest.mark.slow
 def test_a_third_method_flows_into_every_output(bench_run):
     tmp, report = bench_run
-    assert fake_pyxem_match.calls == 2
+    assert fake_run_pyxem_apart.calls == 2
     small, large = report["sizes"]
     assert not small["pyxem"]["extrapolated"] and large["pyxem"]["extrapolated"]
     assert large["pyxem"]["positions_matched"] == 16

@@ -206,22 +206,17 @@ def _run_pyxem(config: BenchConfig, bragg, pick, truth, symmetry):
     and memory stay out of the process that times ours); its library and matching timed inside it. (speed row,
     accuracy); a failure is reported, not raised."""
     from ..evaluation.compare import evaluate_orientation_map
-    from .peers import run_pyxem_apart, write_peaks
+    from .peers import run_pyxem_apart
 
     n = int(np.prod(bragg.Rshape))
-    subset = subset_braggvectors(bragg, pick) if len(pick) < n else bragg
-    with tempfile.TemporaryDirectory() as folder:
-        peaks = os.path.join(folder, "peaks.npz")
-        write_peaks(peaks, subset, _crystal(config), ACCEL_VOLTAGE, k_max=2.0)  # pyxem's templates and polar range
-        try:
-            result = dict(np.load(run_pyxem_apart(peaks)))
-        except Exception as err:  # an optional third party: report its failure in the outputs, keep the benchmark
-            return {"failed": f"{type(err).__name__}: {err}"}, {}
+    result = _peer_answers(config, bragg, pick, run_pyxem_apart, k_max=2.0)  # pyxem's templates and polar range
+    if "failed" in result:
+        return result, {}
     found = SimpleNamespace(matrix=result["matrix"][None, :, None], corr=np.ones((1, len(pick), 1)))
     truth_at, mask_at = _truth_at(truth, pick)
     accuracy = evaluate_orientation_map(found, truth_at, symmetry, mask_at)
     accuracy["corr_auc"] = None  # no confidence taken from pyxem
-    library_s, call_s = float(result["library_s"]), float(result.get("call_s", 0.0))
+    library_s, call_s = float(result["library_s"]), float(result["call_s"])
     # a call's own cost (whatever its size) goes with the library, once; the rest is per pattern
     row = _extrapolated(library_s + call_s, max(float(result["match_s"]) - call_s, 0.0), len(pick), n)
     return {"library_s": library_s, "call_s": call_s, **row, "version": str(result["pyxem"])}, accuracy
@@ -241,17 +236,12 @@ def _run_quantem(config: BenchConfig, bragg, pick, truth, symmetry):
     as the confidence); a failure is reported, not raised. Its plan and matching + refinement are timed inside its
     process (start-up and file writing not counted), extrapolated per pattern like ACOM's."""
     from ..evaluation.compare import evaluate_orientation_map
-    from .peers import run_quantem, write_peaks
+    from .peers import run_quantem
 
     n = int(np.prod(bragg.Rshape))
-    subset = subset_braggvectors(bragg, pick) if len(pick) < n else bragg
-    with tempfile.TemporaryDirectory() as folder:
-        peaks = os.path.join(folder, "peaks.npz")
-        write_peaks(peaks, subset, _crystal(config), ACCEL_VOLTAGE)
-        try:
-            result = dict(np.load(run_quantem(peaks, config.quantem_python)))
-        except Exception as err:  # an optional peer in another environment: report its failure, keep the benchmark
-            return {"failed": f"{type(err).__name__}: {err}"}, {}
+    result = _peer_answers(config, bragg, pick, lambda peaks: run_quantem(peaks, config.quantem_python))
+    if "failed" in result:
+        return result, {}
     none = ~np.isfinite(result["matrix"]).all((-1, -2))  # no match: wrong (180 deg), as in benchmarks.peers
     matrices = np.where(none[:, None, None], np.eye(3), result["matrix"])
     reliability = np.nan_to_num(result["reliability"], nan=-1.0)
@@ -261,6 +251,23 @@ def _run_quantem(config: BenchConfig, bragg, pick, truth, symmetry):
     plan_s = float(result["plan_s"])
     return {"plan_s": plan_s, **_extrapolated(plan_s, float(result["match_s"]), len(pick), n),
             "no_match": int(none.sum()), "version": str(result["quantem"])}, accuracy
+
+
+def _peer_answers(config: BenchConfig, bragg, pick, run, **write) -> dict:
+    """A peer's answers on ACOM's positions ``pick``: their peaks written to a temporary file
+    (:func:`~.peers.write_peaks` with ``write``), ``run(peaks_path) -> result path`` (a process of its own), the
+    result's arrays; ``{"failed": ...}`` where the peer failed (an optional third party: its failure is reported in
+    the outputs and the benchmark goes on)."""
+    from .peers import write_peaks
+
+    subset = subset_braggvectors(bragg, pick) if len(pick) < int(np.prod(bragg.Rshape)) else bragg
+    with tempfile.TemporaryDirectory() as folder:
+        peaks = os.path.join(folder, "peaks.npz")
+        write_peaks(peaks, subset, _crystal(config), ACCEL_VOLTAGE, **write)
+        try:
+            return dict(np.load(run(peaks)))
+        except Exception as err:  # noqa: BLE001 - whatever the peer raised, named in the row
+            return {"failed": f"{type(err).__name__}: {err}"}
 
 
 def _none_wrong(evaluation: dict, none: np.ndarray) -> dict:

@@ -75,10 +75,16 @@ def result_path(peaks_path: str, peer: str) -> str:
 def run_quantem(peaks_path: str, python: str, out_path: Optional[str] = None) -> str:
     """Map ``peaks_path`` with quantem in the environment of ``python`` (unless its output exists); its path."""
     out_path = out_path or result_path(peaks_path, "quantem")
+    return _run_apart([python, QUANTEM_SCRIPT, peaks_path, out_path], out_path, f"quantem failed on {peaks_path} ({python})")
+
+
+def _run_apart(command: list, out_path: str, failure: str) -> str:
+    """Run ``command`` (a peer writing ``out_path``) in a process of its own unless ``out_path`` exists; ``out_path``.
+    A failure raises RuntimeError: ``failure`` and the end of its error output."""
     if not os.path.exists(out_path):
-        done = subprocess.run([python, QUANTEM_SCRIPT, peaks_path, out_path], capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"quantem failed on {peaks_path} ({python}):\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"{failure}:\n{done.stderr[-3000:]}")
     return out_path
 
 
@@ -110,12 +116,8 @@ def run_pyxem_apart(peaks_path: str, out_path: Optional[str] = None) -> str:
     process that times ours (the bench; after pyxem ran in it, ours ran ~1.5x slower there). Its path; a failure
     raises RuntimeError with the end of its output."""
     out_path = out_path or result_path(peaks_path, "pyxem")
-    if not os.path.exists(out_path):
-        done = subprocess.run([sys.executable, "-m", "py4dstem_transformer.benchmarks.pyxem_matching", peaks_path,
-                               out_path], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"pyxem failed on {peaks_path}:\n{done.stderr[-3000:]}")
-    return out_path
+    return _run_apart([sys.executable, "-m", "py4dstem_transformer.benchmarks.pyxem_matching", peaks_path, out_path],
+                      out_path, f"pyxem failed on {peaks_path}")
 
 
 def compare_file(peaks_path: str, quantem_path: str, pyxem_path: Optional[str] = None) -> dict:

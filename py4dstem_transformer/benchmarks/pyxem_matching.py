@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.defaults import ACCEL_VOLTAGE
 
-__all__ = ["FRAME", "pyxem_missing", "pyxem_match", "pyxem_match_arrays"]
+__all__ = ["FRAME", "pyxem_missing", "pyxem_match_arrays"]
 
 #: pyxem's answer ``R`` (its orientation's matrix) -> py4DSTEM's ``M = R @ FRAME``: 90 deg about the beam.
 FRAME = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -43,14 +43,16 @@ def pyxem_missing() -> Optional[str]:
     return None
 
 
-def pyxem_match(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0,
-                resolution_deg: float = 1.0, shape: int = 128) -> Tuple[np.ndarray, float, float]:
-    """Template-match every position of ``bragg_peaks`` with pyxem.
+def pyxem_match_arrays(crystal, qx: np.ndarray, qy: np.ndarray, intensity: np.ndarray, offsets: np.ndarray,
+                       accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0, resolution_deg: float = 1.0,
+                       shape: int = 128, timings: Optional[dict] = None) -> Tuple[np.ndarray, float, float]:
+    """Template-match every pattern of flat calibrated peaks with pyxem.
 
     Parameters
     ----------
     crystal : py4DSTEM Crystal
-    bragg_peaks : BraggVectors, calibrated (origin, Q pixel size)
+    qx, qy, intensity : (P,) every pattern's peaks, ``qx, qy`` in 1/A (lab frame); pattern ``b``'s rows are
+        ``offsets[b]:offsets[b + 1]`` (as :func:`~.peers.write_peaks` writes them)
     accel_voltage : float, volts
     k_max : float, 1/A; radius of the templates and of the polar transform
     resolution_deg : float, template spacing on the reduced fundamental zone
@@ -58,23 +60,9 @@ def pyxem_match(crystal, bragg_peaks, accel_voltage: float = ACCEL_VOLTAGE, k_ma
 
     Returns
     -------
-    matrices : (B, 3, 3) orientation matrices of the best match, C order over the scan
+    matrices : (B, 3, 3) orientation matrices of the best match (py4DSTEM's ``M``)
     library_s : seconds to build the template library (once, like ACOM's plan)
     match_s : seconds to draw the images, polar-transform them and match
-    """
-    from ..io.peaks import calibrated_xy, peaks_from_braggvectors
-
-    peaks = peaks_from_braggvectors(bragg_peaks)
-    qx, qy = calibrated_xy(peaks)
-    offsets = np.concatenate([[0], np.cumsum(peaks.counts)])
-    return pyxem_match_arrays(crystal, qx, qy, peaks.intensity, offsets, accel_voltage, k_max, resolution_deg, shape)
-
-
-def pyxem_match_arrays(crystal, qx: np.ndarray, qy: np.ndarray, intensity: np.ndarray, offsets: np.ndarray,
-                       accel_voltage: float = ACCEL_VOLTAGE, k_max: float = 2.0, resolution_deg: float = 1.0,
-                       shape: int = 128, timings: Optional[dict] = None) -> Tuple[np.ndarray, float, float]:
-    """:func:`pyxem_match` on flat calibrated peaks: ``qx, qy`` (1/A, lab frame), ``intensity``, pattern ``b``'s
-    rows ``offsets[b]:offsets[b + 1]`` (as ``robustness --export-peaks`` writes them).
 
     Before the timed matching, pyxem matches the first :data:`WARM_UP` patterns once, untimed: its first call in a
     process compiles and imports (~8 s here, against ~4 s for a later call on 8 patterns), as ACOM's and ours'
