@@ -244,3 +244,66 @@ def test_a_setting_newer_than_the_calibration_counts_at_its_default(cu_mapper):
     other = dataclasses.replace(shipped, polish=dataclasses.replace(shipped.polish, tie_margin=0.03))
     assert "polish.tie_margin: 0.0 -> 0.03" in uncalibrated_warning(older, other)
     assert with_defaults({"polish": None})["polish"] is None  # a part switched off stays off
+
+
+def test_distant_hits_are_the_library_orientations_far_from_the_answer(cu_mapper):
+    """``distant_hits``: a checked pattern's library orientations within ``min_deg`` of its answer (after crystal
+    symmetry and the beam flip) become the answer itself, a repeat the stages skip; the far ones stay; an unchecked
+    pattern keeps all of its own."""
+    from py4dstem_transformer.core.rotations import BEAM_FLIP, exp_so3, random_rotations
+    from py4dstem_transformer.mapping.pipeline import distant_hits
+
+    symmetry = cu_mapper.phases[0].symmetry
+    answer = random_rotations(3, seed=4).float()  # (3, 3, 3)
+    turn = lambda deg, axis=(0.3, -0.5, 0.8): exp_so3(torch.tensor(axis) / np.linalg.norm(axis) * np.radians(deg)).float()
+    hits = torch.stack([answer @ turn(2.0), symmetry[5] @ answer, answer @ torch.diag(torch.tensor(BEAM_FLIP)).float(),
+                        turn(40.0, (1.0, 1.0, 1.0)) @ answer], 1)  # (3, 4, 3, 3): near, equivalent, flip, far
+    checked = torch.tensor([True, True, False])
+    kept, far = distant_hits(hits, answer, symmetry, 5.0, checked)
+    assert far.tolist() == [True, True, False]
+    for p in (0, 1):
+        assert torch.equal(kept[p, :3], answer[p].expand(3, 3, 3)) and torch.equal(kept[p, 3], hits[p, 3])
+    assert torch.equal(kept[2], hits[2])
+    _, far = distant_hits(hits[:, :3], answer, symmetry, 5.0, checked)
+    assert not bool(far.any())  # nothing distant: no pattern to map again
+
+
+def test_the_check_of_sure_patterns_meets_a_twin_with_the_truth(cu_mapper, monkeypatch):
+    """``search.check_confidence``: sure patterns get only the library orientations far from their answer as rivals.
+    A Σ3 twin of the truth (60° about [111], which shares many of its disks) taken for sure meets the truth there
+    and loses to it; a right answer stays right, and one whose every library orientation lies near it is not mapped
+    again; with the check off (0, the default) nothing changes."""
+    from py4dstem_transformer.core.rotations import exp_so3
+    from py4dstem_transformer.mapping import pipeline
+    from py4dstem_transformer.mapping.confidence import FEATURES
+    from py4dstem_transformer.mapping.library import library_hypotheses
+    from py4dstem_transformer.mapping.score import tokens_to_xy
+
+    ks, tokens, _ = kinematic_tokens(12, seed=21)
+    phase, b = cu_mapper.phases[0], len(tokens)
+    truth = torch.as_tensor(ks.orientation_matrices).float()
+    twin = exp_so3(torch.ones(3) / 3**0.5 * np.radians(60.0)).float() @ truth  # crystal side
+    wrong = torch.arange(b) % 2 == 1
+    answer = torch.where(wrong[:, None, None], twin, truth)
+    assert bool((torch.rad2deg(symmetry_min_angle(twin, truth, phase.symmetry)) > 30).all())
+    monkeypatch.setattr(pipeline, "_sureness", lambda found, prob, calibration: torch.ones(len(found.corr)))
+
+    def searched(check):
+        found = pipeline._Found(answer[:, None, None].clone(), torch.ones(b, 1, 1), torch.zeros(b, 1, 1, len(FEATURES)),
+                                torch.zeros(b, 1, 2, 3, 3), torch.zeros(b, 1, 2, 2), torch.ones(b, 1, dtype=torch.bool))
+        config = cu_mapper.config.replace(search_confidence=0.9, search_check_confidence=check)
+        pipeline._search_library(tokens, torch.ones(b, 1), found, torch.device("cpu"), cu_mapper.phases, config,
+                                 Query(), None)
+        return found.matrix[:, 0, 0], config
+
+    off, _ = searched(0.0)
+    assert torch.equal(off, answer)
+    after, config = searched(1.0)
+    err = torch.rad2deg(symmetry_min_angle(after, truth, phase.symmetry))
+    assert int((err[wrong] < 5).sum()) >= int(wrong.sum()) - 1  # the twins met the truth and lost to it
+    assert bool((err[~wrong] < 1).all())
+    hits = library_hypotheses(tokens_to_xy(tokens.tokens), tokens.mask, phase.library(config.search, config.score),
+                              config.score.kernel, config.score.power, config.search.top)
+    _, far = pipeline.distant_hits(hits, answer, phase.symmetry, config.search.check_deg, torch.ones(b, dtype=torch.bool))
+    assert bool(far[wrong].all()) and bool((~far).any())
+    assert torch.equal(after[~far], answer[~far])  # nothing distant: the answer untouched
