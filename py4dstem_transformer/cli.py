@@ -207,7 +207,7 @@ def _add_train(sub) -> None:
 
 #: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
 #: model's present setting.
-_CALIBRATE_SETTINGS = ("search_confidence", "search_check_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
+_CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
                        "intensity_tie", "acom_tie", "polish_sparse_disks", "polish_min_position_noise", "phase_power")
 
 
@@ -224,14 +224,9 @@ def _cmd_calibrate(args) -> int:
     info = cal.fitted_on
     print(f"saved {args.out}: confidence calibrated on {info['patterns']} simulated patterns "
           f"({info['fraction_right']:.1%} right, ROC AUC {info['auc_on_fit_set']:.3f} on them), under the library "
-          f"search gate search_confidence={mapper.config.search.confidence if mapper.config.search else None}"
-          f"{_check_note(mapper.config.search)}, which mappers of this model now use by default")
+          f"search gate search_confidence={mapper.config.search.confidence if mapper.config.search else None}, "
+          f"which mappers of this model now use by default")
     return 0
-
-
-def _check_note(search) -> str:
-    """The check of sure patterns in ``calibrate``'s report, where it is on."""
-    return f" and the check of sure patterns below {search.check_confidence}" if search and search.check_confidence else ""
 
 
 def _add_calibrate(sub) -> None:
@@ -253,11 +248,6 @@ def _add_calibrate(sub) -> None:
                         "1 searches every pattern (slower; more often right on non-cubic crystals, where a "
                         "confident answer can be the beam flip: docs/benchmarks.md 'Crystal systems'); default: "
                         "the model's present setting (0.95 for a new model)")
-    p.add_argument("--search-check-confidence", type=float, default=None,
-                   help="calibrate under this gate of the check of sure patterns (SearchConfig.check_confidence): "
-                        "a pattern at or above the search gate but below this (>= 1: every one) gets the library "
-                        "orientations far from its answer as rivals, which the model's mappers then use by default "
-                        "(0: no check); default: the model's present setting")
     p.add_argument("--sigma-excitation-error", type=float, default=None,
                    help="calibrate under this excitation-error width of the score (1/A), which the model's mappers "
                         "then use by default; default: the model's present setting (0.03 for a new model, 0.04 "

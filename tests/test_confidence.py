@@ -100,9 +100,8 @@ def test_calibrate_end_to_end_on_simulated_patterns():
 
 @pytest.mark.slow
 def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path):
-    """``calibrate --sigma-excitation-error 0.05 --search-confidence 1 --search-check-confidence 1
-    --intensity-noise-power 0.5 --polish-sparse-disks 8`` on the shipped model (calibrated under 0.03, 0.95, 0, 0 and
-    12): the file records those
+    """``calibrate --sigma-excitation-error 0.05 --search-confidence 1 --intensity-noise-power 0.5
+    --polish-sparse-disks 8`` on the shipped model (calibrated under 0.03, 0.95, 0 and 12): the file records those
     settings (and keeps the model's others) and its mappers use them without a warning."""
     import warnings
 
@@ -112,14 +111,13 @@ def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path)
 
     out = tmp_path / "cu.pt"
     assert main(["calibrate", "Cu", "--out", str(out), "--n", "120", "--seed", "4322", "--passes", "1",
-                 "--sigma-excitation-error", "0.05", "--search-confidence", "1", "--search-check-confidence", "1",
-                 "--intensity-noise-power", "0.5",
+                 "--sigma-excitation-error", "0.05", "--search-confidence", "1", "--intensity-noise-power", "0.5",
                  "--polish-sparse-disks", "8", "--no-progress"]) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mapper = TransformerOrientationMap(make_cu(), str(out))
     assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0,
-                                                search_check_confidence=1.0, intensity_noise_power=0.5, polish_sparse_disks=8,
+                                                intensity_noise_power=0.5, polish_sparse_disks=8,
                                                 polish_min_position_noise=0.0021)  # the last: the model's own
     assert mapper.config.refine.intensity_noise_power == 0.5
 

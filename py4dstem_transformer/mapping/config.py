@@ -157,14 +157,7 @@ class SearchConfig:
     """The library search for unsure patterns (:mod:`.library`): patterns whose best match (calibrated
     confidence x phase probability) is below ``confidence`` also get the ``top`` best of ``size`` library
     orientations (``disks`` kinematic disks each, seed ``seed``, scored on a raster of ``step``) as hypotheses. Needs a calibration and
-    ``refine=True``.
-
-    The check of sure patterns: a pattern at or above ``confidence`` but below ``check_confidence`` (>= 1: every
-    such pattern) gets only those of its ``top`` library orientations that lie more than ``check_deg`` (after
-    crystal symmetry and the beam flip) from its answer, and keeps its answer untouched where there is none. A
-    confident answer whose disks a distant orientation explains as well (a twin of the truth; on py4DSTEM's Cu
-    patterns with spurious disks) meets its rival there: the map takes the better one and ``corr`` sees the small
-    margin. 0 (the default): no check, as before it existed."""
+    ``refine=True``."""
 
     confidence: float = 0.95  # 0.85 until 2026-12-03: 0.95 (recalibrated) gives corr ROC AUC 0.91 for 0.87 on
     # py4DSTEM-simulated Cu (mean of 8 conditions), the same accuracy, ~10% more time (docs/benchmarks.md);
@@ -175,8 +168,6 @@ class SearchConfig:
     top: int = 4
     seed: int = 0
     step: float = 0.015  # raster step (1/A) the patterns are scored on (half the score's kernel)
-    check_confidence: float = 0.0  # sure patterns below this get the check of distant library orientations
-    check_deg: float = 5.0  # the check's library orientations this close to the answer are not refined again
 
 
 @dataclass(frozen=True)
@@ -255,7 +246,6 @@ KEYWORDS = {
     "min_phase_probability": ("min_phase_probability", None),
     "phase_power": ("phase_power", None),
     "search_confidence": ("search", "confidence"),
-    "search_check_confidence": ("search", "check_confidence"),
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
     "intensity_tie": ("arbiter", "tie"),

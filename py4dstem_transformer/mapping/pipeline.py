@@ -14,9 +14,7 @@ Sparse patterns (:class:`~.config.TurnConfig`) whose best answer is not sure (ca
 phase probability below ``turns.confidence``) are predicted again from their input turned in-plane, and
 the stages run again over all their hypotheses; the candidates refined the first time are reused.
 Then every pattern still unsure (:class:`~.config.SearchConfig`) gets the best orientations of a coarse
-library (:mod:`.library`) beside its own answers, and the stages run once more over those; a sure pattern, where
-``search.check_confidence`` asks for it, gets only the library orientations far from its answer (a check for a
-rival the network never proposed).
+library (:mod:`.library`) beside its own answers, and the stages run once more over those.
 Chunking, devices and worker processes stay outside (:mod:`.schedule`).
 """
 
@@ -29,7 +27,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from ..core.rotations import symmetric_orthogonalization, symmetry_min_angle
+from ..core.rotations import symmetric_orthogonalization
 from ..model.tokens import Tokens
 from .arbiter import arbitrate
 from .batch import MapBatch
@@ -179,49 +177,19 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
                     config: MapConfig, query: Query, calibration, stages=STAGES) -> None:
     """Unsure patterns (:class:`~.config.SearchConfig`) mapped again with their own best match per phase and
     the library's best orientations of every phase as hypotheses; their matches are replaced (in ``found``)
-    by the new ranking, in which their first answers compete too. Sure patterns below ``search.check_confidence``
-    get only the library orientations far from their answer (:func:`distant_hits`); those with none keep theirs."""
+    by the new ranking, in which their first answers compete too."""
     search = config.search
-    sure = _sureness(found, prob, calibration)
-    full = _below(sure, search.confidence)
-    rows = (full | _below(sure, search.check_confidence)) & (tokens.counts >= search.min_disks)
-    if not rows.any():
+    unsure = ((_sureness(found, prob, calibration) < search.confidence).cpu() | (search.confidence >= 1)) \
+        & (tokens.counts >= search.min_disks)
+    if not unsure.any():
         return
-    sub, answers = tokens[rows], found.matrix[rows][:, :, 0]  # (u, P, 3, 3) each phase's best match
-    observed, checked = tokens_to_xy(sub.tokens), ~full[rows]
+    sub = tokens[unsure]
+    observed = tokens_to_xy(sub.tokens)
     extra = [library_hypotheses(observed, sub.mask, phase.library(search, config.score), config.score.kernel,
                                 config.score.power, search.top) for phase in phases]
-    if checked.any():  # the sure patterns: only what is new to them
-        new = ~checked
-        for p, phase in enumerate(phases):
-            extra[p], far = distant_hits(extra[p], answers[:, p], phase.symmetry, search.check_deg, checked)
-            new = new | far
-        rows[rows.clone()] = new
-        sub, answers, extra = sub[new], answers[new], [e[new] for e in extra]
-        if not rows.any():
-            return
-    hypotheses = torch.cat([answers] + extra, 1).to(device)  # (u, P + P * top, 3, 3)
-    on = rows.to(prob.device)
-    found.assign(rows, map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
-
-
-def distant_hits(hits: torch.Tensor, answer: torch.Tensor, symmetry: torch.Tensor, min_deg: float,
-                 checked: torch.Tensor):
-    """``(hits, far)``: (u, T, 3, 3) library orientations of u patterns with those of the ``checked`` (u,) patterns
-    that lie within ``min_deg`` of their (u, 3, 3) ``answer`` (after crystal ``symmetry`` and the beam flip, which
-    the candidates add anyway) replaced by the answer itself, a repeat the stages do not refine again; and (u,) bool
-    ``far``: checked patterns with at least one hit left."""
-    u, T = hits.shape[:2]
-    start = answer.to(hits)[:, None].expand(u, T, 3, 3)
-    angle = symmetry_min_angle(start.reshape(-1, 3, 3).cpu(), hits.reshape(-1, 3, 3).cpu(), symmetry,
-                               allow_beam_flip=True).view(u, T)
-    near = (angle < np.radians(min_deg)) & checked.cpu()[:, None]
-    return torch.where(near.to(hits.device)[..., None, None], start, hits), checked.cpu() & ~near.all(1)
-
-
-def _below(sure: torch.Tensor, gate: float) -> torch.Tensor:
-    """(b,) bool: patterns whose (b,) sureness is below ``gate``; every pattern for a gate >= 1."""
-    return (sure < gate).cpu() | (gate >= 1)
+    hypotheses = torch.cat([found.matrix[unsure][:, :, 0]] + extra, 1).to(device)  # (u, P + P * top, 3, 3)
+    on = unsure.to(prob.device)
+    found.assign(unsure, map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
 
 
 def _sureness(found: _Found, prob: torch.Tensor, calibration) -> torch.Tensor:
