@@ -207,7 +207,7 @@ def _add_train(sub) -> None:
 
 #: The mapper keywords (config.KEYWORDS) that ``calibrate`` takes as flags (``--search-confidence``, ...); None: the
 #: model's present setting.
-_CALIBRATE_SETTINGS = ("search_confidence", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
+_CALIBRATE_SETTINGS = ("search_confidence", "search_off_lattice", "sigma_excitation_error", "intensity_noise_power", "intensity_noise_max_disks",
                        "intensity_tie", "acom_tie", "polish_sparse_disks", "polish_min_position_noise", "phase_power")
 
 
@@ -224,7 +224,8 @@ def _cmd_calibrate(args) -> int:
     info = cal.fitted_on
     print(f"saved {args.out}: confidence calibrated on {info['patterns']} simulated patterns "
           f"({info['fraction_right']:.1%} right, ROC AUC {info['auc_on_fit_set']:.3f} on them), under the library "
-          f"search gate search_confidence={mapper.config.search.confidence if mapper.config.search else None}, "
+          f"search gate search_confidence={mapper.config.search.confidence if mapper.config.search else None}"
+          f"{f', search_off_lattice={mapper.config.search.off_lattice}' if mapper.config.search and mapper.config.search.off_lattice < 1 else ''}, "
           f"which mappers of this model now use by default")
     return 0
 
@@ -248,6 +249,11 @@ def _add_calibrate(sub) -> None:
                         "1 searches every pattern (slower; more often right on non-cubic crystals, where a "
                         "confident answer can be the beam flip: docs/benchmarks.md 'Crystal systems'); default: "
                         "the model's present setting (0.95 for a new model)")
+    p.add_argument("--search-off-lattice", type=float, default=None,
+                   help="calibrate with the library search also on every sure pattern whose answer leaves more than "
+                        "this share of its disks off its lattice (SearchConfig.off_lattice: false disks from a disk "
+                        "finder, or a twin of the truth; costs nothing on clean patterns), which the model's mappers "
+                        "then use by default; 1: never; default: the model's present setting (1 for a new model)")
     p.add_argument("--sigma-excitation-error", type=float, default=None,
                    help="calibrate under this excitation-error width of the score (1/A), which the model's mappers "
                         "then use by default; default: the model's present setting (0.03 for a new model, 0.04 "

@@ -320,3 +320,60 @@ def test_search_confidence_one_searches_every_pattern(trained, monkeypatch):
         _run_logged(mapper, tokens, _constant_calibration(0.99), [])  # every answer sure
         eligible = int((tokens.counts >= mapper.config.search.min_disks).sum())
         assert sum(searched) == (0 if threshold < 1 else eligible) and (threshold < 1 or eligible > 0)
+
+
+def test_sure_patterns_with_disks_off_their_lattice_are_searched(trained, monkeypatch):
+    """``search_off_lattice``: a sure answer is searched too where the pattern holds disks off its lattice (here a
+    false disk, as bright as half the brightest, added to half the patterns); 1 (the default) never."""
+    import py4dstem_transformer.mapping.pipeline as pipeline
+    from py4dstem_transformer.core.kinematics import simulate_disks
+    from py4dstem_transformer.mapping.config import SearchConfig
+    from py4dstem_transformer.mapping.lattice_check import off_lattice_share
+    from py4dstem_transformer.mapping.score import tokens_to_xy
+    from py4dstem_transformer.model.tokens import tokenize
+
+    ks, n, g = KinematicSet(12, seed=9), 12, torch.Generator().manual_seed(10)
+    mapper = TransformerOrientationMap(make_cu(), trained, polish_config=None, precision="fp32", sparse_turns=1,
+                                       search=SearchConfig(size=300, top=2))
+    phase = mapper.phases[0]
+    truth = torch.as_tensor(ks.orientation_matrices).float()
+    lattice, on = simulate_disks(truth, phase.reflections, 0.04, 512, **phase.window)
+    qx, qy, inten, counts, false = [], [], [], [], []
+    for i in range(n):
+        a, b = ks.offsets[i], ks.offsets[i + 1]
+        x, y, w = list(ks.qx[a:b]), list(ks.qy[a:b]), list(ks.intensity[a:b])
+        if i < n // 2:  # a false disk, well away from every reflection of the true lattice
+            while True:
+                r, t = 0.4 + 1.4 * torch.rand(1, generator=g).item(), 6.283 * torch.rand(1, generator=g).item()
+                p = torch.tensor([r * np.cos(t), r * np.sin(t)])
+                if torch.linalg.vector_norm(lattice[i, on[i], :2] - p, dim=-1).min() > 0.15:
+                    break
+            x, y, w = x + [float(p[0])], y + [float(p[1])], w + [0.5 * max(w)]
+            false.append((float(p[0]), float(p[1])))
+        qx += x; qy += y; inten += w; counts.append(len(x))
+    tokens = tokenize(torch.tensor(qx), torch.tensor(qy), torch.tensor(inten), torch.tensor(counts))
+
+    searched = []
+    real = pipeline.library_hypotheses
+
+    def spy(observed, mask, *args, **kwargs):
+        searched.append((observed.clone(), mask.clone()))
+        return real(observed, mask, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "library_hypotheses", spy)
+    sure = _constant_calibration(0.99)  # every answer sure: only the lattice check can send one to the search
+    _run_logged(mapper, tokens, sure, [])
+    assert searched == []  # off_lattice = 1: never
+    # the answers the gate sees (the search comes last), and which of them leave more than 3% off their lattice
+    first = _run_logged(TransformerOrientationMap(make_cu(), trained, polish_config=None, precision="fp32",
+                                                  sparse_turns=1, search=None), tokens, sure, [])
+    share = off_lattice_share(tokens_to_xy(tokens.tokens), tokens.mask, torch.as_tensor(first.matrix[:, 0, 0]).float(),
+                              phase, 0.04, 2 * mapper.config.score.kernel, mapper.config.score.power)
+    mapper = TransformerOrientationMap(make_cu(), trained, polish_config=None, precision="fp32", sparse_turns=1,
+                                       search=SearchConfig(size=300, top=2), search_off_lattice=0.03)
+    assert mapper.config.search.off_lattice == 0.03
+    _run_logged(mapper, tokens, sure, [])
+    rows = [o[k, m[k], :2] for o, m in searched for k in range(len(o))]  # each searched pattern's disks
+    assert len(rows) == int((share > 0.03).sum()) and len(rows) < n
+    for p in false:  # every pattern with a false disk was searched
+        assert any(bool((torch.linalg.vector_norm(r - torch.tensor(p), dim=-1) < 1e-4).any()) for r in rows)

@@ -157,7 +157,8 @@ class SearchConfig:
     """The library search for unsure patterns (:mod:`.library`): patterns whose best match (calibrated
     confidence x phase probability) is below ``confidence`` also get the ``top`` best of ``size`` library
     orientations (``disks`` kinematic disks each, seed ``seed``, scored on a raster of ``step``) as hypotheses. Needs a calibration and
-    ``refine=True``."""
+    ``refine=True``. So do sure patterns whose answer leaves more than ``off_lattice`` of their disks off its
+    lattice (:mod:`.lattice_check`)."""
 
     confidence: float = 0.95  # 0.85 until 2026-12-03: 0.95 (recalibrated) gives corr ROC AUC 0.91 for 0.87 on
     # py4DSTEM-simulated Cu (mean of 8 conditions), the same accuracy, ~10% more time (docs/benchmarks.md);
@@ -168,6 +169,11 @@ class SearchConfig:
     top: int = 4
     seed: int = 0
     step: float = 0.015  # raster step (1/A) the patterns are scored on (half the score's kernel)
+    # a sure pattern is searched too where more than this share of its disks (I ** power-weighted) lies off its
+    # answer's lattice (:mod:`.lattice_check`: further than twice the score's kernel from every reflection with
+    # |s_g| <= 3 lattice_sigma): false disks, or a twin; >= 1: never (as before 2026-12-05)
+    off_lattice: float = 1.0
+    lattice_sigma: float = 0.04  # (1/A) the lattice check's excitation width: wider than the score's
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ KEYWORDS = {
     "min_phase_probability": ("min_phase_probability", None),
     "phase_power": ("phase_power", None),
     "search_confidence": ("search", "confidence"),
+    "search_off_lattice": ("search", "off_lattice"),
     "intensity_noise_power": ("refine", "intensity_noise_power"),
     "intensity_noise_max_disks": ("refine", "intensity_noise_max_disks"),
     "intensity_tie": ("arbiter", "tie"),

@@ -34,6 +34,7 @@ from .batch import MapBatch
 from .candidates import expand, partners
 from .config import MapConfig, Query
 from .confidence import FEATURES, calibrated, confidence
+from .lattice_check import off_lattice_share
 from .library import library_hypotheses
 from .phase import Phase
 from .polish import polish
@@ -179,8 +180,11 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
     the library's best orientations of every phase as hypotheses; their matches are replaced (in ``found``)
     by the new ranking, in which their first answers compete too."""
     search = config.search
-    unsure = ((_sureness(found, prob, calibration) < search.confidence).cpu() | (search.confidence >= 1)) \
-        & (tokens.counts >= search.min_disks)
+    sureness, best = _sureness(found, prob, calibration, with_phase=True)
+    enough = tokens.counts >= search.min_disks
+    unsure = ((sureness < search.confidence).cpu() | (search.confidence >= 1)) & enough
+    if search.off_lattice < 1:
+        _off_lattice(tokens, found, best, phases, config, ~unsure & enough, unsure)
     if not unsure.any():
         return
     sub = tokens[unsure]
@@ -192,7 +196,24 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
     found.assign(unsure, map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
 
 
-def _sureness(found: _Found, prob: torch.Tensor, calibration) -> torch.Tensor:
-    """(b,) calibrated confidence of each pattern's best match times its phase probability, best phase."""
+def _sureness(found: _Found, prob: torch.Tensor, calibration, with_phase: bool = False):
+    """(b,) calibrated confidence of each pattern's best match times its phase probability, best phase (and,
+    ``with_phase``, that phase's index, (b,))."""
     named = dict(zip(FEATURES, found.features[:, :, 0].unbind(-1)))  # (b, P) each
-    return (calibrated(found.corr[:, :, 0], named, calibration) * prob.cpu()).max(1).values
+    best = (calibrated(found.corr[:, :, 0], named, calibration) * prob.cpu()).max(1)
+    return (best.values, best.indices) if with_phase else best.values
+
+
+def _off_lattice(tokens: Tokens, found: _Found, phase_index: torch.Tensor, phases: Sequence[Phase],
+                 config: MapConfig, rows: torch.Tensor, unsure: torch.Tensor) -> None:
+    """Mark (in the (b,) bool ``unsure``, in place) the ``rows`` whose best match leaves more than
+    ``config.search.off_lattice`` of their disks off its lattice (:func:`.lattice_check.off_lattice_share`)."""
+    search = config.search
+    for p, phase in enumerate(phases):
+        on = rows & (phase_index == p)
+        if not on.any():
+            continue
+        sub = tokens[on]
+        share = off_lattice_share(tokens_to_xy(sub.tokens), sub.mask, found.matrix[on, p, 0].cpu(), phase,
+                                  search.lattice_sigma, 2 * config.score.kernel, config.score.power)
+        unsure[on] = share > search.off_lattice

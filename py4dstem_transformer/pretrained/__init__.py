@@ -14,7 +14,8 @@ _HERE = Path(__file__).resolve().parent
 #: name -> (file, one-line description)
 REGISTRY = {
     "Cu": ("cu.pt", "fcc Cu (Fm-3m, a = 3.615 A), trained at 300 kV (maps 30-300 kV), k_max 2.1 1/A; Bloch-wave, "
-           "kinematic and precessed patterns, 10-2000 A thick"),
+           "kinematic and precessed patterns, 10-2000 A thick; searches the library candidates of sure patterns "
+           "that leave disks off their lattice, too (search_off_lattice=0.03)"),
     "Cu+Cu2O": ("cu_cu2o.pt", "joint phase + orientation: Cu (Fm-3m, a = 3.615 A) and Cu2O (Pn-3m, a = 4.2696 A), "
                 "trained at 300 kV (maps 30-300 kV), k_max 2.1 1/A; Bloch-wave, kinematic and precessed patterns, "
                 "10-2000 A thick; searches every pattern's library candidates (search_confidence=1); Cu2O's "
