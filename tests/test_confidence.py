@@ -102,7 +102,8 @@ def test_calibrate_end_to_end_on_simulated_patterns():
 def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path):
     """``calibrate --sigma-excitation-error 0.05 --search-confidence 1 --intensity-noise-power 0.5
     --polish-sparse-disks 8`` on the shipped model (calibrated under 0.03, 0.95, 0 and 12): the file records those
-    settings (and keeps the model's others) and its mappers use them without a warning."""
+    settings (and keeps the model's others: the polish's noise floor, the lattice check's 0.03) and its mappers use
+    them without a warning."""
     import warnings
 
     from py4dstem_transformer.cli import main
@@ -118,7 +119,8 @@ def test_the_calibrate_command_calibrates_under_the_settings_asked_for(tmp_path)
         mapper = TransformerOrientationMap(make_cu(), str(out))
     assert mapper.config == MapConfig().replace(sigma_excitation_error=0.05, search_confidence=1.0,
                                                 intensity_noise_power=0.5, polish_sparse_disks=8,
-                                                polish_min_position_noise=0.0021)  # the last: the model's own
+                                                polish_min_position_noise=0.0021,  # the last two: the model's own
+                                                search_off_lattice=0.03)
     assert mapper.config.refine.intensity_noise_power == 0.5
 
 

@@ -143,14 +143,17 @@ def test_a_mapper_starts_from_the_settings_its_model_was_calibrated_under(cu_map
     # session: its Cu2O) and the network's phase probability weighing less in the phase named (2026-12-05, ninth
     # session: its sparse Cu2O called Cu), which its mappers then use. (Both were calibrated under the
     # noise-following intensity weight for a day; on disks placed with a disk finder's 0.2 px noise it lost 1-9
-    # points, docs/benchmarks.md.)
-    assert cu_mapper.config == MapConfig().replace(polish_sparse_disks=12, polish_min_position_noise=0.0021)
+    # points, docs/benchmarks.md.) The Cu model also searches a sure answer that leaves disks off its lattice
+    # (2026-12-05, seventeenth session: false disks).
+    assert cu_mapper.config == MapConfig().replace(polish_sparse_disks=12, polish_min_position_noise=0.0021,
+                                                   search_off_lattice=0.03)
     assert cu_mapper.config.refine.sigma_position_floor < 0.0021  # the gate lies just above the refinement's floor
     joint = TransformerOrientationMap.pretrained("Cu+Cu2O")
     assert joint.config == MapConfig().replace(search_confidence=1.0, polish_sparse_disks=12,
                                                polish_min_position_noise=0.0021, acom_tie=0.02,
                                                phase_power=0.25) != MapConfig()
     assert cu_mapper.config.tiebreak.tie == 0.0 and cu_mapper.config.phase_power == 1.0
+    assert joint.config.search.off_lattice == 1.0  # it searches every pattern anyway
     assert joint.config.refine.intensity_noise_power == 0.0 and joint.config.arbiter.tie == 0.0
     assert with_defaults(joint.calibration.fitted_on["map_config"]) == joint.config.to_dict()
     assert calibrated_config(None) == MapConfig() and calibrated_config({"no_such_setting": 1}) == MapConfig()
