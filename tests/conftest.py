@@ -108,6 +108,22 @@ def damaged_disks(tokens, seed):
     return obs
 
 
+def points_off_lattice(lattice, lattice_mask, min_distance, r_range, seed):
+    """(B, 2) one point per pattern, drawn at random in the ring ``r_range`` (1/A), further than ``min_distance``
+    from every one of the pattern's (B, M, 2+) ``lattice`` points where ``lattice_mask`` (B, M) holds: a false disk."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for points, keep in zip(lattice, lattice_mask):
+        while True:
+            r = r_range[0] + (r_range[1] - r_range[0]) * torch.rand(1, generator=g)
+            t = 2 * torch.pi * torch.rand(1, generator=g)
+            p = torch.cat([r * torch.cos(t), r * torch.sin(t)])
+            if torch.linalg.vector_norm(points[keep, :2] - p, dim=-1).min() > min_distance:
+                out.append(p)
+                break
+    return torch.stack(out)
+
+
 def perturb(m, low_deg, high_deg, seed):
     """(B, 3, 3) float64 rotations turned about random axes by angles uniform in [low_deg, high_deg]."""
     from py4dstem_transformer.core.rotations import exp_so3

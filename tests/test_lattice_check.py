@@ -10,7 +10,7 @@ from py4dstem_transformer.mapping.config import ScoreConfig, SearchConfig
 from py4dstem_transformer.mapping.lattice_check import off_lattice_share
 from py4dstem_transformer.mapping.phase import Phase
 
-from conftest import make_cu
+from conftest import make_cu, points_off_lattice
 
 SCORE, SEARCH = ScoreConfig(), SearchConfig()
 RADIUS = 2 * SCORE.kernel
@@ -37,18 +37,8 @@ def _patterns(phase, n, seed):
 def _far_from_lattice(phase, truth, seed):
     """(n, 2) a point per pattern inside the window and at least twice the radius from every reflection of its
     lattice (the check's window), drawn at random."""
-    g = torch.Generator().manual_seed(seed)
     sim, sim_mask = simulate_disks(truth, phase.reflections, SEARCH.lattice_sigma, 512, k_max=2.1, r_min=0.1)
-    out = []
-    for b in range(len(truth)):
-        lattice = sim[b, sim_mask[b], :2]
-        while True:
-            r, t = 0.3 + 1.7 * torch.rand(1, generator=g), 2 * torch.pi * torch.rand(1, generator=g)
-            p = torch.cat([r * torch.cos(t), r * torch.sin(t)])
-            if torch.linalg.vector_norm(lattice - p, dim=-1).min() > 2 * RADIUS:
-                out.append(p)
-                break
-    return torch.stack(out)
+    return points_off_lattice(sim, sim_mask, 2 * RADIUS, (0.3, 2.0), seed)
 
 
 def test_a_right_answer_leaves_no_disk_off_its_lattice():

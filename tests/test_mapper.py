@@ -332,24 +332,21 @@ def test_sure_patterns_with_disks_off_their_lattice_are_searched(trained, monkey
     from py4dstem_transformer.mapping.score import tokens_to_xy
     from py4dstem_transformer.model.tokens import tokenize
 
-    ks, n, g = KinematicSet(12, seed=9), 12, torch.Generator().manual_seed(10)
+    from conftest import points_off_lattice
+
+    ks, n = KinematicSet(12, seed=9), 12
     mapper = TransformerOrientationMap(make_cu(), trained, polish_config=None, precision="fp32", sparse_turns=1,
                                        search=SearchConfig(size=300, top=2))
     phase = mapper.phases[0]
     truth = torch.as_tensor(ks.orientation_matrices).float()
-    lattice, on = simulate_disks(truth, phase.reflections, 0.04, 512, **phase.window)
-    qx, qy, inten, counts, false = [], [], [], [], []
+    lattice, on = simulate_disks(truth[: n // 2], phase.reflections, 0.04, 512, **phase.window)
+    false = points_off_lattice(lattice, on, 0.15, (0.4, 1.8), seed=10).tolist()  # well away from the true lattice
+    qx, qy, inten, counts = [], [], [], []
     for i in range(n):
         a, b = ks.offsets[i], ks.offsets[i + 1]
         x, y, w = list(ks.qx[a:b]), list(ks.qy[a:b]), list(ks.intensity[a:b])
-        if i < n // 2:  # a false disk, well away from every reflection of the true lattice
-            while True:
-                r, t = 0.4 + 1.4 * torch.rand(1, generator=g).item(), 6.283 * torch.rand(1, generator=g).item()
-                p = torch.tensor([r * np.cos(t), r * np.sin(t)])
-                if torch.linalg.vector_norm(lattice[i, on[i], :2] - p, dim=-1).min() > 0.15:
-                    break
-            x, y, w = x + [float(p[0])], y + [float(p[1])], w + [0.5 * max(w)]
-            false.append((float(p[0]), float(p[1])))
+        if i < n // 2:  # a false disk, as bright as half the brightest
+            x, y, w = x + [false[i][0]], y + [false[i][1]], w + [0.5 * max(w)]
         qx += x; qy += y; inten += w; counts.append(len(x))
     tokens = tokenize(torch.tensor(qx), torch.tensor(qy), torch.tensor(inten), torch.tensor(counts))
 

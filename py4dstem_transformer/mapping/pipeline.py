@@ -122,7 +122,7 @@ def map_tokens(tokens: Tokens, network: Network, phases: Sequence[Phase], config
             hypotheses, prob = network.hypotheses(batch, first)  # (b, H, 3, 3), (b, P)
             found = map_phases(batch, hypotheses, prob, network.device, phases, config, query, stages)
             if first < n_turns:
-                unsure = (_sureness(found, prob, calibration) < turns.confidence).cpu()
+                unsure = (_sureness(found, prob, calibration)[0] < turns.confidence).cpu()
                 if unsure.any():
                     more, more_prob = network.hypotheses(batch[unsure], n_turns, first=1)
                     on = unsure.to(prob.device)
@@ -180,11 +180,11 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
     the library's best orientations of every phase as hypotheses; their matches are replaced (in ``found``)
     by the new ranking, in which their first answers compete too."""
     search = config.search
-    sureness, best = _sureness(found, prob, calibration, with_phase=True)
+    sureness, best = _sureness(found, prob, calibration)
     enough = tokens.counts >= search.min_disks
     unsure = ((sureness < search.confidence).cpu() | (search.confidence >= 1)) & enough
     if search.off_lattice < 1:
-        _off_lattice(tokens, found, best, phases, config, ~unsure & enough, unsure)
+        unsure |= _off_lattice(tokens, found, best, phases, config, ~unsure & enough)
     if not unsure.any():
         return
     sub = tokens[unsure]
@@ -196,19 +196,18 @@ def _search_library(tokens: Tokens, prob: torch.Tensor, found: _Found, device, p
     found.assign(unsure, map_phases(sub, hypotheses, prob[on], device, phases, config, query, stages))
 
 
-def _sureness(found: _Found, prob: torch.Tensor, calibration, with_phase: bool = False):
-    """(b,) calibrated confidence of each pattern's best match times its phase probability, best phase (and,
-    ``with_phase``, that phase's index, (b,))."""
+def _sureness(found: _Found, prob: torch.Tensor, calibration):
+    """``(sureness (b,), phase (b,))``: the calibrated confidence of each pattern's best match times its phase
+    probability, in its best phase, and that phase's index."""
     named = dict(zip(FEATURES, found.features[:, :, 0].unbind(-1)))  # (b, P) each
-    best = (calibrated(found.corr[:, :, 0], named, calibration) * prob.cpu()).max(1)
-    return (best.values, best.indices) if with_phase else best.values
+    return (calibrated(found.corr[:, :, 0], named, calibration) * prob.cpu()).max(1)
 
 
 def _off_lattice(tokens: Tokens, found: _Found, phase_index: torch.Tensor, phases: Sequence[Phase],
-                 config: MapConfig, rows: torch.Tensor, unsure: torch.Tensor) -> None:
-    """Mark (in the (b,) bool ``unsure``, in place) the ``rows`` whose best match leaves more than
+                 config: MapConfig, rows: torch.Tensor) -> torch.Tensor:
+    """(b,) bool: those of the ``rows`` whose best match (of phase ``phase_index``) leaves more than
     ``config.search.off_lattice`` of their disks off its lattice (:func:`.lattice_check.off_lattice_share`)."""
-    search = config.search
+    search, off = config.search, torch.zeros_like(rows)
     for p, phase in enumerate(phases):
         on = rows & (phase_index == p)
         if not on.any():
@@ -216,4 +215,5 @@ def _off_lattice(tokens: Tokens, found: _Found, phase_index: torch.Tensor, phase
         sub = tokens[on]
         share = off_lattice_share(tokens_to_xy(sub.tokens), sub.mask, found.matrix[on, p, 0].cpu(), phase,
                                   search.lattice_sigma, 2 * config.score.kernel, config.score.power)
-        unsure[on] = share > search.off_lattice
+        off[on] = share > search.off_lattice
+    return off
