@@ -108,6 +108,30 @@ def test_format_1_files_without_a_checksum_still_load(model_file, tmp_path):
     assert OrientationModel.load(tmp_path / "old.pt").config == OrientationModel.load(model_file).config
 
 
+def test_a_models_history_round_trips_as_tensors_and_old_lists_still_load(model_file, tmp_path):
+    from py4dstem_transformer.io.checkpoint import pack_history, unpack_history
+
+    history = {"step": [1, 2, 3], "loss": [0.5, float("nan"), 1e-30], "lr": [1e-3, 1e-3, 5e-4], "empty": [],
+               "mixed": [1, 2.5], "by_phase": [[0.9, 0.8], [0.7, 0.6]], "flag": [True, False]}
+    packed = pack_history(history)
+    assert packed["step"].dtype == torch.int64 and packed["loss"].dtype == torch.float64
+    for kept in ("empty", "mixed", "by_phase", "flag"):  # not one column of one kind: stored as it is
+        assert packed[kept] is history[kept]
+    back = unpack_history(packed)
+    assert back["step"] == [1, 2, 3] and all(type(v) is int for v in back["step"])
+    assert back["lr"] == history["lr"] and back["loss"][2] == 1e-30 and np.isnan(back["loss"][1])
+    model = OrientationModel.load(model_file)
+    model.history = {"step": list(range(1, 1001)), "loss": [1 / k for k in range(1, 1001)]}
+    model.save(tmp_path / "h.pt")
+    raw = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert isinstance(raw["history"]["loss"], torch.Tensor)  # written as a tensor ...
+    assert OrientationModel.load(tmp_path / "h.pt").history == model.history  # ... read back as the same list
+    raw["history"] = model.history  # a file written before: lists
+    raw["checksum"] = content_checksum(raw)
+    torch.save(raw, tmp_path / "lists.pt")
+    assert OrientationModel.load(tmp_path / "lists.pt").history == model.history
+
+
 def test_a_saved_training_set_verifies_and_round_trips(set_file):
     ts = TrainingSet.load(set_file)
     assert ts.info["checksum"] == ts.checksum() and ts.info["format_version"] == 2

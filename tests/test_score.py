@@ -12,6 +12,22 @@ from conftest import make_cu, make_cu2o
 KP = dict(kernel=0.04, power=0.5)  # the score's settings for the invariance tests (any will do)
 
 
+def test_simulated_disks_are_the_same_in_cache_sized_chunks(monkeypatch):
+    from py4dstem_transformer.core import kinematics
+
+    reflections = Reflections.from_crystal(make_cu(), 2.0, 300e3)
+    m = random_rotations(300, seed=1)
+    limits = torch.randint(0, 40, (300,), generator=torch.Generator().manual_seed(0))
+    calls = [dict(max_disks=32), dict(max_disks=limits), dict(max_disks=32, ordered=False, k_max=1.2, r_min=0.2)]
+    whole = [simulate_disks(m, reflections, 0.03, return_index=True, **kw) for kw in calls]
+    monkeypatch.setattr(kinematics, "CPU_CHUNK", 7 * len(reflections.g))  # 7 rows at a time: 43 chunks
+    for kw, (disks, mask, index) in zip(calls, whole):
+        d, k, i = simulate_disks(m, reflections, 0.03, return_index=True, **kw)
+        assert d.shape == disks.shape and torch.equal(k, mask) and mask.any(1).float().mean() > 0.9
+        assert torch.equal(i[k], index[mask])  # the same reflections, in the same order
+        torch.testing.assert_close(d[k], disks[mask], rtol=0, atol=2e-6)  # placed by a smaller matmul
+
+
 def test_simulated_disks_match_py4dstem():
     cu = make_cu()
     cu.setup_diffraction(300e3)

@@ -22,6 +22,7 @@ import pickle
 import pickletools
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch
 from .._version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "needed_version", "save_checkpoint", "load_checkpoint", "content_checksum", "DamagedFileError",
-           "UnsafeFileError", "ForeignFileError", "NewerFormatError"]
+           "UnsafeFileError", "ForeignFileError", "NewerFormatError", "pack_history", "unpack_history"]
 
 FORMAT = "py4dstem-transformer"
 #: The newest format this version reads and writes. 2: with a content checksum (format-1 files, without one, still
@@ -88,6 +89,35 @@ def _digest(value, h) -> None:
     else:  # plain scalars, numpy scalars, None
         v = value.item() if isinstance(value, np.generic) else value
         h.update(("S" + json.dumps(v)).encode())
+
+
+def pack_history(history: Optional[dict]) -> Optional[dict]:
+    """A training history as it is written: each column of plain Python ints (or of plain floats) as a 1-D int64
+    (float64) tensor, every other value as it is. A model trained 26,605 steps holds ~80,000 numbers there;
+    unpickled and hashed one by one they took ~0.2 s of every model load, as three tensors ~1 ms.
+    :func:`unpack_history` gives back the same lists (float64 holds a Python float exactly)."""
+    if history is None:
+        return None
+    return {key: _column(value) for key, value in history.items()}
+
+
+def _column(value):
+    if isinstance(value, list) and value:
+        kinds = {type(v) for v in value}
+        if kinds == {int}:
+            return torch.tensor(value, dtype=torch.int64)
+        if kinds == {float}:
+            return torch.tensor(value, dtype=torch.float64)
+    return value
+
+
+def unpack_history(history: Optional[dict]) -> Optional[dict]:
+    """The inverse of :func:`pack_history`: 1-D tensors back to lists of Python numbers (files written before it
+    hold lists already)."""
+    if history is None:
+        return None
+    return {key: value.tolist() if isinstance(value, torch.Tensor) and value.ndim == 1 else value
+            for key, value in history.items()}
 
 
 def needed_version(payload: dict) -> int:

@@ -256,16 +256,16 @@ class OrientationModel(nn.Module):
 
     def save(self, path) -> None:
         """Write weights, config and metadata; loadable with ``torch.load(weights_only=True)``."""
-        from ..io.checkpoint import save_checkpoint
+        from ..io.checkpoint import pack_history, save_checkpoint
 
         experts = {}
         if self.experts is not None:  # their weights are in the state dict ("experts.<phase>."); None: no expert
             each = [self.expert(p) for p in range(self.config.n_phases)]
             experts = dict(expert_configs=[None if e is None else asdict(e.config) for e in each],
                            expert_metadata=[None if e is None else e.metadata for e in each],
-                           expert_history=[None if e is None else e.history for e in each])
+                           expert_history=[None if e is None else pack_history(e.history) for e in each])
         save_checkpoint(path, kind="model", model_config=asdict(self.config), state_dict=self.state_dict(),
-                        metadata=self.metadata, history=self.history, **experts)
+                        metadata=self.metadata, history=pack_history(self.history), **experts)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "OrientationModel":
@@ -277,14 +277,16 @@ class OrientationModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "OrientationModel":
+        from ..io.checkpoint import unpack_history
+
         experts = None
         if ckpt.get("expert_configs"):
             experts = [None if c is None else cls(ModelConfig(**c), m)
                        for c, m in zip(ckpt["expert_configs"], ckpt["expert_metadata"])]
             for expert, history in zip(experts, ckpt.get("expert_history") or [None] * len(experts)):
                 if expert is not None:
-                    expert.history = history or {}
+                    expert.history = unpack_history(history) or {}
         model = cls(ModelConfig(**ckpt["model_config"]), ckpt.get("metadata"), experts)
         model.load_state_dict(ckpt["state_dict"])
-        model.history = ckpt.get("history") or {}
+        model.history = unpack_history(ckpt.get("history")) or {}
         return model.eval()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment, rotate_in_plane
-from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.checkpoint import load_checkpoint, pack_history, save_checkpoint, unpack_history
 from ..core.crystal import CrystalIdentity
 from .data import PatternStore, bucketed_batches, seeded_generator, split_by_zone_axis
 from ..core.device import autocast, autocast_dtype, resolve_device
@@ -385,7 +385,7 @@ class _Run:
             optimizer=self.optimizer.state_dict(), train_config=asdict(self.config),
             loop={"step": s.step, "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "elapsed": s.elapsed,
                   "best_val": s.best_val},
-            history=s.history, best_weights=self.best_weights, metadata=self.model.metadata,
+            history=pack_history(s.history), best_weights=self.best_weights, metadata=self.model.metadata,
         )
 
     def initialize_from(self, source) -> None:
@@ -420,7 +420,7 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         loop = ckpt["loop"]
         self.state = _State(loop["step"], loop["epoch"], loop["batch_in_epoch"], loop["elapsed"], loop["best_val"],
-                            ckpt["history"])
+                            unpack_history(ckpt["history"]))
         self.best_weights = ckpt["best_weights"]
 
     def _model_with(self, weights) -> OrientationModel:
