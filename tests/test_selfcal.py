@@ -171,7 +171,8 @@ def _phase_like(k_max):
 def test_the_sample_stops_once_enough_patterns_are_sure_and_what_it_maps_is_spread_over_the_scan(monkeypatch):
     """One kinematic pattern at every one of 640 positions, its lengths 2% long; the fake matcher answers the truth,
     sure. Of a sample of eight runs of 40, with ``enough`` 100 sure patterns (and ``min_sample`` 64) three runs are
-    mapped: the first, the fifth and the third (spread over the scan); the scale comes out as from all eight."""
+    mapped: the first, the fifth and the third (spread over the scan), the first two in one call; the scale comes out
+    as from all eight."""
     from py4dstem_transformer.mapping import selfcal
     from py4dstem_transformer.model.tokens import TokenConfig
 
@@ -190,12 +191,19 @@ def test_the_sample_stops_once_enough_patterns_are_sure_and_what_it_maps_is_spre
         return t
 
     def best_matches(tokens):
-        mapped.append(span_of[id(tokens)])
         n = len(tokens)
         return truth.expand(n, 3, 3), torch.ones(n), torch.zeros(n, dtype=torch.long)
 
-    tokens_of = selfcal.position_tokens
+    calls = []
+
+    def runs_pairs(runs, *args):  # which runs are mapped, and which of them in one call
+        calls.append([span_of[id(t)] for t in runs])
+        mapped.extend(calls[-1])
+        return runs_pairs_of(runs, *args)
+
+    tokens_of, runs_pairs_of = selfcal.position_tokens, selfcal._runs_pairs
     monkeypatch.setattr(selfcal, "position_tokens", position_tokens)
+    monkeypatch.setattr(selfcal, "_runs_pairs", runs_pairs)
     runs = selfcal.sample_runs(640, 320, 8)
     config = SelfCalibrationConfig(sample=320, sample_fraction=1.0, min_sample=64, runs=8, enough=100)
     early = selfcal.self_calibrate(peaks, TokenConfig(), best_matches, [_phase_like(2.2)], 0.02, config)
@@ -203,5 +211,6 @@ def test_the_sample_stops_once_enough_patterns_are_sure_and_what_it_maps_is_spre
     every = selfcal.self_calibrate(peaks, TokenConfig(), best_matches, [_phase_like(2.2)], 0.02,
                                    dataclasses.replace(config, enough=10**9))
     assert first == [runs[0], runs[4], runs[2]] and early.patterns == 120 and "of 120 mapped" in early.note
+    assert calls[:2] == [[runs[0], runs[4]], [runs[2]]]  # the 64 positions of min_sample in one call, then run by run
     assert every.patterns == 320 and sorted(mapped[:8]) == runs
     assert early.applied and abs(early.scale * 1.02 - 1) < 1e-3 and abs(early.scale - every.scale) < 1e-4

@@ -28,7 +28,9 @@ class Network:
     def __call__(self, tokens: Tokens) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(matrix (b, 3, 3) float32, phase probability (b, P) float32)`` on ``device``; a model with experts
         (:mod:`..model.experts`) answers per phase: matrix (b, P, 3, 3)."""
-        model = self.model.to(self.device)
+        model = self.model
+        if next(model.parameters()).device != self.device:  # walking every module each call costs ~1 ms
+            model = model.to(self.device)
         with autocast(self.device, autocast_dtype(self.device, self.precision)):
             out = model(tokens.tokens.to(self.device), tokens.mask.to(self.device))
         matrix = out["phase_matrix" if "phase_matrix" in out else "matrix"].float()
