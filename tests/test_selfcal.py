@@ -214,3 +214,34 @@ def test_the_sample_stops_once_enough_patterns_are_sure_and_what_it_maps_is_spre
     assert calls[:2] == [[runs[0], runs[4]], [runs[2]]]  # the 64 positions of min_sample in one call, then run by run
     assert every.patterns == 320 and sorted(mapped[:8]) == runs
     assert early.applied and abs(early.scale * 1.02 - 1) < 1e-3 and abs(early.scale - every.scale) < 1e-4
+
+
+def test_runs_mapped_in_one_call_pair_up_as_when_mapped_one_by_one():
+    """Runs of different widths (disks per pattern) joined for one matcher call: each run's pairs are exactly those
+    of the run mapped alone. The fake matcher answers each pattern's truth from its own disks only (padding
+    ignored), so any mix-up of rows or padding between the runs would show."""
+    from py4dstem_transformer.mapping import selfcal
+    from py4dstem_transformer.model.tokens import TokenConfig, position_tokens
+
+    ks = KinematicSet(24, seed=5)
+    patterns = [np.stack([ks.qx[a:b], ks.qy[a:b], ks.intensity[a:b]], 1) for a, b in zip(ks.offsets[:-1], ks.offsets[1:])]
+    truths = torch.as_tensor(np.asarray(ks.orientation_matrices), dtype=torch.float32)
+    key = {round(float(p[:, 2].sum()), 4): i for i, p in enumerate(patterns)}
+    assert len(key) == len(patterns)  # each pattern told apart by its intensities
+    peaks = Peaks.from_lists(patterns, (len(patterns), 1))
+    runs = [position_tokens(peaks, a, b, TokenConfig()) for a, b in ((0, 7), (7, 15), (15, 24))]
+    assert len({r.tokens.shape[1] for r in runs}) > 1  # padded to different widths
+
+    def best_matches(tokens):
+        which = [key[round(float(s), 4)] for s in tokens.tokens[..., 2].sum(1)]
+        sure = (torch.tensor(which) % 3 != 0).float()  # every third pattern unsure
+        return truths[which], sure, torch.zeros(len(tokens), dtype=torch.long)
+
+    config = SelfCalibrationConfig(min_disks=1)
+    args = ([_phase_like(2.2)], 0.02, 0.05, config)
+    joined = selfcal._runs_pairs(runs, best_matches, *args)
+    alone = [selfcal._run_pairs(r, best_matches, *args) for r in runs]
+    for j, a in zip(joined, alone):
+        assert j[3] == a[3] > 0
+        for x, y in zip(j[:3], a[:3]):
+            np.testing.assert_array_equal(x, y)

@@ -313,8 +313,7 @@ def _runs_pairs(runs: Sequence[Tokens], best_matches, phases: Sequence, sigma_ex
     if len(runs) == 1:
         return [_run_pairs(runs[0], best_matches, phases, sigma_excitation_error, radius, config)]
     width = max(t.tokens.shape[1] for t in runs)
-    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1]) if x.ndim == 3 else (0, width - x.shape[1]))  # noqa: E731
-    joined = Tokens(torch.cat([pad(t.tokens) for t in runs]), torch.cat([pad(t.mask) for t in runs]),
+    joined = Tokens(torch.cat([_padded(t.tokens, width) for t in runs]), torch.cat([_padded(t.mask, width) for t in runs]),
                     torch.cat([t.counts for t in runs]))
     matrix, confidence, phase = best_matches(joined)
     out, start = [], 0
@@ -324,6 +323,11 @@ def _runs_pairs(runs: Sequence[Tokens], best_matches, phases: Sequence, sigma_ex
                               sigma_excitation_error, radius, config))
         start += len(t)
     return out
+
+
+def _padded(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(b, n, ...) tokens or mask padded with zeros (False) to (b, width, ...)."""
+    return torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, width - x.shape[1]))
 
 
 def _run_pairs(tokens: Tokens, best_matches, phases: Sequence, sigma_excitation_error: float, radius: float,
