@@ -240,7 +240,7 @@ def test_runs_mapped_in_one_call_pair_up_as_when_mapped_one_by_one():
     config = SelfCalibrationConfig(min_disks=1)
     args = ([_phase_like(2.2)], 0.02, 0.05, config)
     joined = selfcal._runs_pairs(runs, best_matches, *args)
-    alone = [selfcal._run_pairs(r, best_matches, *args) for r in runs]
+    alone = [selfcal._runs_pairs([r], best_matches, *args)[0] for r in runs]
     for j, a in zip(joined, alone):
         assert j[3] == a[3] > 0
         for x, y in zip(j[:3], a[:3]):

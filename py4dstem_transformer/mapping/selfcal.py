@@ -42,7 +42,7 @@ import torch
 from ..core.kinematics import simulate_disks
 from ..io.detector import DetectorCalibration
 from ..io.peaks import Peaks
-from ..model.tokens import TokenConfig, Tokens, position_tokens
+from ..model.tokens import TokenConfig, Tokens, concat_tokens, position_tokens
 from .score import square_distances, tokens_to_xy
 
 __all__ = ["SelfCalibrationConfig", "SelfCalibration", "fit_correction", "decompose", "disk_pairs", "sample_runs",
@@ -309,32 +309,23 @@ def _next_runs(order: Sequence[int], tokens: dict, positions: int, min_positions
 
 def _runs_pairs(runs: Sequence[Tokens], best_matches, phases: Sequence, sigma_excitation_error: float, radius: float,
                 config: SelfCalibrationConfig) -> list:
-    """:func:`_run_pairs` of several runs, their patterns mapped in one ``best_matches`` call."""
-    if len(runs) == 1:
-        return [_run_pairs(runs[0], best_matches, phases, sigma_excitation_error, radius, config)]
-    width = max(t.tokens.shape[1] for t in runs)
-    joined = Tokens(torch.cat([_padded(t.tokens, width) for t in runs]), torch.cat([_padded(t.mask, width) for t in runs]),
-                    torch.cat([t.counts for t in runs]))
-    matrix, confidence, phase = best_matches(joined)
+    """:func:`_run_pairs` of each of several runs, their patterns mapped in one ``best_matches`` call."""
+    matrix, confidence, phase = best_matches(concat_tokens(runs))
     out, start = [], 0
     for t in runs:
         rows = slice(start, start + len(t))
-        out.append(_run_pairs(t, lambda _: (matrix[rows], confidence[rows], phase[rows]), phases,
-                              sigma_excitation_error, radius, config))
+        out.append(_run_pairs(t, matrix[rows], confidence[rows], phase[rows], phases, sigma_excitation_error, radius,
+                              config))
         start += len(t)
     return out
 
 
-def _padded(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(b, n, ...) tokens or mask padded with zeros (False) to (b, width, ...)."""
-    return torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, width - x.shape[1]))
-
-
-def _run_pairs(tokens: Tokens, best_matches, phases: Sequence, sigma_excitation_error: float, radius: float,
+def _run_pairs(tokens: Tokens, matrix: torch.Tensor, confidence: torch.Tensor, phase: torch.Tensor, phases: Sequence,
+               sigma_excitation_error: float, radius: float,
                config: SelfCalibrationConfig) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """One run's ``(observed, simulated, pattern, sure patterns)``: :func:`disk_pairs` of its sure patterns, phase by
-    phase, pattern indices counted from 0 over the run."""
-    matrix, confidence, phase = best_matches(tokens)
+    """One run's ``(observed, simulated, pattern, sure patterns)`` from its patterns' best matches (``matrix`` (b, 3,
+    3), ``confidence`` (b,), ``phase`` (b,)): :func:`disk_pairs` of its sure patterns, phase by phase, pattern indices
+    counted from 0 over the run."""
     sure = (confidence >= config.min_confidence) & (tokens.counts >= config.min_disks)
     obs, sim, group, patterns = [], [], [], 0
     for p, ph in enumerate(phases):

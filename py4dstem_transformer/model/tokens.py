@@ -18,7 +18,7 @@ patterns, which only ever contain reflections inside ``k_max``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..core.rotations import rotate_polar
 from ..io.peaks import Peaks, peaks_from_braggvectors
 
 __all__ = ["TokenConfig", "Tokens", "tokenize", "rotate_tokens", "iter_scan_tokens", "position_tokens", "scan_tokens",
-           "braggvectors_to_tokens"]
+           "concat_tokens", "braggvectors_to_tokens"]
 
 
 @dataclass(frozen=True)
@@ -241,10 +241,15 @@ def scan_tokens(peaks: Peaks, config: TokenConfig = TokenConfig(), chunk_size: i
     if not chunks:
         empty = torch.zeros(0, 0, 3)
         return Tokens(empty, torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64))
-    N = max(c.tokens.shape[1] for c in chunks)
-    tokens = torch.cat([torch.nn.functional.pad(c.tokens, (0, 0, 0, N - c.tokens.shape[1])) for c in chunks])
-    mask = torch.cat([torch.nn.functional.pad(c.mask, (0, N - c.mask.shape[1])) for c in chunks])
-    return Tokens(tokens, mask, torch.cat([c.counts for c in chunks]))
+    return concat_tokens(chunks)
+
+
+def concat_tokens(parts: Sequence[Tokens]) -> Tokens:
+    """One padded batch of several (each padded to the widest)."""
+    N = max(c.tokens.shape[1] for c in parts)
+    tokens = torch.cat([torch.nn.functional.pad(c.tokens, (0, 0, 0, N - c.tokens.shape[1])) for c in parts])
+    mask = torch.cat([torch.nn.functional.pad(c.mask, (0, N - c.mask.shape[1])) for c in parts])
+    return Tokens(tokens, mask, torch.cat([c.counts for c in parts]))
 
 
 def braggvectors_to_tokens(bragg_peaks, config: TokenConfig = TokenConfig(), device=None) -> Tokens:
