@@ -43,7 +43,7 @@ from .phase import Phase
 from .score import tokens_to_xy
 
 __all__ = ["FEATURES", "Calibration", "confidence_features", "disk_agreement", "fit_calibration", "calibrated",
-           "confidence", "phase_weights", "METADATA_KEY"]
+           "confidence", "phase_weights", "weighted_share", "METADATA_KEY"]
 
 #: metadata key of the calibration in a model file
 METADATA_KEY = "confidence_calibration"
@@ -79,13 +79,20 @@ def disk_agreement(observed: torch.Tensor, observed_mask: torch.Tensor, simulate
     d = torch.cdist(observed[..., :2].float(), simulated[..., :2].float())  # (B, N, M)
     d = d.masked_fill(~simulated_mask[:, None, :], torch.inf).masked_fill(~observed_mask[..., None], torch.inf)
     near_obs, near_sim = d.amin(-1), d.amin(1)  # (B, N), (B, M)
-    wa = observed[..., 2].float().clamp_min(0).pow(power) * observed_mask
     wb = simulated[..., 2].float().clamp_min(0).pow(power) * simulated_mask
     hit = (near_obs < radius) & observed_mask
-    explained = (wa * hit).sum(-1) / wa.sum(-1).clamp_min(1e-12)
+    explained = weighted_share(observed, observed_mask, hit, power)
     unmatched = (wb * (near_sim >= radius)).sum(-1) / wb.sum(-1).clamp_min(1e-12)
     residual = torch.sqrt((near_obs.masked_fill(~hit, 0.0) ** 2).sum(-1) / hit.sum(-1).clamp_min(1))
     return torch.stack([explained, unmatched, residual], -1)
+
+
+def weighted_share(observed: torch.Tensor, observed_mask: torch.Tensor, chosen: torch.Tensor,
+                   power: float) -> torch.Tensor:
+    """(B,) the ``I**power``-weighted share of each pattern's (B, N, 3) observed disks that (B, N) ``chosen`` marks
+    (0 for a pattern with no disk)."""
+    w = observed[..., 2].float().clamp_min(0).pow(power) * observed_mask
+    return (w * chosen).sum(-1) / w.sum(-1).clamp_min(1e-12)
 
 
 @dataclass(frozen=True)

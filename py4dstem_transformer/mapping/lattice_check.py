@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..core.kinematics import simulate_disks
+from .confidence import weighted_share
 from .phase import Phase
 from .score import square_distances
 
@@ -51,5 +52,4 @@ def off_lattice_share(observed: torch.Tensor, observed_mask: torch.Tensor, matri
         max_disks *= 4
     d2 = square_distances(observed[..., :2].float(), sim[..., :2]).masked_fill_(~sim_mask[:, None, :], torch.inf)
     on = d2.amin(-1) < radius**2 if sim.shape[1] else torch.zeros_like(observed_mask)  # (B, N)
-    w = observed[..., 2].float().clamp_min(0).pow(power) * observed_mask
-    return (w * ~on).sum(-1) / w.sum(-1).clamp_min(1e-12)
+    return weighted_share(observed, observed_mask, ~on, power)
